@@ -1,0 +1,42 @@
+# Every target sets up its own virtual environment (.venv) on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test test-fast test-integration bench check clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+## demo: embedded default (SQLite, in-process worker, synthetic projects); prints the run summary
+demo: $(STAMP)
+	$(BIN)/orchestration demo
+
+## test: the whole suite; PostgreSQL and Redis tests skip with a hint unless CI=true
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## test-fast: everything that needs no external server
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
+
+## test-integration: only the PostgreSQL/Redis suite
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
+
+## bench: benchmarks at modest sizes (see docs/benchmarks.md)
+bench: $(STAMP)
+	$(BIN)/python bench/consolidation.py
+
+## check: models and migrations agree (alembic check) on a scratch SQLite database
+check: $(STAMP)
+	rm -f var/check.db
+	ORCHESTRATION_DATABASE_URL=sqlite:///var/check.db $(BIN)/alembic upgrade head
+	ORCHESTRATION_DATABASE_URL=sqlite:///var/check.db $(BIN)/alembic check
+
+clean:
+	rm -rf $(VENV) var .pytest_cache *.egg-info

@@ -1,0 +1,117 @@
+"""The Celery app, ``orchestration.celery_app:app``, configured from the settings.
+
+``celery -A orchestration.celery_app worker`` and ``... beat`` use it as Celery
+documents. JSON is the only accepted content type; acks are late and a task whose
+worker dies is redelivered, so every task must be idempotent (they are).
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from celery import Celery, signals
+from celery.schedules import crontab
+
+from orchestration import db
+from orchestration.logs import configure_logging, task_context
+from orchestration.settings import Settings, SettingsError, get_settings
+
+REAP_INTERVAL = timedelta(minutes=15)
+
+
+def visibility_timeout(settings: Settings) -> int:
+    """Redis redelivers an unacked message after this many seconds.
+
+    It must outlast the longest legitimate hold of a message: a job running to its
+    hard limit, or a retry waiting out its longest backoff (Redis keeps ETA messages
+    unacknowledged while the worker holds them). Otherwise a healthy job would be
+    delivered twice.
+    """
+    longest_hold = settings.job_hard_limit + settings.retry_backoff_max
+    return max(3600, longest_hold + 600)
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery configuration derived from the settings (one place, testable)."""
+    transport = {"visibility_timeout": visibility_timeout(settings)}
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.result_backend,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "event_serializer": "json",
+        "timezone": settings.timezone,
+        "enable_utc": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": transport,
+        "result_expires": timedelta(seconds=settings.run_deadline + 86_400),
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "beat_schedule": beat_schedule(settings),
+    }
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    return {
+        "consolidation-nightly": {
+            "task": "consolidation.run_scheduled",
+            "schedule": settings.crontab,
+        },
+        "consolidation-reap-stale": {
+            "task": "consolidation.reap_stale",
+            "schedule": REAP_INTERVAL,
+        },
+        "consolidation-prune-audit": {
+            "task": "consolidation.prune_audit",
+            "schedule": crontab(hour=3, minute=30),
+        },
+    }
+
+
+def create_app(settings: Settings) -> Celery:
+    app = Celery("orchestration", include=["orchestration.tasks"])
+    app.conf.update(celery_config(settings))
+    return app
+
+
+try:
+    _settings = get_settings()
+except SettingsError as exc:  # one line, no traceback, for worker and beat alike
+    sys.exit(f"orchestration: {exc}")
+
+app = create_app(_settings)
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    # Connecting this signal stops Celery from configuring the root logger itself.
+    configure_logging(get_settings())
+
+
+@signals.task_prerun.connect
+def _bind_task_context(task_id: str, task: Any, args: tuple, kwargs: dict, **_: Any) -> None:
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(
+        task_id=task_id, task=task.name, **task_context(task.run, args or (), kwargs or {})
+    )
+
+
+@signals.task_postrun.connect
+def _clear_task_context(**_: Any) -> None:
+    structlog.contextvars.clear_contextvars()
+
+
+@signals.worker_process_init.connect
+def _fresh_engine_after_fork(**_: Any) -> None:
+    # Connections inherited from the parent must not be shared by prefork children.
+    db.dispose(close=False)

@@ -1,0 +1,75 @@
+"""Similarity clustering of unit vectors, in blocks so memory stays bounded.
+
+Definition (star clustering around a representative): memories are visited in
+priority order (most reused first, then oldest, then id). An unassigned memory with
+at least one unassigned neighbour at cosine similarity >= the threshold becomes a
+representative; all its unassigned neighbours join its cluster. So **every member is
+at least the threshold similar to its cluster's representative**, the memory the
+merged text is built around.
+
+Why not connected components: similarity is not transitive, so components chain
+A~B~C into one cluster even when A and C are unrelated, and a long chain can swallow
+a whole topic. Star clusters cannot drift that way, and the result is deterministic.
+
+Only pairs above the threshold are kept (a sparse edge list), computed block by
+block: peak memory is one ``block x n`` float32 matrix, never ``n x n``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Sequence
+
+import numpy as np
+
+DEFAULT_BLOCK = 2048
+
+
+def similar_pairs(vectors: np.ndarray, threshold: float, block: int = DEFAULT_BLOCK) -> dict[int, dict[int, float]]:
+    """Neighbour map ``i -> {j: similarity}`` of all pairs ``i != j`` at or above ``threshold``."""
+    neighbours: dict[int, dict[int, float]] = defaultdict(dict)
+    n = len(vectors)
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        # Upper triangle only: compare this block with itself and everything after it.
+        sims = vectors[start:stop] @ vectors[start:].T
+        rows, cols = np.nonzero(sims >= threshold)
+        for r, c in zip(rows.tolist(), cols.tolist()):
+            i, j = start + r, start + c
+            if j <= i:
+                continue
+            s = float(sims[r, c])
+            neighbours[i][j] = s
+            neighbours[j][i] = s
+    return neighbours
+
+
+def star_clusters(
+    vectors: np.ndarray,
+    priority: Sequence[int],
+    threshold: float,
+    min_size: int = 2,
+    block: int = DEFAULT_BLOCK,
+) -> list[tuple[int, list[tuple[int, float]]]]:
+    """Clusters as ``(representative, [(member, similarity_to_representative), ...])``.
+
+    ``priority`` lists row indexes, most preferred representative first. Members are
+    ordered by priority too; the representative is not among them.
+    """
+    neighbours = similar_pairs(vectors, threshold, block)
+    rank = {index: position for position, index in enumerate(priority)}
+    assigned: set[int] = set()
+    clusters: list[tuple[int, list[tuple[int, float]]]] = []
+    for rep in priority:
+        if rep in assigned or rep not in neighbours:
+            continue
+        members = sorted(
+            ((j, s) for j, s in neighbours[rep].items() if j not in assigned),
+            key=lambda item: rank[item[0]],
+        )
+        if len(members) + 1 < min_size:
+            continue
+        assigned.add(rep)
+        assigned.update(j for j, _ in members)
+        clusters.append((rep, members))
+    return clusters

@@ -1,0 +1,130 @@
+"""Database engine and the one session scope every unit of work uses.
+
+The engine comes from ``ORCHESTRATION_DATABASE_URL`` (or :func:`use_database` in
+tests and the demo). SQLite is set up for several worker threads at once: WAL
+journal, a busy timeout, foreign keys on, and ``BEGIN IMMEDIATE`` so that two
+writers queue on the lock instead of failing with "database is locked".
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence, TypeVar
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from orchestration.settings import get_settings, mask_url
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Ids per "IN (...)" list: well below SQLite's bound-parameter limit.
+IN_CHUNK = 900
+T = TypeVar("T")
+
+_lock = threading.Lock()
+_url_override: str | None = None
+_engine: Engine | None = None
+_sessionmaker: sessionmaker[Session] | None = None
+
+
+def normalize_url(url: str) -> str:
+    """``postgresql://`` means psycopg 3 here (SQLAlchemy would pick psycopg2)."""
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        # Let SQLAlchemy, not pysqlite, decide when transactions begin.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def build_engine(url: str) -> Engine:
+    """Create an engine for ``url`` with the per-dialect setup described above."""
+    url = normalize_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+        )
+        _sqlite_setup(engine)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def current_url() -> str:
+    return _url_override or get_settings().database_url
+
+
+def use_database(url: str | None) -> None:
+    """Point this process at another database (tests, the demo); ``None`` returns to the settings."""
+    global _url_override
+    with _lock:
+        _url_override = url
+    dispose()
+
+
+def get_engine() -> Engine:
+    global _engine, _sessionmaker
+    with _lock:
+        if _engine is None:
+            _engine = build_engine(current_url())
+            _sessionmaker = sessionmaker(_engine, expire_on_commit=False)
+        return _engine
+
+
+def dispose(close: bool = True) -> None:
+    """Drop the engine when switching databases; ``close=False`` after a fork, so the
+    child never closes connections that belong to its parent."""
+    global _engine, _sessionmaker
+    with _lock:
+        if _engine is not None:
+            _engine.dispose(close=close)
+        _engine = None
+        _sessionmaker = None
+
+
+def describe() -> str:
+    """The current database URL with its password masked, for messages and logs."""
+    return mask_url(current_url())
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """A session that commits when the block succeeds and rolls back on any exception."""
+    get_engine()
+    assert _sessionmaker is not None
+    session = _sessionmaker()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def chunks(items: Sequence[T], size: int = IN_CHUNK) -> Iterable[Sequence[T]]:
+    """Consecutive slices of ``items`` of at most ``size`` (for IN lists and batches)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,68 @@
+"""The dead-man check behind ``orchestration health``.
+
+Exit codes: 0 the latest scheduled run completed within ``max_age``; 1 it was partial
+or failed; 2 there is none, it is too old, it is still running past the deadline, or
+the beat missed the latest slot that should have run by now.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from orchestration.models import ConsolidationRun
+from orchestration.schedule import previous_slot
+from orchestration.settings import Settings
+
+# How long after a slot its run may take to appear before the slot counts as missed.
+SLOT_GRACE = timedelta(minutes=30)
+
+
+@dataclass
+class Health:
+    code: int
+    message: str
+    run: ConsolidationRun | None = None
+    expected_slot: datetime | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "status": {0: "ok", 1: "degraded", 2: "critical"}[self.code],
+            "message": self.message,
+            "run_id": str(self.run.id) if self.run else None,
+            "run_status": self.run.status if self.run else None,
+            "scheduled_for": self.run.scheduled_for.isoformat() if self.run and self.run.scheduled_for else None,
+            "finished_at": self.run.finished_at.isoformat() if self.run and self.run.finished_at else None,
+            "expected_slot": self.expected_slot.isoformat() if self.expected_slot else None,
+        }
+
+
+def check_health(session: Session, settings: Settings, now: datetime, max_age: timedelta) -> Health:
+    run = session.scalar(
+        select(ConsolidationRun)
+        .where(ConsolidationRun.trigger_type == "scheduled")
+        .order_by(ConsolidationRun.scheduled_for.desc())
+        .limit(1)
+    )
+    expected = previous_slot(settings.crontab, now - SLOT_GRACE, settings.tz)
+    if run is None:
+        return Health(2, "no scheduled run has ever been recorded", None, expected)
+    if run.scheduled_for < expected:
+        return Health(2, f"missed slot {expected.isoformat()}: no run since {run.scheduled_for.isoformat()} "
+                         "(is beat running?)", run, expected)
+    if run.status == "running":
+        if now - run.started_at > timedelta(seconds=settings.run_deadline):
+            return Health(2, f"run {run.id} still running past the deadline of {settings.run_deadline}s", run, expected)
+        if now - run.scheduled_for > max_age:
+            return Health(2, f"run {run.id} still running and older than {max_age}", run, expected)
+        return Health(0, f"run {run.id} for {run.scheduled_for.isoformat()} is running", run, expected)
+    if now - (run.finished_at or run.started_at) > max_age:
+        return Health(2, f"latest scheduled run {run.id} finished more than {max_age} ago", run, expected)
+    if run.status == "completed":
+        return Health(0, f"run {run.id} for {run.scheduled_for.isoformat()} completed", run, expected)
+    return Health(1, f"run {run.id} for {run.scheduled_for.isoformat()} {run.status}: {run.error_message}", run, expected)

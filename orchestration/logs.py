@@ -1,0 +1,73 @@
+"""The one structlog configuration: JSON (or console) lines on stderr for our events
+and for every stdlib logger (Celery, SQLAlchemy, Alembic) alike.
+
+Context bound with :func:`structlog.contextvars.bind_contextvars` (run, job and
+project ids) is merged first, so every line a task writes carries its ids.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import sys
+from typing import IO, Any, Callable, Mapping
+
+import structlog
+
+from orchestration.settings import Settings
+
+CONTEXT_IDS = ("run_id", "job_id", "project_id")
+
+
+def _shared_processors() -> list[Callable]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.ExtraAdder(),
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,
+    ]
+
+
+def configure_logging(settings: Settings, stream: IO[str] | None = None) -> None:
+    """Route structlog and stdlib logging through one renderer on ``stream`` (stderr)."""
+    renderer: Callable = (
+        structlog.dev.ConsoleRenderer(colors=False)
+        if settings.log_format == "console"
+        else structlog.processors.JSONRenderer(default=str)
+    )
+    shared = _shared_processors()
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+    # SQLAlchemy echoes every statement at INFO; keep it to warnings unless debugging.
+    if settings.log_level != "DEBUG":
+        logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
+
+
+def get_logger(name: str = "orchestration") -> structlog.stdlib.BoundLogger:
+    return structlog.get_logger(name)
+
+
+def task_context(run: Callable, args: tuple, kwargs: Mapping[str, Any]) -> dict[str, str]:
+    """The ids among a task's arguments, by parameter name, e.g. ``{"job_id": "..."}``."""
+    try:
+        bound = inspect.signature(run).bind_partial(*args, **kwargs)
+    except TypeError:
+        return {}
+    return {k: str(v) for k, v in bound.arguments.items() if k in CONTEXT_IDS and v is not None}

@@ -1,0 +1,162 @@
+"""Runs: claiming a night's run, creating its jobs, and writing its summary.
+
+A scheduled run is claimed with an ``INSERT ... ON CONFLICT DO NOTHING`` on the
+unique ``scheduled_for``: whichever beat tick, restarted beat or redelivered message
+comes first owns the slot, every other one sees that it lost and starts nothing.
+The summary is always computed from the job rows, never from chord results alone,
+so finalizing twice (or from the reaper) gives the same answer.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from orchestration import jobs
+from orchestration.dbtypes import utcnow
+from orchestration.eligibility import check_projects
+from orchestration.models import UNFINISHED_JOB_STATUSES, ConsolidationJob, ConsolidationRun, Project
+from orchestration.reports import row_dict
+
+COUNTERS = ("memories_before", "memories_after", "memories_merged", "memories_archived")
+
+
+@dataclass
+class StartedRun:
+    run_id: uuid.UUID
+    job_ids: list[uuid.UUID] = field(default_factory=list)
+    checked: int = 0
+    eligible: int = 0
+    skipped: int = 0
+
+
+def claim_run(session: Session, trigger_type: str, slot: datetime | None, now: datetime,
+              run_id: uuid.UUID | None = None) -> uuid.UUID | None:
+    """Insert the run row; ``None`` when a scheduled run already owns ``slot``."""
+    run_id = run_id or uuid.uuid4()
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    stmt = (
+        insert(ConsolidationRun.__table__)
+        .values(id=run_id, trigger_type=trigger_type, scheduled_for=slot, status="running", started_at=now)
+        .on_conflict_do_nothing()
+        .returning(ConsolidationRun.__table__.c.id)
+    )
+    return session.execute(stmt).scalar_one_or_none()
+
+
+def start_run(session: Session, trigger_type: str, slot: datetime | None, default_threshold: int,
+              now: datetime | None = None, run_id: uuid.UUID | None = None) -> StartedRun | None:
+    """Claim the run, pick the eligible projects and create one pending job for each.
+    The caller commits before dispatching the jobs."""
+    now = now or utcnow()
+    claimed = claim_run(session, trigger_type, slot, now, run_id)
+    if claimed is None:
+        return None
+    eligibility = check_projects(session, default_threshold)
+    started = StartedRun(claimed, checked=eligibility.checked, eligible=len(eligibility.eligible),
+                         skipped=eligibility.skipped)
+    for project_id, options in eligibility.eligible:
+        job = jobs.create_job(session, project_id, run_id=claimed, trigger_type=trigger_type,
+                              triggered_by="system", options=options)
+        started.job_ids.append(job.id)
+    run = session.get(ConsolidationRun, claimed)
+    run.projects_checked = started.checked
+    run.projects_eligible = started.eligible
+    run.projects_skipped = started.skipped
+    run.jobs_total = len(started.job_ids)
+    return started
+
+
+def existing_run_for_slot(session: Session, slot: datetime) -> ConsolidationRun | None:
+    return session.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == slot))
+
+
+def run_status(statuses: list[str]) -> str:
+    failed = sum(s == "failed" for s in statuses)
+    if statuses and failed == len(statuses):
+        return "failed"
+    return "partial" if failed else "completed"
+
+
+def finalize(session: Session, run_id: uuid.UUID, now: datetime | None = None,
+             unfinished_error: str | None = None, error: str | None = None) -> ConsolidationRun | None:
+    """Write the summary from the job rows and close the run. Returns the run if this
+    call finished it, ``None`` if it was already finished (idempotent).
+
+    Jobs still unfinished are failed with ``unfinished_error`` (the reaper's case).
+    ``error`` forces status ``failed`` (the run itself broke).
+    """
+    now = now or utcnow()
+    run = session.get(ConsolidationRun, run_id, with_for_update=True)
+    if run is None or run.status != "running":
+        return None
+    rows = session.execute(
+        select(ConsolidationJob, Project.name)
+        .outerjoin(Project, Project.id == ConsolidationJob.project_id)
+        .where(ConsolidationJob.run_id == run_id)
+        .order_by(ConsolidationJob.created_at, ConsolidationJob.id)
+    ).all()
+    for job, _ in rows:
+        if job.status in UNFINISHED_JOB_STATUSES:
+            job.error_message = unfinished_error or f"job was still {job.status} when the run was finalized"
+            job.status = "failed"
+            job.completed_at = now
+    statuses = [job.status for job, _ in rows]
+    run.jobs_total = len(rows)
+    run.jobs_completed = statuses.count("completed")
+    run.jobs_failed = statuses.count("failed")
+    for name in COUNTERS:
+        setattr(run, name, sum(getattr(job, name) for job, _ in rows))
+    run.status = "failed" if error else run_status(statuses)
+    run.error_message = error or (f"{run.jobs_failed} of {run.jobs_total} jobs failed" if run.jobs_failed else None)
+    run.finished_at = now
+    run.summary = {
+        "duration_s": round((now - run.started_at).total_seconds(), 3),
+        "jobs_skipped": statuses.count("skipped"),
+        "clusters_found": sum(job.clusters_found for job, _ in rows),
+        "failed_jobs": [_job_line(job, name) for job, name in rows if job.status == "failed"],
+        "skipped_jobs": [_job_line(job, name) for job, name in rows if job.status == "skipped"],
+    }
+    return run
+
+
+def _job_line(job: ConsolidationJob, project_name: str | None) -> dict[str, Any]:
+    return {
+        "job_id": str(job.id),
+        "project_id": str(job.project_id) if job.project_id else None,
+        "project_name": project_name,
+        "attempts": job.attempts,
+        "error": job.error_message,
+    }
+
+
+def summary_document(run: ConsolidationRun) -> dict[str, Any]:
+    """The run summary as notified and printed: the run's columns."""
+    return row_dict(run)
+
+
+def finished_fields(run: ConsolidationRun) -> dict[str, Any]:
+    """Fields of the ``run.finished`` event."""
+    return {
+        "status": run.status,
+        "trigger_type": run.trigger_type,
+        "scheduled_for": run.scheduled_for.isoformat() if run.scheduled_for else None,
+        "projects_checked": run.projects_checked,
+        "projects_eligible": run.projects_eligible,
+        "projects_skipped": run.projects_skipped,
+        "jobs_total": run.jobs_total,
+        "jobs_completed": run.jobs_completed,
+        "jobs_failed": run.jobs_failed,
+        "memories_before": run.memories_before,
+        "memories_after": run.memories_after,
+        "memories_merged": run.memories_merged,
+        "memories_archived": run.memories_archived,
+        "duration_s": (run.summary or {}).get("duration_s"),
+        "error": run.error_message,
+    }

@@ -1,0 +1,175 @@
+"""Celery tasks (SPEC §4). Each is thin: parse ids, call the plain functions in
+runs/jobs/reaper/audit, log the events. Every task is safe to run twice."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import structlog
+from celery import chord
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.utils.time import get_exponential_backoff_interval
+
+from orchestration import audit, jobs, notify, reaper, runs
+from orchestration.celery_app import app
+from orchestration.db import session_scope
+from orchestration.dbtypes import utcnow
+from orchestration.logs import get_logger
+from orchestration.models import ConsolidationJob
+from orchestration.schedule import parse_slot, previous_slot
+from orchestration.settings import get_settings
+
+log = get_logger("orchestration.tasks")
+_settings = get_settings()
+# First retry waits up to this many seconds (full jitter), doubling each time up to the cap.
+RETRY_BACKOFF_BASE = 30
+
+
+def _uuid(value: Any, name: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        log.error("task.rejected", reason=f"{name} is not a UUID", value=str(value)[:64])
+        return None
+
+
+@app.task(name="consolidation.run_scheduled")
+def run_scheduled(slot: str | None = None, trigger: str = "scheduled", run_id: str | None = None) -> dict[str, Any]:
+    """Claim the run for a schedule slot (or start a manual run) and dispatch its chord."""
+    settings = get_settings()
+    if trigger not in ("scheduled", "manual"):
+        log.error("task.rejected", reason=f"unknown trigger {trigger!r}")
+        return {"status": "rejected"}
+    now = utcnow()
+    slot_at = None
+    if trigger == "scheduled":
+        slot_at = parse_slot(slot) if slot else previous_slot(settings.crontab, now, settings.tz)
+    with session_scope() as session:
+        started = runs.start_run(session, trigger, slot_at, settings.default_threshold, now,
+                                 run_id=_uuid(run_id, "run_id") if run_id else None)
+        existing = None if started else runs.existing_run_for_slot(session, slot_at) if slot_at else None
+    if started is None:
+        log.info("run.duplicate_skipped", scheduled_for=slot_at.isoformat() if slot_at else None,
+                 run_id=str(existing.id) if existing else run_id)
+        return {"status": "duplicate", "run_id": str(existing.id) if existing else run_id}
+    run_key = str(started.run_id)
+    structlog.contextvars.bind_contextvars(run_id=run_key)
+    log.info("run.started", trigger_type=trigger, scheduled_for=slot_at.isoformat() if slot_at else None)
+    log.info("run.eligible", projects_checked=started.checked, projects_eligible=started.eligible,
+             projects_skipped=started.skipped)
+    if not started.job_ids:
+        finalize_run([], run_key)
+    else:
+        callback = finalize_run.s(run_key).on_error(fail_run.s(run_key))
+        chord(run_project.s(str(job_id)) for job_id in started.job_ids)(callback)
+    return {"status": "started", "run_id": run_key, "jobs": len(started.job_ids)}
+
+
+@app.task(
+    name="consolidation.run_project",
+    bind=True,
+    soft_time_limit=_settings.job_time_limit,
+    time_limit=_settings.job_hard_limit,
+    rate_limit=_settings.project_rate_limit,
+)
+def run_project(self, job_id: str) -> dict[str, Any]:
+    """Consolidate one job's project; retries transient failures, never raises at the end."""
+    settings = get_settings()
+    job_uuid = _uuid(job_id, "job_id")
+    if job_uuid is None:
+        return {"job_id": str(job_id)[:64], "status": "rejected"}
+    try:
+        attempt = jobs.begin_attempt(job_uuid, self.request.id)
+    except jobs.JobNotFound as exc:
+        log.error("task.rejected", reason=str(exc))
+        return {"job_id": job_id, "status": "unknown"}
+    if attempt is None:
+        return _already_finished(job_uuid)
+    structlog.contextvars.bind_contextvars(
+        run_id=str(attempt.run_id) if attempt.run_id else None,
+        project_id=str(attempt.project_id) if attempt.project_id else None,
+    )
+    log.info("job.started", attempt=attempt.number)
+    try:
+        outcome = jobs.execute(attempt, settings)
+    except SoftTimeLimitExceeded:
+        outcome = jobs.fail(attempt, f"exceeded the soft time limit of {settings.job_time_limit}s "
+                                     "(ORCHESTRATION_JOB_TIME_LIMIT); changes committed so far are kept")
+    except Exception as exc:  # noqa: BLE001 - anything else may be transient: retry, then fail
+        error = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+        if self.request.retries < settings.max_retries:
+            countdown = get_exponential_backoff_interval(
+                RETRY_BACKOFF_BASE, self.request.retries, settings.retry_backoff_max, full_jitter=True
+            )
+            jobs.mark_retrying(job_uuid, error)
+            log.warning("job.retrying", attempt=attempt.number, countdown=countdown, error=error)
+            raise self.retry(countdown=countdown, max_retries=settings.max_retries) from exc
+        outcome = jobs.fail(attempt, error)
+    return outcome.as_dict()
+
+
+def _already_finished(job_id: uuid.UUID) -> dict[str, Any]:
+    with session_scope() as session:
+        job = session.get(ConsolidationJob, job_id)
+        status, error = job.status, job.error_message
+    log.info("job.already_finished", job_id=str(job_id), status=status)
+    return {"job_id": str(job_id), "status": status, "error": error}
+
+
+@app.task(name="consolidation.finalize_run")
+def finalize_run(results: list[Any] | None, run_id: str) -> dict[str, Any]:
+    """Chord callback: summarize the run from its job rows, log, notify. Idempotent."""
+    run_uuid = _uuid(run_id, "run_id")
+    if run_uuid is None:
+        return {"status": "rejected"}
+    return _close_run(run_uuid)
+
+
+@app.task(name="consolidation.fail_run")
+def fail_run(request: Any, exc: Any, traceback: Any, run_id: str) -> None:
+    """Backstop errback of the chord callback: the run must not stay ``running``."""
+    run_uuid = _uuid(run_id, "run_id")
+    if run_uuid is not None:
+        _close_run(run_uuid, error=f"run callback failed: {type(exc).__name__}: {exc}"[:500])
+
+
+def _close_run(run_id: uuid.UUID, error: str | None = None) -> dict[str, Any]:
+    structlog.contextvars.bind_contextvars(run_id=str(run_id))
+    with session_scope() as session:
+        run = runs.finalize(session, run_id, error=error)
+        if run is None:
+            return {"run_id": str(run_id), "status": "already_finished"}
+        fields, summary = runs.finished_fields(run), runs.summary_document(run)
+    _announce(fields, summary)
+    return {"run_id": str(run_id), "status": fields["status"]}
+
+
+def _announce(fields: dict[str, Any], summary: dict[str, Any]) -> None:
+    log.info("run.finished", **fields)
+    url = get_settings().notify_url
+    if url:
+        notify.post_summary(url, summary)
+
+
+@app.task(name="consolidation.reap_stale")
+def reap_stale() -> dict[str, Any]:
+    """Fail jobs whose worker vanished; finalize runs past the deadline."""
+    with session_scope() as session:
+        reaped = reaper.reap(session, get_settings(), utcnow())
+        closed = [(run.id, reason, runs.finished_fields(run), runs.summary_document(run)) for run, reason in reaped.runs]
+    for job_id in reaped.jobs:
+        log.warning("job.failed", job_id=job_id, attempts=None, error="worker lost")
+    for run_id, reason, fields, summary in closed:
+        log.warning("run.reaped", run_id=str(run_id), reason=reason)
+        with structlog.contextvars.bound_contextvars(run_id=str(run_id)):
+            _announce(fields, summary)
+    return {"jobs": len(reaped.jobs), "runs": len(closed)}
+
+
+@app.task(name="consolidation.prune_audit")
+def prune_audit() -> dict[str, Any]:
+    """Delete audit rows older than the retention period, in bounded batches."""
+    rows = audit.prune_audit(session_scope, get_settings().audit_retention_days)
+    log.info("audit.pruned", rows=rows)
+    return {"rows": rows}

@@ -1,0 +1,207 @@
+"""Shared fixtures: migrated databases (SQLite always, PostgreSQL in the integration
+suite), Redis database numbers of our own, and a real in-process Celery worker.
+
+PostgreSQL and Redis come from ``ORCHESTRATION_TEST_DATABASE_URL`` and
+``ORCHESTRATION_TEST_REDIS_URL`` (defaults: the standard local ports). When one is
+unreachable its tests are skipped with a hint, unless ``CI=true`` or
+``ORCHESTRATION_REQUIRE_SERVICES=1``, where that is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+# In-process tests use the embedded transport; set before orchestration is imported.
+os.environ["ORCHESTRATION_BROKER_URL"] = "memory://"
+os.environ["ORCHESTRATION_RESULT_BACKEND"] = "cache+memory://"
+os.environ.setdefault("ORCHESTRATION_LOG_LEVEL", "INFO")
+
+import pytest  # noqa: E402
+from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from orchestration import db, migrate  # noqa: E402
+from orchestration.settings import mask_url  # noqa: E402
+
+PG_ADMIN_URL = os.environ.get("ORCHESTRATION_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("ORCHESTRATION_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+START_HINT = "start them with: docker compose up -d redis postgres"
+
+
+def services_required() -> bool:
+    return os.environ.get("CI", "").lower() == "true" or os.environ.get("ORCHESTRATION_REQUIRE_SERVICES") == "1"
+
+
+def unavailable(service: str, error: Exception) -> None:
+    message = f"{service} unreachable ({type(error).__name__}: {error})"
+    if services_required():
+        pytest.fail(f"{message}; CI/ORCHESTRATION_REQUIRE_SERVICES requires it", pytrace=False)
+    pytest.skip(f"{message}; {START_HINT}")
+
+
+def _admin_engine():
+    return create_engine(db.normalize_url(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
+
+
+def pg_database_url(name: str) -> str:
+    return make_url(db.normalize_url(PG_ADMIN_URL)).set(database=name).render_as_string(hide_password=False)
+
+
+def create_pg_database(template: str | None = None) -> str:
+    name = f"orch_test_{uuid.uuid4().hex[:12]}"
+    engine = _admin_engine()
+    try:
+        with engine.connect() as conn:
+            suffix = f" TEMPLATE {template}" if template else ""
+            conn.execute(text(f'CREATE DATABASE "{name}"{suffix}'))
+    finally:
+        engine.dispose()
+    return name
+
+
+def drop_pg_database(name: str) -> None:
+    engine = _admin_engine()
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A migrated PostgreSQL database that per-test databases are copied from."""
+    try:
+        name = create_pg_database()
+    except Exception as exc:  # noqa: BLE001 - any connection failure means "unavailable"
+        unavailable(f"PostgreSQL at {mask_url(PG_ADMIN_URL)}", exc)
+    try:
+        migrate.upgrade(pg_database_url(name))
+        yield name
+    finally:
+        drop_pg_database(name)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    migrate.upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
+    path = tmp_path / "orchestration.db"
+    shutil.copy(sqlite_template, path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def pg_url(pg_template: str) -> Iterator[str]:
+    name = create_pg_database(template=pg_template)
+    try:
+        yield pg_database_url(name)
+    finally:
+        db.dispose()
+        drop_pg_database(name)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def database_url(request) -> str:
+    """Each test using this runs on SQLite and on PostgreSQL."""
+    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[str]:
+    """Point the process (and the in-process worker) at a fresh migrated database."""
+    db.use_database(database_url)
+    try:
+        yield database_url
+    finally:
+        db.use_database(None)
+
+
+@pytest.fixture
+def sqlite_database(sqlite_url: str) -> Iterator[str]:
+    db.use_database(sqlite_url)
+    try:
+        yield sqlite_url
+    finally:
+        db.use_database(None)
+
+
+@pytest.fixture
+def pg_database(pg_url: str) -> Iterator[str]:
+    db.use_database(pg_url)
+    try:
+        yield pg_url
+    finally:
+        db.use_database(None)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis database number that is empty when we take it; we flush only that one."""
+    import redis
+
+    base = REDIS_URL.rstrip("/")
+    try:
+        client = redis.Redis.from_url(base, socket_connect_timeout=2)
+        client.ping()
+    except Exception as exc:  # noqa: BLE001
+        unavailable(f"Redis at {base}", exc)
+    for number in range(15, 1, -1):
+        candidate = redis.Redis.from_url(f"{base}/{number}")
+        if candidate.dbsize() == 0:
+            candidate.set("orchestration-tests:claimed", "1", ex=3600)
+            try:
+                yield f"{base}/{number}"
+            finally:
+                candidate.flushdb()
+            return
+    pytest.fail("no empty Redis database number between 2 and 15 to use for tests")
+
+
+@pytest.fixture(scope="session")
+def celery_worker():
+    """A real Celery worker (threads pool) in this process, on the in-memory transport."""
+    from celery.contrib.testing.worker import start_worker
+
+    from orchestration.celery_app import app
+
+    with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False, loglevel="WARNING",
+                      shutdown_timeout=30):
+        yield app
+
+
+def wait_for_run(finder, timeout: float = 60.0):
+    """Poll the database until ``finder(session)`` returns a finished run."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with db.session_scope() as session:
+            run = finder(session)
+            if run is not None and run.status != "running":
+                return run
+        time.sleep(0.1)
+    raise AssertionError(f"run not finished within {timeout}s")
+
+
+@pytest.fixture
+def settings_env(monkeypatch):
+    """Set ORCHESTRATION_* variables for one test; the cached settings follow."""
+    from orchestration.settings import get_settings
+
+    def set_env(**values: str) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(f"ORCHESTRATION_{name.upper()}", value)
+        get_settings.cache_clear()
+
+    yield set_env
+    get_settings.cache_clear()
