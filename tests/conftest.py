@@ -170,12 +170,11 @@ def redis_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def celery_worker():
     """A real Celery worker (threads pool) in this process, on the in-memory transport."""
-    from celery.contrib.testing.worker import start_worker
-
     from orchestration.celery_app import app
+    from orchestration.embedded import embedded_worker, use_embedded_transport
 
-    with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False, loglevel="WARNING",
-                      shutdown_timeout=30):
+    use_embedded_transport(app)
+    with embedded_worker(app):
         yield app
 
 

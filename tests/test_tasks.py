@@ -1,0 +1,334 @@
+"""The nightly run with a real Celery worker in this process (threads pool, in-memory
+transport, cache+memory result backend with chord support)."""
+
+import io
+import json
+import threading
+import uuid
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import OperationalError
+
+from conftest import wait_for_run
+from orchestration import consolidation, db
+from orchestration.dbtypes import utcnow
+from orchestration.logs import configure_logging
+from orchestration.models import ConsolidationChange, ConsolidationJob, ConsolidationRun, TaskMemory
+from orchestration.seed import seed
+from orchestration.settings import get_settings
+from orchestration.tasks import finalize_run, reap_stale, run_project, run_scheduled
+
+SLOT = "2026-11-27T02:00:00+00:00"
+
+
+@pytest.fixture
+def captured_logs():
+    """Every log line (ours and Celery's) as parsed JSON."""
+    stream = io.StringIO()
+    configure_logging(get_settings(), stream=stream)
+    lines: list[dict] = []
+
+    def read() -> list[dict]:
+        lines[:] = [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+        return lines
+
+    yield read
+    configure_logging(get_settings())
+
+
+def _seed(projects=5, memories=60, **kw):
+    with db.session_scope() as session:
+        return seed(session, projects, memories, seed=7, dim=32, **kw)
+
+
+def _run_for_slot(slot=SLOT):
+    from orchestration.schedule import parse_slot
+
+    at = parse_slot(slot)
+    return wait_for_run(lambda s: s.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == at)))
+
+
+def _jobs(run_id):
+    with db.session_scope() as session:
+        return {j.project_id: j for j in session.scalars(select(ConsolidationJob).where(ConsolidationJob.run_id == run_id))}
+
+
+def test_full_chord_on_seeded_data(celery_worker, database, captured_logs):
+    manifests = _seed()
+    run_scheduled.apply_async(kwargs={"slot": SLOT})
+    run = _run_for_slot()
+    eligible = [m for m in manifests if m.kind == "eligible"]
+    assert run.status == "completed" and run.trigger_type == "scheduled"
+    assert (run.projects_checked, run.projects_eligible, run.projects_skipped) == (5, 3, 1)
+    assert (run.jobs_total, run.jobs_completed, run.jobs_failed) == (3, 3, 0)
+    jobs = _jobs(run.id)
+    assert {str(p) for p in jobs} == {m.id for m in eligible}
+    for manifest in eligible:
+        job = jobs[uuid.UUID(manifest.id)]
+        assert job.status == "completed" and job.attempts == 1 and job.progress == 1.0
+        assert job.clusters_found == len(manifest.groups)
+        assert job.memories_merged == sum(len(g) for g in manifest.groups)
+        assert job.memories_archived == len(manifest.stale)
+        assert job.memories_before == manifest.memories
+        assert job.memories_after == manifest.memories - job.memories_merged + job.clusters_found - len(manifest.stale)
+    assert run.memories_merged == sum(j.memories_merged for j in jobs.values())
+    assert run.memories_archived == sum(j.memories_archived for j in jobs.values())
+    assert run.memories_before == sum(j.memories_before for j in jobs.values())
+    assert run.memories_after == sum(j.memories_after for j in jobs.values())
+    assert run.summary["failed_jobs"] == [] and run.summary["duration_s"] >= 0
+
+    events = captured_logs()
+    names = [e["event"] for e in events]
+    for name in ("run.started", "run.eligible", "job.started", "job.progress", "job.completed", "run.finished"):
+        assert name in names, name
+    for event in events:
+        assert event["timestamp"].endswith("Z") and "level" in event
+        if event["event"].startswith("job."):
+            assert event["run_id"] == str(run.id)
+            assert uuid.UUID(event["job_id"]) in {j.id for j in jobs.values()}
+            assert uuid.UUID(event["project_id"]) in jobs
+            assert event["task_id"]
+    # Celery's own lines go through the same JSON renderer and carry the task's ids.
+    celery_lines = [e for e in events if e.get("logger", "").startswith("celery") and "job_id" in e]
+    assert celery_lines and all(e["run_id"] == str(run.id) for e in celery_lines)
+    finished = next(e for e in events if e["event"] == "run.finished")
+    assert finished["status"] == "completed" and finished["memories_merged"] == run.memories_merged
+
+
+def test_zero_eligible_projects_completes_at_once(celery_worker, sqlite_database):
+    _seed(projects=2)
+    from orchestration.models import Project
+
+    with db.session_scope() as session:
+        session.execute(update(Project).values(consolidation_threshold=10_000))
+    run_scheduled.apply_async(kwargs={"slot": SLOT})
+    run = _run_for_slot()
+    assert run.status == "completed"
+    assert (run.projects_checked, run.projects_eligible, run.jobs_total) == (2, 0, 0)
+
+
+def test_duplicate_run_scheduled_for_one_slot_starts_one_run(celery_worker, sqlite_database, captured_logs):
+    _seed(projects=3)
+    results = [run_scheduled.apply_async(kwargs={"slot": SLOT}) for _ in range(3)]
+    outcomes = sorted(r.get(timeout=30)["status"] for r in results)
+    run = _run_for_slot()
+    assert outcomes == ["duplicate", "duplicate", "started"]
+    with db.session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(ConsolidationRun)) == 1
+        assert session.scalar(select(func.count()).select_from(ConsolidationJob)) == run.jobs_total
+    skipped = [e for e in captured_logs() if e["event"] == "run.duplicate_skipped"]
+    assert len(skipped) == 2 and all(e["run_id"] == str(run.id) for e in skipped)
+
+
+def test_transient_failures_retry_then_succeed(celery_worker, sqlite_database, settings_env, monkeypatch,
+                                               captured_logs):
+    settings_env(retry_backoff_max="1", max_retries="3")
+    manifests = _seed(projects=3)
+    target = uuid.UUID(manifests[0].id)
+    real = consolidation.consolidate_project
+    calls = {"n": 0}
+
+    def flaky(project_id, *args, **kwargs):
+        if project_id == target and calls["n"] < 2:
+            calls["n"] += 1
+            raise OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+        return real(project_id, *args, **kwargs)
+
+    monkeypatch.setattr(consolidation, "consolidate_project", flaky)
+    run_scheduled.apply_async(kwargs={"slot": SLOT})
+    run = _run_for_slot()
+    job = _jobs(run.id)[target]
+    assert run.status == "completed"
+    assert job.status == "completed" and job.attempts == 3 and job.error_message is None
+    assert job.memories_merged == sum(len(g) for g in manifests[0].groups)
+    retrying = [e for e in captured_logs() if e["event"] == "job.retrying"]
+    assert [e["attempt"] for e in retrying] == [1, 2]
+    assert all(0 <= e["countdown"] <= 1 and "server closed" in e["error"] for e in retrying)
+    assert all(e["job_id"] == str(job.id) and e["run_id"] == str(run.id) for e in retrying)
+
+
+def test_retries_are_capped_then_the_job_fails_and_the_run_is_partial(celery_worker, sqlite_database,
+                                                                      settings_env, monkeypatch, captured_logs):
+    settings_env(retry_backoff_max="1", max_retries="2")
+    manifests = _seed(projects=4)
+    target = uuid.UUID(manifests[0].id)
+    real = consolidation.consolidate_project
+
+    def always_broken(project_id, *args, **kwargs):
+        if project_id == target:
+            raise RuntimeError("embedding index corrupt")
+        return real(project_id, *args, **kwargs)
+
+    monkeypatch.setattr(consolidation, "consolidate_project", always_broken)
+    run_scheduled.apply_async(kwargs={"slot": SLOT})
+    run = _run_for_slot()
+    jobs = _jobs(run.id)
+    assert run.status == "partial" and run.jobs_failed == 1 and run.jobs_completed == 1
+    assert jobs[target].status == "failed" and jobs[target].attempts == 3
+    assert "embedding index corrupt" in jobs[target].error_message
+    assert run.summary["failed_jobs"][0]["job_id"] == str(jobs[target].id)
+    assert "embedding index corrupt" in run.summary["failed_jobs"][0]["error"]
+    failed = [e for e in captured_logs() if e["event"] == "job.failed"]
+    assert len(failed) == 1 and failed[0]["attempts"] == 3 and failed[0]["run_id"] == str(run.id)
+
+
+def test_malformed_options_fail_at_once_without_retry(celery_worker, sqlite_database, settings_env):
+    settings_env(retry_backoff_max="1")
+    manifests = _seed(projects=3, failing=True)
+    failing = next(m for m in manifests if m.kind == "failing")
+    run_scheduled.apply_async(kwargs={"slot": SLOT})
+    run = _run_for_slot()
+    job = _jobs(run.id)[uuid.UUID(failing.id)]
+    assert run.status == "partial"
+    assert job.status == "failed" and job.attempts == 1
+    assert "consolidation_options.similarity_threshold" in job.error_message
+    assert "similarity_threshold" in run.summary["failed_jobs"][0]["error"]
+
+
+def test_all_jobs_failing_fails_the_run(celery_worker, sqlite_database, settings_env):
+    settings_env(retry_backoff_max="1")
+    _seed(projects=1, failing=True)  # one eligible + one failing
+    from orchestration.models import Project
+
+    with db.session_scope() as session:
+        session.execute(update(Project).values(consolidation_options={"merge": "yes"}))
+    run_scheduled.apply_async(kwargs={"slot": SLOT})
+    run = _run_for_slot()
+    assert run.status == "failed" and run.jobs_failed == run.jobs_total == 2
+
+
+def test_project_deleted_after_the_check_is_skipped(celery_worker, sqlite_database):
+    manifests = _seed(projects=4)
+    from orchestration.models import Project
+    from orchestration import runs
+
+    with db.session_scope() as session:
+        started = runs.start_run(session, "manual", None, 1000)
+    with db.session_scope() as session:
+        session.delete(session.get(Project, uuid.UUID(manifests[0].id)))
+    from celery import chord
+
+    chord(run_project.s(str(j)) for j in started.job_ids)(finalize_run.s(str(started.run_id)))
+    run = wait_for_run(lambda s: s.get(ConsolidationRun, started.run_id))
+    with db.session_scope() as session:
+        statuses = sorted(j.status for j in session.scalars(select(ConsolidationJob)))
+    assert statuses == ["completed", "skipped"]
+    assert run.status == "completed" and run.summary["jobs_skipped"] == 1
+
+
+def test_redelivered_run_project_never_double_applies(celery_worker, database):
+    manifests = _seed(projects=3)
+    run_scheduled.apply_async(kwargs={"slot": SLOT})
+    run = _run_for_slot()
+    job = _jobs(run.id)[uuid.UUID(manifests[0].id)]
+
+    def snapshot():
+        with db.session_scope() as session:
+            return (
+                session.scalar(select(func.count()).select_from(TaskMemory)),
+                session.scalar(select(func.count()).select_from(ConsolidationChange)),
+            )
+
+    before = snapshot()
+    # Redelivery of a finished job: a no-op.
+    assert run_project.apply_async(args=[str(job.id)]).get(timeout=30)["status"] == "completed"
+    assert snapshot() == before
+    # Worker died after its last commit but before marking the job completed.
+    with db.session_scope() as session:
+        session.execute(update(ConsolidationJob).where(ConsolidationJob.id == job.id).values(status="running"))
+    assert run_project.apply_async(args=[str(job.id)]).get(timeout=30)["status"] == "completed"
+    assert snapshot() == before
+    again = _jobs(run.id)[job.project_id]
+    assert again.attempts == 2 and again.memories_merged == job.memories_merged
+
+
+def test_finalize_is_idempotent(celery_worker, sqlite_database, captured_logs):
+    _seed(projects=3)
+    run_scheduled.apply_async(kwargs={"slot": SLOT})
+    run = _run_for_slot()
+    assert finalize_run.apply_async(args=[[], str(run.id)]).get(timeout=30)["status"] == "already_finished"
+    with db.session_scope() as session:
+        again = session.get(ConsolidationRun, run.id)
+    assert (again.finished_at, again.status, again.summary) == (run.finished_at, run.status, run.summary)
+    assert [e["event"] for e in captured_logs()].count("run.finished") == 1
+
+
+def test_bad_ids_on_the_wire_are_rejected(celery_worker, sqlite_database):
+    assert run_project.apply_async(args=["not-a-uuid"]).get(timeout=30)["status"] == "rejected"
+    assert run_project.apply_async(args=[str(uuid.uuid4())]).get(timeout=30)["status"] == "unknown"
+    assert finalize_run.apply_async(args=[[], "x"]).get(timeout=30)["status"] == "rejected"
+
+
+def test_reaper_fails_a_vanished_job_and_finalizes_its_run(celery_worker, sqlite_database, captured_logs):
+    manifests = _seed(projects=3)
+    from orchestration import runs
+
+    long_ago = utcnow() - timedelta(days=1)
+    with db.session_scope() as session:
+        started = runs.start_run(session, "scheduled", long_ago.replace(second=0, microsecond=0), 1000, now=long_ago)
+        session.execute(update(ConsolidationJob).values(status="running", heartbeat_at=long_ago, attempts=1))
+    result = reap_stale.apply_async().get(timeout=30)
+    assert result == {"jobs": 1, "runs": 1}
+    with db.session_scope() as session:
+        run = session.get(ConsolidationRun, started.run_id)
+        job = session.scalar(select(ConsolidationJob))
+    assert job.status == "failed" and job.error_message.startswith("worker lost")
+    assert run.status == "failed" and run.finished_at is not None
+    reaped = [e for e in captured_logs() if e["event"] == "run.reaped"]
+    assert reaped and reaped[0]["run_id"] == str(run.id) and reaped[0]["reason"] == "deadline"
+    assert reap_stale.apply_async().get(timeout=30) == {"jobs": 0, "runs": 0}
+    assert manifests
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        _Receiver.received.append((self.headers["Content-Type"], json.loads(body)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_summary_is_posted_to_the_notify_url(celery_worker, sqlite_database, settings_env):
+    server = HTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Receiver.received = []
+    try:
+        settings_env(notify_url=f"http://127.0.0.1:{server.server_port}/hook")
+        _seed(projects=3)
+        run_scheduled.apply_async(kwargs={"slot": SLOT})
+        run = _run_for_slot()
+    finally:
+        server.shutdown()
+    assert len(_Receiver.received) == 1
+    content_type, body = _Receiver.received[0]
+    assert content_type == "application/json"
+    assert body["id"] == str(run.id) and body["status"] == "completed"
+    assert body["memories_merged"] == run.memories_merged
+
+
+def test_an_unreachable_notify_url_is_logged_and_the_run_still_completes(celery_worker, sqlite_database,
+                                                                         settings_env, captured_logs):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once we leave: nothing listens there
+    settings_env(notify_url=f"http://user:secret@127.0.0.1:{port}/hook")
+    _seed(projects=3)
+    run_scheduled.apply_async(kwargs={"slot": SLOT})
+    run = _run_for_slot()
+    import time
+
+    time.sleep(3)  # the notification retries once after a short pause
+    assert run.status == "completed"
+    failed = [e for e in captured_logs() if e["event"] == "notify.failed"]
+    assert len(failed) == 1 and failed[0]["run_id"] == str(run.id)
+    assert "secret" not in json.dumps(failed[0])
