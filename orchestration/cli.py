@@ -349,3 +349,5 @@ def health(max_age: float, as_json: bool) -> None:
     else:
         click.echo(f"{document['status'].upper()}: {document['message']}")
     sys.exit(result.code)
+if __name__ == "__main__":
+    main()

@@ -68,10 +68,11 @@ def when(value: str | datetime | None) -> str:
 
 
 def runs_table(runs: Sequence[Any]) -> str:
+    """One line per run, within 80 columns; a manual run shows "manual" for its slot."""
     return table(
-        ["run", "slot", "trigger", "status", "jobs ok/fail/all", "merged", "archived", "took"],
+        ["run", "slot", "status", "ok/fail/all", "merged", "archived", "took"],
         [
-            (short(r.id), when(r.scheduled_for) if r.scheduled_for else "-", r.trigger_type, r.status,
+            (short(r.id), when(r.scheduled_for) if r.scheduled_for else r.trigger_type, r.status,
              f"{r.jobs_completed}/{r.jobs_failed}/{r.jobs_total}", r.memories_merged, r.memories_archived,
              duration(r.started_at, r.finished_at))
             for r in runs

@@ -204,3 +204,19 @@ def settings_env(monkeypatch):
 
     yield set_env
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def another_database_url(request, database_url: str, sqlite_template: Path, tmp_path: Path) -> Iterator[str]:
+    """A second fresh database of the same kind as ``database_url``."""
+    if database_url.startswith("sqlite"):
+        path = tmp_path / "other.db"
+        shutil.copy(sqlite_template, path)
+        yield f"sqlite:///{path}"
+        return
+    name = create_pg_database(template=request.getfixturevalue("pg_template"))
+    try:
+        yield pg_database_url(name)
+    finally:
+        db.dispose()
+        drop_pg_database(name)

@@ -1,0 +1,48 @@
+import uuid
+
+from sqlalchemy import text
+
+from orchestration import db
+from orchestration.eligibility import check_projects
+from orchestration.models import Project, TaskMemory
+
+
+def _project(session, name, active, threshold=None, enabled=True, duplicates=0, archived=0):
+    project = Project(name=name, consolidation_threshold=threshold, consolidation_enabled=enabled)
+    session.add(project)
+    session.flush()
+    for i in range(active + duplicates + archived):
+        session.add(TaskMemory(project_id=project.id, memory_type="learning", content=f"m{i}", tags=[], file_links=[],
+                               is_duplicate=i >= active and i < active + duplicates,
+                               is_archived=i >= active + duplicates))
+    return project.id
+
+
+def test_enabled_projects_above_their_threshold(database):
+    with db.session_scope() as session:
+        over = _project(session, "over", 6, threshold=5)
+        at = _project(session, "at", 5, threshold=5)
+        default_over = _project(session, "default-over", 4)
+        inactive_heavy = _project(session, "inactive", 2, threshold=3, duplicates=5, archived=5)
+        _project(session, "disabled", 50, threshold=1, enabled=False)
+    with db.session_scope() as session:
+        result = check_projects(session, default_threshold=3)
+    assert result.checked == 5 and result.skipped == 1
+    assert {pid for pid, _ in result.eligible} == {over, default_over}
+    assert at not in dict(result.eligible) and inactive_heavy not in dict(result.eligible)
+
+
+def test_the_active_count_is_an_index_only_scan_of_the_partial_index(pg_database):
+    with db.session_scope() as session:
+        project_id = _project(session, "p", 0, threshold=1)
+        # 20,000 memories, nine in ten of them archived or duplicate.
+        session.execute(text(
+            "INSERT INTO task_memories (id, project_id, memory_type, content, tags, file_links, learned_at, "
+            "is_duplicate, is_archived) SELECT gen_random_uuid(), :p, 'learning', 'm', '[]', '[]', now(), "
+            "g % 10 = 1, g % 10 > 1 FROM generate_series(1, 20000) g"), {"p": project_id})
+    with db.get_engine().connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM ANALYZE task_memories")
+        plan = "\n".join(conn.execute(text(
+            "EXPLAIN SELECT count(*) FROM task_memories WHERE project_id = :p "
+            "AND NOT is_duplicate AND NOT is_archived"), {"p": project_id}).scalars())
+    assert "Index Only Scan using ix_task_memories_active_project" in plan

@@ -1,0 +1,110 @@
+"""The nightly run end to end on the production stack: a ``celery -A
+orchestration.celery_app worker`` subprocess (prefork) against real Redis and
+PostgreSQL, started through the broker exactly as beat and ``run-now`` do."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from celery import Celery
+from sqlalchemy import select
+
+from conftest import wait_for_run
+from orchestration import db
+from orchestration.models import ConsolidationJob, ConsolidationRun
+from orchestration.seed import seed
+
+pytestmark = pytest.mark.integration
+SLOT = "2026-11-27T02:00:00+00:00"
+
+
+@pytest.fixture
+def stack(pg_database, redis_url, tmp_path):
+    """Environment for processes that talk to this test's PostgreSQL database and Redis DB."""
+    number = int(redis_url.rsplit("/", 1)[1])
+    base = redis_url.rsplit("/", 1)[0]
+    env = {
+        **os.environ,
+        "ORCHESTRATION_DATABASE_URL": pg_database,
+        "ORCHESTRATION_BROKER_URL": f"{base}/{number}",
+        "ORCHESTRATION_RESULT_BACKEND": f"{base}/{number}",
+        "ORCHESTRATION_RETRY_BACKOFF_MAX": "1",
+        "ORCHESTRATION_LOG_FORMAT": "json",
+    }
+    yield env
+
+
+@pytest.fixture
+def worker(stack, tmp_path):
+    log = tmp_path / "worker.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "orchestration.celery_app", "worker", "--pool", "prefork",
+             "--concurrency", "2", "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
+            env=stack, stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        yield log
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _client(env) -> Celery:
+    client = Celery("client", broker=env["ORCHESTRATION_BROKER_URL"], backend=env["ORCHESTRATION_RESULT_BACKEND"],
+                    set_as_current=False)
+    client.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
+    return client
+
+
+def test_full_chord_with_a_worker_subprocess(stack, worker):
+    with db.session_scope() as session:
+        manifests = seed(session, 5, 60, seed=9, dim=32, failing=True)
+    client = _client(stack)
+    client.send_task("consolidation.run_scheduled", kwargs={"slot": SLOT})
+    client.send_task("consolidation.run_scheduled", kwargs={"slot": SLOT})  # a second beat: no second run
+    slot = SLOT.replace("+00:00", "")
+    from orchestration.schedule import parse_slot
+
+    run = wait_for_run(lambda s: s.scalar(select(ConsolidationRun).where(
+        ConsolidationRun.scheduled_for == parse_slot(slot))), timeout=120)
+    with db.session_scope() as session:
+        jobs = {str(j.project_id): j for j in session.scalars(select(ConsolidationJob))}
+        runs = session.scalars(select(ConsolidationRun)).all()
+    assert len(runs) == 1
+    assert run.status == "partial" and (run.jobs_total, run.jobs_completed, run.jobs_failed) == (4, 3, 1)
+    for manifest in manifests:
+        if manifest.kind == "eligible":
+            job = jobs[manifest.id]
+            assert job.status == "completed"
+            assert job.clusters_found == len(manifest.groups)
+            assert job.memories_merged == sum(len(g) for g in manifest.groups)
+            assert job.memories_archived == len(manifest.stale)
+        elif manifest.kind == "failing":
+            assert jobs[manifest.id].status == "failed" and jobs[manifest.id].attempts == 1
+    events = [json.loads(line) for line in Path(worker).read_text().splitlines() if line.startswith("{")]
+    names = [e["event"] for e in events]
+    assert names.count("run.finished") == 1 and names.count("run.duplicate_skipped") == 1
+    assert all(e["run_id"] == str(run.id) for e in events if e["event"].startswith("job."))
+
+
+def test_run_now_wait_through_redis(stack, worker):
+    with db.session_scope() as session:
+        seed(session, 3, 40, seed=4, dim=16)
+    done = subprocess.run([sys.executable, "-m", "orchestration.cli", "run-now", "--wait", "--timeout", "120"],
+                          env=stack, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "manual  status: COMPLETED" in done.stdout
+    with db.session_scope() as session:
+        run = session.scalar(select(ConsolidationRun))
+    assert run.trigger_type == "manual" and run.jobs_completed == 1
+    assert uuid.UUID(str(run.id))
