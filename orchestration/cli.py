@@ -152,9 +152,8 @@ def consolidate(project_id: str, dry_run: bool, force: bool, as_json: bool) -> N
         attempt = jobs.begin_attempt(job.id)
         try:
             outcome = jobs.execute(attempt, get_settings(), force=force, changed_by=user)
-        except Exception as exc:
-            jobs.fail(attempt, f"{type(exc).__name__}: {exc}".splitlines()[0])
-            raise
+        except Exception as exc:  # noqa: BLE001 - recorded on the job, reported as one line
+            outcome = jobs.fail(attempt, f"{type(exc).__name__}: {exc}".splitlines()[0])
         job = _find(ConsolidationJob, str(job.id), "job")
         document = reports.row_dict(job)
         if outcome.status != "completed":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -78,6 +79,7 @@ class Plan:
     clusters: list[Cluster] = field(default_factory=list)
     archive: list[uuid.UUID] = field(default_factory=list)
     skipped_invalid: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -93,6 +95,7 @@ class ConsolidationResult:
     conflicts: int = 0
     clusters: list[dict[str, Any]] = field(default_factory=list)
     archived: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
 
     def counters(self) -> dict[str, int]:
         return {
@@ -194,6 +197,7 @@ def _vectors(rows: list[Any]) -> tuple[dict[Any, list[int]], list[np.ndarray | N
 
 def plan_project(session: Session, project_id: uuid.UUID, options: ConsolidationOptions, now: datetime) -> Plan:
     """Read the project's active memories and decide what to merge and archive."""
+    started = time.perf_counter()
     rows = session.execute(
         select(
             TaskMemory.id,
@@ -210,6 +214,7 @@ def plan_project(session: Session, project_id: uuid.UUID, options: Consolidation
     ).all()
     plan = Plan(project_id=project_id, memories_before=len(rows), versions={r.id: r.version for r in rows})
     spaces, vectors, plan.skipped_invalid = _vectors(rows)
+    plan.timings["load"] = time.perf_counter() - started
     in_cluster: set[uuid.UUID] = set()
     if options.merge:
         types = _effective_types(session, rows) if options.same_type_only else {}
@@ -220,6 +225,7 @@ def plan_project(session: Session, project_id: uuid.UUID, options: Consolidation
             for _, members in sorted(groups.items()):
                 plan.clusters.extend(_cluster_group(rows, vectors, members, options, lexical=space == "lexical"))
         in_cluster = {m for c in plan.clusters for m in c.source_ids}
+    plan.timings["similarity"] = time.perf_counter() - started - plan.timings["load"]
     if options.archive:
         cutoff = now - timedelta(days=options.archive_stale_days)
         plan.archive = [
@@ -502,6 +508,7 @@ def consolidate_project(
             memories_before=plan.memories_before,
             memories_after=plan.memories_before,
             skipped_invalid=plan.skipped_invalid,
+            timings=dict(plan.timings),
         )
         if dry_run:
             return _dry_run_report(plan, result)
@@ -523,27 +530,27 @@ def _apply(plan: Plan, options: ConsolidationOptions, job_id: uuid.UUID, result:
     archive_batches = list(chunks(plan.archive, ARCHIVE_BATCH))
     total = max(1, len(merge_batches) + len(archive_batches))
     done = 0
-    for clusters in merge_batches:
+    timings = result.timings
+    for kind, items in [*(("merge", c) for c in merge_batches), *(("archive", a) for a in archive_batches)]:
         now = clock()
         with session_scope() as session:
-            found, merged, conflicts = _merge_batch(session, plan, clusters, job_id, now, changed_by)
-            _add_to_job(session, job_id, now, clusters_found=found, memories_merged=merged)
+            started = time.perf_counter()
+            if kind == "merge":
+                found, merged, conflicts = _merge_batch(session, plan, items, job_id, now, changed_by)
+                _add_to_job(session, job_id, now, clusters_found=found, memories_merged=merged)
+                result.clusters_found += found
+                result.memories_merged += merged
+            else:
+                archived, conflicts = _archive_batch(session, plan, items, options, job_id, now, changed_by)
+                _add_to_job(session, job_id, now, memories_archived=archived)
+                result.memories_archived += archived
             locks.heartbeat(session, plan.project_id, holder, now)
-        result.clusters_found += found
-        result.memories_merged += merged
+            written = time.perf_counter()
+        timings["write"] = timings.get("write", 0.0) + written - started
+        timings["commit"] = timings.get("commit", 0.0) + time.perf_counter() - written
         result.conflicts += conflicts
         done += 1
-        report("merge", 0.4 + 0.55 * done / total)
-    for ids in archive_batches:
-        now = clock()
-        with session_scope() as session:
-            archived, conflicts = _archive_batch(session, plan, ids, options, job_id, now, changed_by)
-            _add_to_job(session, job_id, now, memories_archived=archived)
-            locks.heartbeat(session, plan.project_id, holder, now)
-        result.memories_archived += archived
-        result.conflicts += conflicts
-        done += 1
-        report("archive", 0.4 + 0.55 * done / total)
+        report(kind, 0.4 + 0.55 * done / total)
 
 
 def _dry_run_report(plan: Plan, result: ConsolidationResult) -> ConsolidationResult:

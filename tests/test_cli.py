@@ -183,3 +183,18 @@ def test_demo(tmp_path, flags, code, status):
     assert (tmp_path / "var" / "demo.db").exists()
     events = [json.loads(line)["event"] for line in done.stderr.splitlines() if line.startswith("{")]
     assert "run.finished" in events
+
+
+def test_consolidate_reports_a_busy_project_as_one_line(sqlite_database):
+    from datetime import timedelta as td
+
+    from orchestration import locks
+    from orchestration.dbtypes import utcnow
+
+    project = _seed()[0]
+    with db.session_scope() as session:
+        locks.acquire(session, uuid.UUID(project["id"]), "nightly-job", utcnow(), td(hours=1))
+    out = cli("consolidate", project["id"], code=1)
+    assert "is busy: job nightly-job is consolidating it" in out and len(out.splitlines()) == 1
+    with db.session_scope() as session:
+        assert session.scalar(select(ConsolidationJob)).status == "failed"

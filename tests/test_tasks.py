@@ -332,3 +332,26 @@ def test_an_unreachable_notify_url_is_logged_and_the_run_still_completes(celery_
     failed = [e for e in captured_logs() if e["event"] == "notify.failed"]
     assert len(failed) == 1 and failed[0]["run_id"] == str(run.id)
     assert "secret" not in json.dumps(failed[0])
+
+
+def test_a_broken_callback_still_closes_the_run_as_failed(celery_worker, sqlite_database, monkeypatch,
+                                                          captured_logs):
+    from orchestration import runs
+
+    real = runs.finalize
+    calls = {"n": 0}
+
+    def broken_once(session, run_id, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ValueError("summary could not be written")
+        return real(session, run_id, *args, **kwargs)
+
+    monkeypatch.setattr(runs, "finalize", broken_once)
+    _seed(projects=3)
+    run_scheduled.apply_async(kwargs={"slot": SLOT})
+    run = _run_for_slot()
+    assert run.status == "failed"
+    assert run.error_message.startswith("run callback failed: ValueError: summary could not be written")
+    finished = [e for e in captured_logs() if e["event"] == "run.finished"]
+    assert len(finished) == 1 and finished[0]["status"] == "failed"
