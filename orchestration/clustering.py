@@ -34,11 +34,10 @@ def similar_pairs(vectors: np.ndarray, threshold: float, block: int = DEFAULT_BL
         # Upper triangle only: compare this block with itself and everything after it.
         sims = vectors[start:stop] @ vectors[start:].T
         rows, cols = np.nonzero(sims >= threshold)
-        for r, c in zip(rows.tolist(), cols.tolist()):
+        above_diagonal = cols > rows  # column c is row start + c: keep j > i only
+        rows, cols = rows[above_diagonal], cols[above_diagonal]
+        for r, c, s in zip(rows.tolist(), cols.tolist(), sims[rows, cols].tolist()):
             i, j = start + r, start + c
-            if j <= i:
-                continue
-            s = float(sims[r, c])
             neighbours[i][j] = s
             neighbours[j][i] = s
     return neighbours

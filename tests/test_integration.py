@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -39,14 +40,17 @@ def stack(pg_database, redis_url, tmp_path):
     yield env
 
 
-@pytest.fixture
-def worker(stack, tmp_path):
-    log = tmp_path / "worker.log"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def worker_process(env, log: Path, app: str = "orchestration.celery_app"):
+    """``celery -A <app> worker`` (prefork, 2 processes) as a subprocess."""
     with log.open("w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "orchestration.celery_app", "worker", "--pool", "prefork",
-             "--concurrency", "2", "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
-            env=stack, stdout=out, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "celery", "-A", app, "worker", "--pool", "prefork", "--concurrency", "2",
+             "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
+            env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
         )
     try:
         yield log
@@ -57,6 +61,12 @@ def worker(stack, tmp_path):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture
+def worker(stack, tmp_path):
+    with worker_process(stack, tmp_path / "worker.log") as log:
+        yield log
 
 
 def _client(env) -> Celery:
@@ -108,3 +118,22 @@ def test_run_now_wait_through_redis(stack, worker):
         run = session.scalar(select(ConsolidationRun))
     assert run.trigger_type == "manual" and run.jobs_completed == 1
     assert uuid.UUID(str(run.id))
+
+
+def test_a_job_past_its_soft_time_limit_fails_cleanly(stack, tmp_path):
+    env = {**stack, "ORCHESTRATION_JOB_TIME_LIMIT": "2", "FAULT_SLEEP_S": "30"}
+    with db.session_scope() as session:
+        seed(session, 1, 40, seed=4, dim=16)
+    with worker_process(env, tmp_path / "worker.log", app="tests.fault_worker") as log:
+        _client(env).send_task("consolidation.run_scheduled", kwargs={"slot": SLOT})
+        from orchestration.schedule import parse_slot
+
+        run = wait_for_run(lambda s: s.scalar(select(ConsolidationRun).where(
+            ConsolidationRun.scheduled_for == parse_slot(SLOT))), timeout=60)
+    with db.session_scope() as session:
+        job = session.scalar(select(ConsolidationJob))
+    assert job.status == "failed" and job.attempts == 1
+    assert job.error_message.startswith("exceeded the soft time limit of 2s (ORCHESTRATION_JOB_TIME_LIMIT)")
+    assert run.status == "failed" and run.jobs_failed == 1
+    events = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    assert any(e["event"] == "job.failed" and "soft time limit" in e["error"] for e in events)

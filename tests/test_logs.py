@@ -1,0 +1,48 @@
+import io
+import json
+
+import structlog
+
+from orchestration.logs import configure_logging, get_logger, task_context
+from orchestration.settings import get_settings, load_settings
+
+
+def test_task_context_finds_ids_by_parameter_name():
+    def run_project(job_id): ...
+    def finalize_run(results, run_id): ...
+
+    assert task_context(run_project, ("j1",), {}) == {"job_id": "j1"}
+    assert task_context(finalize_run, ([{"x": 1}], "r1"), {}) == {"run_id": "r1"}
+    assert task_context(finalize_run, (), {"results": [], "run_id": "r2"}) == {"run_id": "r2"}
+    assert task_context(run_project, (1, 2, 3), {}) == {}
+
+
+def test_json_lines_carry_bound_ids_and_stdlib_lines_share_the_renderer():
+    import logging
+
+    stream = io.StringIO()
+    configure_logging(load_settings({}), stream=stream)
+    try:
+        with structlog.contextvars.bound_contextvars(run_id="r-1", job_id="j-1"):
+            get_logger("orchestration.test").info("job.progress", progress=0.5, stage="merge")
+            logging.getLogger("celery.worker").warning("plain %s line", "stdlib")
+    finally:
+        configure_logging(get_settings())
+    ours, theirs = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert ours["event"] == "job.progress" and ours["level"] == "info" and ours["progress"] == 0.5
+    assert ours["run_id"] == "r-1" and ours["job_id"] == "j-1" and ours["timestamp"].endswith("Z")
+    assert theirs["event"] == "plain stdlib line" and theirs["level"] == "warning" and theirs["run_id"] == "r-1"
+
+
+def test_console_format_and_level():
+    stream = io.StringIO()
+    configure_logging(load_settings({"ORCHESTRATION_LOG_FORMAT": "console", "ORCHESTRATION_LOG_LEVEL": "WARNING"}),
+                      stream=stream)
+    try:
+        get_logger().info("hidden")
+        get_logger().warning("run.reaped", reason="deadline")
+    finally:
+        configure_logging(get_settings())
+    text = stream.getvalue()
+    assert "hidden" not in text and "run.reaped" in text and "reason=deadline" in text
+    assert not text.lstrip().startswith("{")
