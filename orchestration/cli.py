@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import getpass
 import sys
-import time
 import uuid
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any
 
 import click
 from sqlalchemy import String, cast, func, select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from orchestration import db, migrate, reports
+from orchestration import runs as runs_module
 from orchestration.dbtypes import utcnow
 from orchestration.logs import configure_logging
 from orchestration.models import RUN_STATUSES, ConsolidationJob, ConsolidationRun, Project
@@ -297,23 +297,12 @@ def run_now(wait: bool, slot: str | None, timeout: int | None) -> None:
     if not wait:
         click.echo(f"sent {label} to the broker at {db.mask_url(settings.broker_url)}")
         return
-    run = _wait_for_run(finder, timeout or settings.run_deadline)
+    run = runs_module.wait_for_finish(finder, timeout or settings.run_deadline)
     if run is None:
         raise CliError(f"{label} did not finish within the timeout", 2)
     document = reports.run_document(run.id)
     click.echo(reports.run_text(document))
     sys.exit(0 if document["status"] == "completed" else 1)
-
-
-def _wait_for_run(finder: Callable, timeout: float) -> ConsolidationRun | None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with db.session_scope() as session:
-            run = finder(session)
-        if run is not None and run.status != "running":
-            return run
-        time.sleep(0.5)
-    return None
 
 
 @main.command()

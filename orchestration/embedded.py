@@ -7,7 +7,6 @@ nightly chord exactly as production does.
 from __future__ import annotations
 
 import logging
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -15,7 +14,7 @@ from typing import Any, Iterator
 from celery import Celery
 from sqlalchemy import select
 
-from orchestration import db, migrate, reports
+from orchestration import db, migrate, reports, runs
 from orchestration.dbtypes import utcnow
 from orchestration.models import ConsolidationRun
 
@@ -63,11 +62,10 @@ def run_demo(projects: int, memories: int, with_failure: bool = False) -> dict[s
     slot = utcnow().replace(second=0, microsecond=0)
     with embedded_worker(app):
         run_scheduled.apply_async(kwargs={"slot": slot.isoformat()})
-        deadline = time.monotonic() + WAIT_S
-        while time.monotonic() < deadline:
-            with db.session_scope() as session:
-                run = session.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == slot))
-            if run is not None and run.status != "running":
-                return reports.run_document(run.id)
-            time.sleep(0.2)
-    raise TimeoutError(f"the demo run did not finish within {WAIT_S:.0f}s")
+        run = runs.wait_for_finish(
+            lambda session: session.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == slot)),
+            WAIT_S,
+        )
+    if run is None:
+        raise TimeoutError(f"the demo run did not finish within {WAIT_S:.0f}s")
+    return reports.run_document(run.id)

@@ -9,16 +9,18 @@ so finalizing twice (or from the reaper) gives the same answer.
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from orchestration import jobs
+from orchestration.db import session_scope
 from orchestration.dbtypes import utcnow
 from orchestration.eligibility import check_projects
 from orchestration.models import UNFINISHED_JOB_STATUSES, ConsolidationJob, ConsolidationRun, Project
@@ -160,3 +162,16 @@ def finished_fields(run: ConsolidationRun) -> dict[str, Any]:
         "duration_s": (run.summary or {}).get("duration_s"),
         "error": run.error_message,
     }
+
+
+def wait_for_finish(find: Callable[[Session], ConsolidationRun | None], timeout: float,
+                    interval: float = 0.2) -> ConsolidationRun | None:
+    """Poll until ``find(session)`` returns a run that is no longer running; ``None`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with session_scope() as session:
+            run = find(session)
+        if run is not None and run.status != "running":
+            return run
+        time.sleep(interval)
+    return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -116,32 +117,33 @@ def database_url(request) -> str:
     return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
 
 
-@pytest.fixture
-def database(database_url: str) -> Iterator[str]:
-    """Point the process (and the in-process worker) at a fresh migrated database."""
-    db.use_database(database_url)
+@contextmanager
+def _pointed_at(url: str) -> Iterator[str]:
+    """The process (and the in-process worker) uses ``url`` for the block."""
+    db.use_database(url)
     try:
-        yield database_url
+        yield url
     finally:
         db.use_database(None)
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[str]:
+    """A fresh migrated database, SQLite and PostgreSQL in turn."""
+    with _pointed_at(database_url) as url:
+        yield url
 
 
 @pytest.fixture
 def sqlite_database(sqlite_url: str) -> Iterator[str]:
-    db.use_database(sqlite_url)
-    try:
-        yield sqlite_url
-    finally:
-        db.use_database(None)
+    with _pointed_at(sqlite_url) as url:
+        yield url
 
 
 @pytest.fixture
 def pg_database(pg_url: str) -> Iterator[str]:
-    db.use_database(pg_url)
-    try:
-        yield pg_url
-    finally:
-        db.use_database(None)
+    with _pointed_at(pg_url) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -180,16 +182,11 @@ def celery_worker():
 
 def wait_for_run(finder, timeout: float = 60.0):
     """Poll the database until ``finder(session)`` returns a finished run."""
-    import time
+    from orchestration.runs import wait_for_finish
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with db.session_scope() as session:
-            run = finder(session)
-            if run is not None and run.status != "running":
-                return run
-        time.sleep(0.1)
-    raise AssertionError(f"run not finished within {timeout}s")
+    run = wait_for_finish(finder, timeout, interval=0.1)
+    assert run is not None, f"run not finished within {timeout}s"
+    return run
 
 
 @pytest.fixture
