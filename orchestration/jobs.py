@@ -19,7 +19,7 @@ from orchestration.consolidation import ConsolidationResult, ProjectDisabled, Pr
 from orchestration.db import session_scope
 from orchestration.dbtypes import utcnow
 from orchestration.logs import get_logger
-from orchestration.models import ConsolidationJob
+from orchestration.models import ConsolidationJob, Project
 from orchestration.options import ConsolidationOptions, InvalidOptions, resolve_options
 from orchestration.settings import Settings
 
@@ -176,14 +176,21 @@ def complete(attempt: Attempt, result: ConsolidationResult) -> JobOutcome:
     return JobOutcome(str(attempt.job_id), "completed", counters=counters)
 
 
+def close_unfinished(session: Session, job: ConsolidationJob, status: str, error: str, now: datetime) -> None:
+    """End a job that did not complete. ``memories_after`` is what is active now, so the
+    run's totals stay true when a job failed halfway or changed nothing."""
+    job.status = status
+    job.error_message = error
+    job.completed_at = job.heartbeat_at = now
+    if job.project_id is not None and session.get(Project, job.project_id) is not None:
+        job.memories_after = consolidation.count_active(session, job.project_id)
+
+
 def _finish(job_id: uuid.UUID, status: str, error: str) -> None:
     with session_scope() as session:
         job = session.get(ConsolidationJob, job_id)
-        if job is None or job.status in FINISHED:
-            return
-        job.status = status
-        job.error_message = error
-        job.completed_at = job.heartbeat_at = utcnow()
+        if job is not None and job.status not in FINISHED:
+            close_unfinished(session, job, status, error, utcnow())
 
 
 def fail(attempt: Attempt, error: str) -> JobOutcome:

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from orchestration import runs
+from orchestration import jobs, runs
 from orchestration.models import UNFINISHED_JOB_STATUSES, ConsolidationJob, ConsolidationRun
 from orchestration.settings import Settings
 
@@ -20,7 +20,7 @@ HEARTBEAT_MARGIN = timedelta(minutes=5)
 
 @dataclass
 class Reaped:
-    jobs: list[str] = field(default_factory=list)
+    jobs: list[ConsolidationJob] = field(default_factory=list)
     runs: list[tuple[ConsolidationRun, str]] = field(default_factory=list)
 
 
@@ -36,10 +36,9 @@ def reap(session: Session, settings: Settings, now: datetime) -> Reaped:
         )
     ).all()
     for job in lost:
-        job.error_message = f"worker lost: no heartbeat since {job.heartbeat_at.isoformat()}"
-        job.status = "failed"
-        job.completed_at = now
-        reaped.jobs.append(str(job.id))
+        jobs.close_unfinished(session, job, "failed",
+                              f"worker lost: no heartbeat since {job.heartbeat_at.isoformat()}", now)
+        reaped.jobs.append(job)
     session.flush()
     deadline = now - timedelta(seconds=settings.run_deadline)
     overdue = session.scalars(

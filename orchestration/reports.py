@@ -110,10 +110,12 @@ def _parse(value: str | None) -> datetime | None:
 
 
 def run_text(doc: dict[str, Any]) -> str:
+    """A run summary and its jobs (failed first), within 80 columns."""
+    started, finished = _parse(doc["started_at"]), _parse(doc["finished_at"])
     lines = [
         f"run {doc['id']}  {doc['trigger_type']}  status: {doc['status'].upper()}",
-        f"  slot {when(doc['scheduled_for'])}  started {when(doc['started_at'])}  finished {when(doc['finished_at'])}"
-        f"  took {duration(_parse(doc['started_at']), _parse(doc['finished_at']))}",
+        f"  slot {when(doc['scheduled_for'])}  took {duration(started, finished)}",
+        f"  started {when(started)}  finished {when(finished)}",
         f"  projects: {doc['projects_checked']} checked, {doc['projects_eligible']} eligible, "
         f"{doc['projects_skipped']} disabled",
         f"  jobs: {doc['jobs_completed']} completed, {doc['jobs_failed']} failed, {doc['jobs_total']} total",
@@ -121,21 +123,26 @@ def run_text(doc: dict[str, Any]) -> str:
         f"{doc['memories_merged']} merged, {doc['memories_archived']} archived",
     ]
     if doc.get("error_message"):
-        lines.append(f"  error: {_first_line(doc['error_message'], 200)}")
-    if doc.get("jobs"):
-        lines.append("")
-        lines.append(table(
-            ["project", "status", "tries", "took", "merged", "archived", "error"],
+        lines.append(f"  error: {_first_line(doc['error_message'], 71)}")
+    jobs = doc.get("jobs") or []
+    if jobs:
+        lines += ["", table(
+            ["project", "status", "tries", "took", "merged", "archived", "progress"],
             [
-                ((j["project_name"] or short(j["project_id"]))[:24], j["status"], j["attempts"],
-                 duration(_parse(j["started_at"]), _parse(j["completed_at"])), j["memories_merged"],
-                 j["memories_archived"],
-                 _first_line(j["error_message"], 30) if j["status"] in ("failed", "skipped") else
-                 (f"{j['progress']:.0%}" if j["status"] == "running" else ""))
-                for j in doc["jobs"]
+                (_project(j), j["status"], j["attempts"], duration(_parse(j["started_at"]), _parse(j["completed_at"])),
+                 j["memories_merged"], j["memories_archived"], f"{j['progress']:.0%}")
+                for j in jobs
             ],
-        ))
+        )]
+        problems = [j for j in jobs if j["error_message"] and j["status"] in ("failed", "skipped")]
+        if problems:
+            lines += ["", "errors:"]
+            lines += [f"  {_project(j)}: {_first_line(j['error_message'], 76 - len(_project(j)))}" for j in problems]
     return "\n".join(lines)
+
+
+def _project(job: dict[str, Any]) -> str:
+    return (job.get("project_name") or short(job.get("project_id")))[:20]
 
 
 def job_text(doc: dict[str, Any]) -> str:

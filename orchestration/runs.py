@@ -106,9 +106,8 @@ def finalize(session: Session, run_id: uuid.UUID, now: datetime | None = None,
     ).all()
     for job, _ in rows:
         if job.status in UNFINISHED_JOB_STATUSES:
-            job.error_message = unfinished_error or f"job was still {job.status} when the run was finalized"
-            job.status = "failed"
-            job.completed_at = now
+            jobs.close_unfinished(session, job, "failed",
+                                  unfinished_error or f"job was still {job.status} when the run was finalized", now)
     statuses = [job.status for job, _ in rows]
     run.jobs_total = len(rows)
     run.jobs_completed = statuses.count("completed")

@@ -30,7 +30,7 @@ def _uuid(value: Any, name: str) -> uuid.UUID | None:
     try:
         return uuid.UUID(str(value))
     except ValueError:
-        log.error("task.rejected", reason=f"{name} is not a UUID", value=str(value)[:64])
+        log.error("task.rejected", reason=f"{name} {str(value)[:64]!r} is not a UUID")
         return None
 
 
@@ -86,10 +86,7 @@ def run_project(self, job_id: str) -> dict[str, Any]:
         return {"job_id": job_id, "status": "unknown"}
     if attempt is None:
         return _already_finished(job_uuid)
-    structlog.contextvars.bind_contextvars(
-        run_id=str(attempt.run_id) if attempt.run_id else None,
-        project_id=str(attempt.project_id) if attempt.project_id else None,
-    )
+    _bind_job(attempt.run_id, attempt.project_id)
     log.info("job.started", attempt=attempt.number)
     try:
         outcome = jobs.execute(attempt, settings)
@@ -109,11 +106,19 @@ def run_project(self, job_id: str) -> dict[str, Any]:
     return outcome.as_dict()
 
 
+def _bind_job(run_id: uuid.UUID | None, project_id: uuid.UUID | None) -> None:
+    """Log lines of a job carry its run and project (job_id is bound from the arguments)."""
+    structlog.contextvars.bind_contextvars(
+        run_id=str(run_id) if run_id else None, project_id=str(project_id) if project_id else None
+    )
+
+
 def _already_finished(job_id: uuid.UUID) -> dict[str, Any]:
     with session_scope() as session:
         job = session.get(ConsolidationJob, job_id)
         status, error = job.status, job.error_message
-    log.info("job.already_finished", job_id=str(job_id), status=status)
+        _bind_job(job.run_id, job.project_id)
+    log.info("job.already_finished", status=status)
     return {"job_id": str(job_id), "status": status, "error": error}
 
 
@@ -157,12 +162,15 @@ def reap_stale() -> dict[str, Any]:
     """Fail jobs whose worker vanished; finalize runs past the deadline."""
     with session_scope() as session:
         reaped = reaper.reap(session, get_settings(), utcnow())
+        lost = [(str(j.id), str(j.run_id) if j.run_id else None, str(j.project_id) if j.project_id else None,
+                 j.attempts, j.error_message) for j in reaped.jobs]
         closed = [(run.id, reason, runs.finished_fields(run), runs.summary_document(run)) for run, reason in reaped.runs]
-    for job_id in reaped.jobs:
-        log.warning("job.failed", job_id=job_id, attempts=None, error="worker lost")
+    for job_id, run_id, project_id, attempts, error in lost:
+        with structlog.contextvars.bound_contextvars(run_id=run_id, job_id=job_id, project_id=project_id):
+            log.error("job.failed", attempts=attempts, error=error)
     for run_id, reason, fields, summary in closed:
-        log.warning("run.reaped", run_id=str(run_id), reason=reason)
         with structlog.contextvars.bound_contextvars(run_id=str(run_id)):
+            log.warning("run.reaped", reason=reason)
             _announce(fields, summary)
     return {"jobs": len(reaped.jobs), "runs": len(closed)}
 

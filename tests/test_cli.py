@@ -198,3 +198,59 @@ def test_consolidate_reports_a_busy_project_as_one_line(sqlite_database):
     assert "is busy: job nightly-job is consolidating it" in out and len(out.splitlines()) == 1
     with db.session_scope() as session:
         assert session.scalar(select(ConsolidationJob)).status == "failed"
+
+
+def _run_in_state(state: str, run_id: uuid.UUID | None = None) -> uuid.UUID:
+    """A run with two jobs, in one of the states an operator can meet."""
+    now = datetime.now(timezone.utc)
+    with db.session_scope() as session:
+        if session.scalar(select(Project)) is None:
+            session.add_all([Project(name="alpha", consolidation_threshold=0), Project(name="beta",
+                                                                                      consolidation_threshold=0)])
+            session.flush()
+        started = runs.start_run(session, "manual", None, 0, now=now - timedelta(hours=7), run_id=run_id)
+        projects = session.scalars(select(Project).order_by(Project.name)).all()
+        for index, project in enumerate(projects):
+            job = ConsolidationJob(run_id=started.run_id, project_id=project.id, trigger_type="manual",
+                                   status="pending", attempts=1, started_at=now - timedelta(hours=7))
+            session.add(job)
+            job.status = {"completed": "completed", "partial": ("failed", "completed")[index],
+                          "failed": "failed", "running": ("running", "completed")[index],
+                          "reaped": ("running", "completed")[index]}[state]
+            job.progress = 0.5 if job.status == "running" else 1.0
+            job.error_message = "OperationalError: connection refused\nsecond line" if job.status == "failed" else None
+        session.flush()
+        if state in ("completed", "partial", "failed"):
+            runs.finalize(session, started.run_id, now)
+        elif state == "reaped":
+            runs.finalize(session, started.run_id, now, unfinished_error="run deadline of 21600s passed")
+        return started.run_id
+
+
+@pytest.mark.parametrize("state", ["completed", "partial", "failed", "running", "reaped"])
+def test_runs_show_and_list_in_every_state(sqlite_database, state):
+    run_id = _run_in_state(state)
+    status = {"reaped": "partial"}.get(state, state)
+    doc = json.loads(cli("runs", "show", str(run_id), "--json"))
+    assert doc["status"] == status and len(doc["jobs"]) == 2
+    assert [j["status"] for j in doc["jobs"]][0] == ("failed" if status in ("partial", "failed") else doc["jobs"][0]["status"])
+    text = cli("runs", "show", str(run_id))
+    assert f"status: {status.upper()}" in text
+    assert all(len(line) <= 80 for line in text.splitlines())
+    if state == "running":
+        assert "50%" in text  # per-job progress of a running run
+    if state in ("partial", "failed"):
+        assert "OperationalError: connection refused" in text and "second line" not in text
+    if state == "reaped":
+        assert "run deadline of 21600s passed" in text
+    listed = json.loads(cli("runs", "list", "--status", status, "--json"))
+    assert [r["id"] for r in listed] == [str(run_id)]
+
+
+def test_an_ambiguous_prefix_is_one_line(sqlite_database):
+    _run_in_state("completed", uuid.UUID("abcd1111-0000-0000-0000-000000000000"))
+    _run_in_state("completed", uuid.UUID("abcd2222-0000-0000-0000-000000000000"))
+    assert cli("runs", "show", "abcd", code=1).strip() == (
+        "Error: run id prefix 'abcd' is ambiguous; give more characters")
+    assert "abcd1111" in cli("runs", "show", "abcd1")
+    assert cli("jobs", "show", "0000", code=1).strip() == "Error: no job with id '0000'"

@@ -96,6 +96,14 @@ def test_full_chord_on_seeded_data(celery_worker, database, captured_logs):
     assert celery_lines and all(e["run_id"] == str(run.id) for e in celery_lines)
     finished = next(e for e in events if e["event"] == "run.finished")
     assert finished["status"] == "completed" and finished["memories_merged"] == run.memories_merged
+    # Progress moves forward only, through named stages, and ends at 1.0 "done".
+    stages = ["load", "similarity", "merge", "archive", "done"]
+    for job in jobs.values():
+        steps = [(e["progress"], e["stage"]) for e in events
+                 if e["event"] == "job.progress" and e["job_id"] == str(job.id)]
+        assert steps[0] == (0.0, "load") and steps[-1] == (1.0, "done")
+        assert [p for p, _ in steps] == sorted(p for p, _ in steps)
+        assert [stages.index(s) for _, s in steps] == sorted(stages.index(s) for _, s in steps)
 
 
 def test_zero_eligible_projects_completes_at_once(celery_worker, sqlite_database):
@@ -355,3 +363,14 @@ def test_a_broken_callback_still_closes_the_run_as_failed(celery_worker, sqlite_
     assert run.error_message.startswith("run callback failed: ValueError: summary could not be written")
     finished = [e for e in captured_logs() if e["event"] == "run.finished"]
     assert len(finished) == 1 and finished[0]["status"] == "failed"
+
+
+def test_a_failed_job_reports_what_is_active_now(celery_worker, sqlite_database, settings_env):
+    settings_env(retry_backoff_max="1")
+    manifests = _seed(projects=3, failing=True)
+    run_scheduled.apply_async(kwargs={"slot": SLOT})
+    run = _run_for_slot()
+    failing = _jobs(run.id)[uuid.UUID(next(m.id for m in manifests if m.kind == "failing"))]
+    assert failing.status == "failed" and failing.memories_after == failing.memories_before > 0
+    assert run.memories_before - run.memories_after == run.memories_merged - sum(
+        j.clusters_found for j in _jobs(run.id).values()) + run.memories_archived

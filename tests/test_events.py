@@ -1,0 +1,100 @@
+"""docs/events.md against what a real run emits, in both directions."""
+
+import io
+import json
+import re
+import socket
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import select, update
+
+from conftest import wait_for_run
+from orchestration import consolidation, db, runs
+from orchestration.consolidation import ProjectDisabled
+from orchestration.dbtypes import utcnow
+from orchestration.logs import configure_logging
+from orchestration.models import ConsolidationChange, ConsolidationJob, ConsolidationRun
+from orchestration.schedule import parse_slot
+from orchestration.seed import seed
+from orchestration.settings import get_settings
+from orchestration.tasks import prune_audit, reap_stale, run_project, run_scheduled
+
+CATALOGUE = Path(__file__).resolve().parent.parent / "docs" / "events.md"
+COMMON = {"event", "level", "logger", "timestamp", "task_id", "task", "run_id", "job_id", "project_id"}
+SLOT = "2026-11-27T02:00:00+00:00"
+
+
+def catalogue() -> dict[str, dict]:
+    events = {}
+    for line in CATALOGUE.read_text().splitlines():
+        match = re.match(r"\| `([a-z_.]+)` \| (\w+) \| (.*?) \| .* \|$", line)
+        if match:
+            events[match[1]] = {"level": match[2], "fields": set(re.findall(r"`(\w+)`", match[3]))}
+    return events
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_catalogue_matches_what_a_run_emits(celery_worker, sqlite_database, settings_env, monkeypatch):
+    settings_env(retry_backoff_max="1", max_retries="1", notify_url=f"http://127.0.0.1:{_closed_port()}/")
+    stream = io.StringIO()
+    configure_logging(get_settings(), stream=stream)
+    try:
+        with db.session_scope() as session:
+            manifests = seed(session, 5, 40, seed=2, dim=16, failing=True)
+        flaky, disabled_meanwhile = uuid.UUID(manifests[0].id), uuid.UUID(manifests[1].id)
+        real = consolidation.consolidate_project
+        calls = {"n": 0}
+
+        def faults(project_id, *args, **kwargs):
+            if project_id == disabled_meanwhile:
+                raise ProjectDisabled(f"project {project_id} has consolidation disabled")
+            if project_id == flaky and calls["n"] == 0:
+                calls["n"] += 1
+                raise ConnectionError("database restarting")
+            return real(project_id, *args, **kwargs)
+
+        monkeypatch.setattr(consolidation, "consolidate_project", faults)
+        run_scheduled.apply_async(kwargs={"slot": SLOT}).get(timeout=30)
+        run_scheduled.apply_async(kwargs={"slot": SLOT}).get(timeout=30)
+        run = wait_for_run(lambda s: s.scalar(select(ConsolidationRun).where(
+            ConsolidationRun.scheduled_for == parse_slot(SLOT))))
+        with db.session_scope() as session:
+            job_id = session.scalar(select(ConsolidationJob.id).where(ConsolidationJob.project_id == flaky))
+        run_project.apply_async(args=[str(job_id)]).get(timeout=30)
+        run_project.apply_async(args=["not-a-uuid"]).get(timeout=30)
+        # A run whose worker vanished long ago, for the reaper.
+        long_ago = utcnow() - timedelta(days=2)
+        with db.session_scope() as session:
+            stale = runs.start_run(session, "manual", None, 10, now=long_ago)
+            session.execute(update(ConsolidationJob).where(ConsolidationJob.run_id == stale.run_id)
+                            .values(status="running", heartbeat_at=long_ago))
+        reap_stale.apply_async().get(timeout=60)
+        with db.session_scope() as session:
+            session.execute(update(ConsolidationChange).values(changed_at=long_ago - timedelta(days=100)))
+        prune_audit.apply_async().get(timeout=30)
+    finally:
+        configure_logging(get_settings())
+    assert run.status == "partial"
+
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    ours = [e for e in lines if e["logger"].startswith("orchestration")]
+    documented = catalogue()
+    emitted: dict[str, set] = {}
+    for event in ours:
+        name = event["event"]
+        assert name in documented, f"{name} is emitted but not in docs/events.md"
+        assert event["level"] == documented[name]["level"], name
+        emitted.setdefault(name, set()).update(set(event) - COMMON)
+        assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z$", event["timestamp"])
+        if name.startswith(("job.", "run.")) and name != "run.duplicate_skipped":
+            assert event.get("run_id"), event
+    assert set(documented) == set(emitted), "documented but never emitted: " + str(set(documented) - set(emitted))
+    for name, info in documented.items():
+        assert emitted[name] == info["fields"], f"{name}: emitted {emitted[name]}, documented {info['fields']}"
