@@ -4,6 +4,7 @@ PostgreSQL, started through the broker exactly as beat and ``run-now`` do."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -137,3 +138,36 @@ def test_a_job_past_its_soft_time_limit_fails_cleanly(stack, tmp_path):
     assert run.status == "failed" and run.jobs_failed == 1
     events = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     assert any(e["event"] == "job.failed" and "soft time limit" in e["error"] for e in events)
+
+
+def test_the_worker_sends_celery_task_events(stack, worker):
+    """`celery events` and Flower see the run's tasks with readable names and id-only arguments."""
+    import threading
+
+    with db.session_scope() as session:
+        seed(session, 3, 40, seed=4, dim=16)
+    client = _client(stack)
+    received: list[dict] = []
+    with client.connection() as conn:
+        receiver = client.events.Receiver(conn, handlers={"*": received.append})
+        thread = threading.Thread(target=lambda: receiver.capture(limit=None, timeout=None, wakeup=True),
+                                  daemon=True)
+        thread.start()
+        import time
+
+        time.sleep(1.0)  # the receiver's queue must exist before the events are published
+        client.send_task("consolidation.run_scheduled", kwargs={"slot": SLOT})
+        from orchestration.schedule import parse_slot
+
+        wait_for_run(lambda s: s.scalar(select(ConsolidationRun).where(
+            ConsolidationRun.scheduled_for == parse_slot(SLOT))), timeout=120)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(
+                e.get("name") == "consolidation.finalize_run" for e in received if e["type"] == "task-received"):
+            time.sleep(0.2)
+        receiver.should_stop = True
+    names = {e.get("name") for e in received if e["type"] == "task-received"}
+    assert {"consolidation.run_scheduled", "consolidation.run_project", "consolidation.finalize_run"} <= names
+    project_events = [e for e in received if e["type"] == "task-received" and e["name"] == "consolidation.run_project"]
+    assert all(re.fullmatch(r"\('[0-9a-f-]{36}',\)", e["args"]) for e in project_events)
+    assert any(e["type"] == "task-succeeded" for e in received)
