@@ -27,8 +27,9 @@ import time
 import uuid
 from pathlib import Path
 
-ADMIN_URL = os.environ.get("ORCHESTRATION_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _common import scratch_pg_database  # noqa: E402
 
 def _seed(url: str, size: int) -> None:
     from orchestration import db, migrate
@@ -67,30 +68,11 @@ def _child(*args: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _pg_database():
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    from orchestration.db import normalize_url
-
-    name = f"orch_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(normalize_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return make_url(normalize_url(ADMIN_URL)).set(database=name).render_as_string(hide_password=False), drop
-
-
 def measure(database: str, size: int, workdir: Path) -> dict:
     if database == "sqlite":
         url, drop = f"sqlite:///{workdir / f'bench-{size}.db'}", (lambda: None)
     else:
-        url, drop = _pg_database()
+        url, drop = scratch_pg_database()
     try:
         seeded = _child("_seed", url, str(size))
         return {"database": database, "size": size, **seeded, **_child("_consolidate", url, seeded["project_id"])}
@@ -118,7 +100,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     if len(sys.argv) > 1 and sys.argv[1] == "_seed":
         _seed(sys.argv[2], int(sys.argv[3]))
     elif len(sys.argv) > 1 and sys.argv[1] == "_consolidate":

@@ -149,9 +149,9 @@ def consolidate(project_id: str, dry_run: bool, force: bool, as_json: bool) -> N
         with db.session_scope() as session:
             job = jobs.create_job(session, project.id, run_id=None, trigger_type="manual", triggered_by=user,
                                   options=project.consolidation_options)
-        attempt = jobs.begin_attempt(job.id)
+        attempt = jobs.begin_attempt(job.id, get_settings(), force=force)
         try:
-            outcome = jobs.execute(attempt, get_settings(), force=force, changed_by=user)
+            outcome = jobs.execute(attempt, changed_by=user)
         except Exception as exc:  # noqa: BLE001 - recorded on the job, reported as one line
             outcome = jobs.fail(attempt, f"{type(exc).__name__}: {exc}".splitlines()[0])
         job = _find(ConsolidationJob, str(job.id), "job")

@@ -486,17 +486,26 @@ def consolidate_project(
     lock_stale_after: timedelta = timedelta(hours=1),
     changed_by: str = "system",
     clock: Callable[[], datetime] = utcnow,
+    lock_held: bool = False,
+    on_finish: Callable[[Session, ConsolidationResult], None] | None = None,
 ) -> ConsolidationResult:
     """Consolidate one project. A real run needs ``job_id``: its audit rows and counters
-    go to that job, batch by batch. ``dry_run`` changes nothing and reports the plan."""
+    go to that job, batch by batch. ``dry_run`` changes nothing and reports the plan.
+
+    ``lock_held``: the caller already checked the project and took its lock for
+    ``job_id`` (the job start does both in one transaction). ``on_finish`` runs in the
+    last transaction, the one that counts the active memories and releases the lock.
+    """
     report = progress or (lambda stage, fraction: None)
     if not dry_run and job_id is None:
         raise ValueError("a real consolidation needs a job_id for its audit trail")
-    holder = str(job_id) if job_id else None
-    with session_scope() as session:
-        load_project(session, project_id, force=force)
-        if holder:
-            locks.acquire(session, project_id, holder, clock(), lock_stale_after)
+    holder = str(job_id) if job_id and not dry_run else None
+    if not lock_held:
+        with session_scope() as session:
+            load_project(session, project_id, force=force)
+            if holder:
+                locks.acquire(session, project_id, holder, clock(), lock_stale_after)
+    released = False
     try:
         report("load", 0.0)
         with session_scope() as session:
@@ -512,14 +521,18 @@ def consolidate_project(
         )
         if dry_run:
             return _dry_run_report(plan, result)
-        assert job_id is not None
+        assert job_id is not None and holder is not None
         _apply(plan, options, job_id, result, report, holder, changed_by, clock)
         with session_scope() as session:
             result.memories_after = count_active(session, project_id)
+            locks.release(session, project_id, holder)
+            if on_finish is not None:
+                on_finish(session, result)
+        released = True
         report("done", 1.0)
         return result
     finally:
-        if holder:
+        if holder and not released:
             with session_scope() as session:
                 locks.release(session, project_id, holder)
 

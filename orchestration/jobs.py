@@ -1,6 +1,10 @@
 """A job's life: pending -> running (-> retrying -> running)* -> completed | failed,
 or skipped. Used alike by the ``consolidation.run_project`` task and by
 ``orchestration consolidate``; no Celery here.
+
+A job costs three transactions when there is little to do: the start (job row,
+project check, options, project lock), the plan read, and the finish (count, lock
+release, job row); each batch of changes adds one.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any, Callable
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from orchestration import consolidation
+from orchestration import consolidation, locks
 from orchestration.consolidation import ConsolidationResult, ProjectDisabled, ProjectGone
 from orchestration.db import session_scope
 from orchestration.dbtypes import utcnow
@@ -33,25 +37,27 @@ class JobNotFound(LookupError):
 
 
 @dataclass
-class Attempt:
-    job_id: uuid.UUID
-    project_id: uuid.UUID | None
-    run_id: uuid.UUID | None
-    number: int
-    started: float
-
-
-@dataclass
 class JobOutcome:
     """What a job ended as; small and JSON-friendly (it is the chord's result)."""
 
     job_id: str
     status: str
     error: str | None = None
-    counters: dict[str, int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "status": self.status, "error": self.error}
+
+
+@dataclass
+class Attempt:
+    job_id: uuid.UUID
+    project_id: uuid.UUID | None
+    run_id: uuid.UUID | None
+    number: int
+    started: float
+    options: ConsolidationOptions | None = None
+    ended: JobOutcome | None = None  # set when the job ended at its start (skipped, bad options)
+    busy: locks.ProjectBusy | None = None  # another job holds the project: retry later
 
 
 def create_job(session: Session, project_id: uuid.UUID, *, run_id: uuid.UUID | None, trigger_type: str,
@@ -72,108 +78,111 @@ def effective_options(overrides: dict[str, Any] | None) -> dict[str, Any] | None
         return overrides
 
 
-def begin_attempt(job_id: uuid.UUID, celery_task_id: str | None = None, now: datetime | None = None) -> Attempt | None:
-    """Mark the job running for one more attempt; ``None`` if it already finished
-    (a redelivered message for a finished job does nothing)."""
-    now = now or utcnow()
+def begin_attempt(job_id: uuid.UUID, settings: Settings, celery_task_id: str | None = None,
+                  force: bool = False) -> Attempt | None:
+    """Start one more attempt of the job in one transaction: mark it running, check its
+    project (it may be gone or disabled since the check), resolve its options, take
+    the project lock. ``None`` if the job already finished (a redelivered message does
+    nothing)."""
+    now = utcnow()
     with session_scope() as session:
         job = session.get(ConsolidationJob, job_id, with_for_update=True)
         if job is None:
             raise JobNotFound(f"job {job_id} does not exist")
         if job.status in FINISHED:
             return None
+        first = job.started_at is None
         job.attempts += 1
-        if job.started_at is None:
-            job.started_at = now
-            if job.project_id is not None:
-                job.memories_before = consolidation.count_active(session, job.project_id)
         job.status = "running"
+        job.started_at = job.started_at or now
         job.heartbeat_at = now
         job.error_message = None
         job.celery_task_id = celery_task_id or job.celery_task_id
-        return Attempt(job.id, job.project_id, job.run_id, job.attempts, time.monotonic())
+        attempt = Attempt(job.id, job.project_id, job.run_id, job.attempts, time.monotonic())
+        try:
+            if job.project_id is None:
+                raise ProjectGone(f"the project of job {job_id} was deleted")
+            project = consolidation.load_project(session, job.project_id, force=force)
+            if first:
+                job.memories_before = consolidation.count_active(session, job.project_id)
+            attempt.options = resolve_options(project.consolidation_options)
+            job.options = attempt.options.as_dict()
+            locks.acquire(session, job.project_id, str(job.id), now, timedelta(seconds=settings.job_hard_limit))
+        except (ProjectGone, ProjectDisabled) as exc:
+            close_unfinished(session, job, "skipped", str(exc), now)
+            attempt.ended = JobOutcome(str(job.id), "skipped", str(exc))
+        except InvalidOptions as exc:
+            close_unfinished(session, job, "failed", str(exc), now)
+            attempt.ended = JobOutcome(str(job.id), "failed", str(exc))
+        except locks.ProjectBusy as exc:
+            attempt.busy = exc
+    return attempt
 
 
 class ProgressRecorder:
-    """Progress callback: writes the job row (throttled) and logs ``job.progress``.
-    Progress never moves backwards, even across attempts."""
+    """Progress callback: logs ``job.progress`` and writes the job row, throttled.
+    Progress never moves backwards, even across attempts; 0 and 1 are not written
+    (the start and the finish of the job set those)."""
 
     def __init__(self, job_id: uuid.UUID, interval: float = PROGRESS_INTERVAL_S):
         self.job_id = job_id
         self.interval = interval
-        self.last_write = 0.0
+        self.last_write = time.monotonic()
         self.last_value = -1.0
 
     def __call__(self, stage: str, fraction: float) -> None:
         now = time.monotonic()
         final = fraction >= 1.0
-        if fraction <= self.last_value or (now - self.last_write < self.interval and not final):
+        if fraction <= self.last_value or (0.0 < fraction < 1.0 and now - self.last_write < self.interval):
             return
-        self.last_write, self.last_value = now, fraction
+        self.last_value = fraction
         log.info("job.progress", progress=round(fraction, 3), stage=stage)
-        with session_scope() as session:
-            session.execute(
-                update(ConsolidationJob)
-                .where(ConsolidationJob.id == self.job_id, ConsolidationJob.progress < fraction)
-                .values(progress=fraction, heartbeat_at=utcnow())
-            )
+        if 0.0 < fraction and not final:
+            self.last_write = now
+            with session_scope() as session:
+                session.execute(
+                    update(ConsolidationJob)
+                    .where(ConsolidationJob.id == self.job_id, ConsolidationJob.progress < fraction)
+                    .values(progress=fraction, heartbeat_at=utcnow())
+                )
 
 
-def _project_options(attempt: Attempt, force: bool) -> ConsolidationOptions:
-    """Load the project now (it may be gone or disabled since the check) and its options."""
-    if attempt.project_id is None:
-        raise ProjectGone(f"the project of job {attempt.job_id} was deleted")
-    with session_scope() as session:
-        project = consolidation.load_project(session, attempt.project_id, force=force)
-        options = resolve_options(project.consolidation_options)
-        session.execute(
-            update(ConsolidationJob).where(ConsolidationJob.id == attempt.job_id).values(options=options.as_dict())
-        )
-    return options
-
-
-def execute(attempt: Attempt, settings: Settings, *, force: bool = False,
-            progress: Callable[[str, float], None] | None = None,
+def execute(attempt: Attempt, *, progress: Callable[[str, float], None] | None = None,
             changed_by: str = "system") -> JobOutcome:
-    """Consolidate the job's project. Permanent problems end the job here (malformed
-    options: failed; project gone or disabled: skipped); transient errors propagate so
-    the caller can retry."""
-    try:
-        options = _project_options(attempt, force)
-    except InvalidOptions as exc:
-        return fail(attempt, str(exc))
-    except (ProjectGone, ProjectDisabled) as exc:
-        return skip(attempt, str(exc))
+    """Consolidate the job's project (its lock is held since :func:`begin_attempt`).
+    Transient errors propagate, with the lock released, so the caller can retry."""
+    if attempt.ended is not None:
+        _log_end(attempt, attempt.ended)
+        return attempt.ended
+    if attempt.busy is not None:
+        raise attempt.busy
+    counters: dict[str, int] = {}
+
+    def complete(session: Session, result: ConsolidationResult) -> None:
+        # The merge/archive counters were added batch by batch, in the same transactions
+        # as the changes, so they include what earlier partial attempts applied.
+        row = session.execute(
+            update(ConsolidationJob)
+            .where(ConsolidationJob.id == attempt.job_id)
+            .values(status="completed", progress=1.0, memories_after=result.memories_after,
+                    completed_at=utcnow(), heartbeat_at=utcnow(), error_message=None)
+            .returning(ConsolidationJob.memories_before, ConsolidationJob.memories_after,
+                       ConsolidationJob.clusters_found, ConsolidationJob.memories_merged,
+                       ConsolidationJob.memories_archived)
+        ).one()
+        counters.update(row._asdict())
+
+    assert attempt.project_id is not None and attempt.options is not None
     try:
         result = consolidation.consolidate_project(
-            attempt.project_id, options, job_id=attempt.job_id, force=force,
-            progress=progress or ProgressRecorder(attempt.job_id),
-            lock_stale_after=timedelta(seconds=settings.job_hard_limit), changed_by=changed_by,
+            attempt.project_id, attempt.options, job_id=attempt.job_id, lock_held=True, on_finish=complete,
+            progress=progress or ProgressRecorder(attempt.job_id), changed_by=changed_by,
         )
     except (ProjectGone, ProjectDisabled) as exc:
         return skip(attempt, str(exc))
-    return complete(attempt, result)
-
-
-def complete(attempt: Attempt, result: ConsolidationResult) -> JobOutcome:
-    """Record success. The merge/archive counters were added batch by batch, in the same
-    transactions as the changes, so they already include earlier partial attempts."""
-    with session_scope() as session:
-        job = session.get(ConsolidationJob, attempt.job_id)
-        job.status = "completed"
-        job.progress = 1.0
-        job.memories_after = result.memories_after
-        job.completed_at = job.heartbeat_at = utcnow()
-        counters = {
-            "memories_before": job.memories_before,
-            "memories_after": job.memories_after,
-            "clusters_found": job.clusters_found,
-            "memories_merged": job.memories_merged,
-            "memories_archived": job.memories_archived,
-        }
     log.info("job.completed", duration_s=round(time.monotonic() - attempt.started, 3),
              skipped_invalid=result.skipped_invalid, conflicts=result.conflicts, **counters)
-    return JobOutcome(str(attempt.job_id), "completed", counters=counters)
+    return JobOutcome(str(attempt.job_id), "completed")
 
 
 def close_unfinished(session: Session, job: ConsolidationJob, status: str, error: str, now: datetime) -> None:
@@ -184,25 +193,32 @@ def close_unfinished(session: Session, job: ConsolidationJob, status: str, error
     job.completed_at = job.heartbeat_at = now
     if job.project_id is not None and session.get(Project, job.project_id) is not None:
         job.memories_after = consolidation.count_active(session, job.project_id)
+        locks.release(session, job.project_id, str(job.id))
 
 
-def _finish(job_id: uuid.UUID, status: str, error: str) -> None:
+def _end(attempt: Attempt, status: str, error: str) -> JobOutcome:
     with session_scope() as session:
-        job = session.get(ConsolidationJob, job_id)
+        job = session.get(ConsolidationJob, attempt.job_id)
         if job is not None and job.status not in FINISHED:
             close_unfinished(session, job, status, error, utcnow())
+    outcome = JobOutcome(str(attempt.job_id), status, error)
+    _log_end(attempt, outcome)
+    return outcome
+
+
+def _log_end(attempt: Attempt, outcome: JobOutcome) -> None:
+    if outcome.status == "failed":
+        log.error("job.failed", attempts=attempt.number, error=outcome.error)
+    else:
+        log.warning("job.skipped", reason=outcome.error)
 
 
 def fail(attempt: Attempt, error: str) -> JobOutcome:
-    _finish(attempt.job_id, "failed", error)
-    log.error("job.failed", attempts=attempt.number, error=error)
-    return JobOutcome(str(attempt.job_id), "failed", error=error)
+    return _end(attempt, "failed", error)
 
 
 def skip(attempt: Attempt, reason: str) -> JobOutcome:
-    _finish(attempt.job_id, "skipped", reason)
-    log.warning("job.skipped", reason=reason)
-    return JobOutcome(str(attempt.job_id), "skipped", error=reason)
+    return _end(attempt, "skipped", reason)
 
 
 def mark_retrying(job_id: uuid.UUID, error: str) -> None:

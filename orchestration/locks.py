@@ -38,9 +38,9 @@ def acquire(session: Session, project_id: uuid.UUID, holder: str, now: datetime,
         set_={"holder": holder, "acquired_at": now, "heartbeat_at": now},
         where=(table.c.holder == holder) | (table.c.heartbeat_at < now - stale_after),
     )
-    session.execute(stmt)
-    current = session.scalar(select(ProjectLock.holder).where(ProjectLock.project_id == project_id))
-    if current != holder:
+    # RETURNING yields a row only if we inserted or took over the lock.
+    if session.execute(stmt.returning(table.c.holder)).first() is None:
+        current = session.scalar(select(ProjectLock.holder).where(ProjectLock.project_id == project_id))
         raise ProjectBusy(project_id, current or "?")
 
 

@@ -80,7 +80,7 @@ def run_project(self, job_id: str) -> dict[str, Any]:
     if job_uuid is None:
         return {"job_id": str(job_id)[:64], "status": "rejected"}
     try:
-        attempt = jobs.begin_attempt(job_uuid, self.request.id)
+        attempt = jobs.begin_attempt(job_uuid, settings, self.request.id)
     except jobs.JobNotFound as exc:
         log.error("task.rejected", reason=str(exc))
         return {"job_id": job_id, "status": "unknown"}
@@ -89,7 +89,7 @@ def run_project(self, job_id: str) -> dict[str, Any]:
     _bind_job(attempt.run_id, attempt.project_id)
     log.info("job.started", attempt=attempt.number)
     try:
-        outcome = jobs.execute(attempt, settings)
+        outcome = jobs.execute(attempt)
     except SoftTimeLimitExceeded:
         outcome = jobs.fail(attempt, f"exceeded the soft time limit of {settings.job_time_limit}s "
                                      "(ORCHESTRATION_JOB_TIME_LIMIT); changes committed so far are kept")
