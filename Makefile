@@ -28,9 +28,11 @@ test-fast: $(STAMP)
 test-integration: $(STAMP)
 	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
 
-## bench: benchmarks at modest sizes (see docs/benchmarks.md)
+## bench: the three benchmarks at modest sizes (see docs/benchmarks.md for the large ones)
 bench: $(STAMP)
-	$(BIN)/python bench/consolidation.py
+	$(BIN)/python bench/consolidation.py --sizes 1000,10000
+	$(BIN)/python bench/orchestration.py --sizes 100,1000
+	$(BIN)/python bench/eligibility.py --projects 2000 --memories 200000
 
 ## check: models and migrations agree (alembic check) on a scratch SQLite database
 check: $(STAMP)

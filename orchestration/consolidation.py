@@ -108,7 +108,8 @@ class ConsolidationResult:
 
 
 def active_filter():
-    return and_(TaskMemory.is_duplicate.is_(False), TaskMemory.is_archived.is_(False))
+    # Spelled exactly like the partial index's predicate, so the planner can use it.
+    return and_(~TaskMemory.is_duplicate, ~TaskMemory.is_archived)
 
 
 def count_active(session: Session, project_id: uuid.UUID) -> int:

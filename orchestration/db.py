@@ -68,7 +68,10 @@ def build_engine(url: str) -> Engine:
         )
         _sqlite_setup(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    # No pre-ping: it would cost a round trip per transaction. A connection that died
+    # with the server raises OperationalError, SQLAlchemy drops the pool, and the job
+    # retries like after any other transient error.
+    return create_engine(url, pool_size=5, max_overflow=5)
 
 
 def current_url() -> str:

@@ -1,9 +1,12 @@
 """Which projects the nightly run consolidates: enabled, and with more active memories
 than their threshold (or the default threshold when theirs is NULL).
 
-One query over all projects. The active count is a correlated subquery that the
-partial index ``ix_task_memories_active_project`` answers without touching the
-memory rows, and it is skipped entirely for disabled projects.
+The eligible projects come from one query that counts active memories per project
+*first* (an index-only scan of the partial index ``ix_task_memories_active_project``,
+aggregated by project) and joins the few thousand counts to the projects after.
+The ticket's literal ``JOIN ... GROUP BY ... HAVING`` joins every memory row before
+aggregating (see bench/eligibility.py and docs/benchmarks.md). A second, trivial
+query counts the projects checked and the disabled ones for the run summary.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from orchestration.consolidation import active_filter
@@ -26,29 +29,27 @@ class Eligibility:
     eligible: list[tuple[uuid.UUID, dict[str, Any] | None]] = field(default_factory=list)
 
 
-def active_counts_query(default_threshold: int):
+def eligible_query(default_threshold: int):
     active = (
-        select(func.count())
-        .select_from(TaskMemory)
-        .where(TaskMemory.project_id == Project.id, active_filter())
-        .correlate(Project)
-        .scalar_subquery()
+        select(TaskMemory.project_id, func.count().label("active"))
+        .where(active_filter())
+        .group_by(TaskMemory.project_id)
+        .subquery("active")
     )
-    return select(
-        Project.id,
-        Project.consolidation_enabled,
-        Project.consolidation_options,
-        func.coalesce(Project.consolidation_threshold, default_threshold).label("threshold"),
-        case((Project.consolidation_enabled, active), else_=None).label("active"),
-    ).order_by(Project.id)
+    return (
+        select(Project.id, Project.consolidation_options)
+        .join(active, active.c.project_id == Project.id)
+        .where(
+            Project.consolidation_enabled,
+            active.c.active > func.coalesce(Project.consolidation_threshold, default_threshold),
+        )
+        .order_by(Project.id)
+    )
 
 
 def check_projects(session: Session, default_threshold: int) -> Eligibility:
-    result = Eligibility()
-    for row in session.execute(active_counts_query(default_threshold)):
-        result.checked += 1
-        if not row.consolidation_enabled:
-            result.skipped += 1
-        elif row.active > row.threshold:
-            result.eligible.append((row.id, row.consolidation_options))
-    return result
+    checked, disabled = session.execute(
+        select(func.count(), func.count().filter(Project.consolidation_enabled.is_(False)))
+    ).one()
+    eligible = [(row.id, row.consolidation_options) for row in session.execute(eligible_query(default_threshold))]
+    return Eligibility(checked=checked, skipped=disabled, eligible=eligible)

@@ -89,12 +89,13 @@ class TaskMemory(Base):
         CheckConstraint(_in("memory_type", MEMORY_TYPES), name="memory_type"),
         CheckConstraint(_in("archive_reason", ARCHIVE_REASONS), name="archive_reason"),
         # "Active memories per project" is the eligibility count; this partial index
-        # lets it be answered from the index alone.
+        # lets it be answered from the index alone. Each predicate is spelled the way
+        # SQLAlchemy renders ``active_filter()`` on that dialect, so the planner matches it.
         Index(
             "ix_task_memories_active_project",
             "project_id",
             postgresql_where=text("NOT is_duplicate AND NOT is_archived"),
-            sqlite_where=text("NOT is_duplicate AND NOT is_archived"),
+            sqlite_where=text("is_duplicate = 0 AND is_archived = 0"),
         ),
     )
 

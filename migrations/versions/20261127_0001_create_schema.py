@@ -123,7 +123,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_task_memories'))
     )
     with op.batch_alter_table('task_memories', schema=None) as batch_op:
-        batch_op.create_index('ix_task_memories_active_project', ['project_id'], unique=False, postgresql_where=sa.text('NOT is_duplicate AND NOT is_archived'), sqlite_where=sa.text('NOT is_duplicate AND NOT is_archived'))
+        batch_op.create_index('ix_task_memories_active_project', ['project_id'], unique=False, postgresql_where=sa.text('NOT is_duplicate AND NOT is_archived'), sqlite_where=sa.text('is_duplicate = 0 AND is_archived = 0'))
         batch_op.create_index(batch_op.f('ix_task_memories_duplicate_of'), ['duplicate_of'], unique=False)
         batch_op.create_index(batch_op.f('ix_task_memories_project_id'), ['project_id'], unique=False)
 
@@ -160,7 +160,7 @@ def downgrade() -> None:
     with op.batch_alter_table('task_memories', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_task_memories_project_id'))
         batch_op.drop_index(batch_op.f('ix_task_memories_duplicate_of'))
-        batch_op.drop_index('ix_task_memories_active_project', postgresql_where=sa.text('NOT is_duplicate AND NOT is_archived'), sqlite_where=sa.text('NOT is_duplicate AND NOT is_archived'))
+        batch_op.drop_index('ix_task_memories_active_project', postgresql_where=sa.text('NOT is_duplicate AND NOT is_archived'), sqlite_where=sa.text('is_duplicate = 0 AND is_archived = 0'))
 
     op.drop_table('task_memories')
     op.drop_table('project_locks')
