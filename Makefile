@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast test-integration bench check clean
+.PHONY: demo test test-fast test-integration test-faults bench check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test-fast: $(STAMP)
 ## test-integration: only the PostgreSQL/Redis suite
 test-integration: $(STAMP)
 	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
+
+## test-faults: only the fault-injection suite (real processes, injected crashes)
+test-faults: $(STAMP)
+	$(BIN)/python -m pytest -m faults $(PYTEST_ARGS)
 
 ## bench: the three benchmarks at modest sizes (see docs/benchmarks.md for the large ones)
 bench: $(STAMP)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Callable
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -86,13 +86,34 @@ def run_status(statuses: list[str]) -> str:
     return "partial" if failed else "completed"
 
 
+def waiting_for_jobs(session: Session, run_id: uuid.UUID, now: datetime, deadline_s: int) -> bool:
+    """True while the run is open, younger than its deadline, and has unfinished jobs."""
+    run = session.get(ConsolidationRun, run_id)
+    if run is None or run.status != "running" or now - run.started_at > timedelta(seconds=deadline_s):
+        return False
+    return session.scalar(
+        select(func.count()).select_from(ConsolidationJob).where(
+            ConsolidationJob.run_id == run_id, ConsolidationJob.status.in_(UNFINISHED_JOB_STATUSES))
+    ) > 0
+
+
+def mark_failed(session: Session, run_id: uuid.UUID, error: str, now: datetime | None = None) -> ConsolidationRun | None:
+    """Last resort when the summary cannot be computed: close the run as ``failed``."""
+    run = session.get(ConsolidationRun, run_id, with_for_update=True)
+    if run is None or run.status != "running":
+        return None
+    run.status, run.error_message, run.finished_at = "failed", error, now or utcnow()
+    return run
+
+
 def finalize(session: Session, run_id: uuid.UUID, now: datetime | None = None,
-             unfinished_error: str | None = None, error: str | None = None) -> ConsolidationRun | None:
+             unfinished_error: str | None = None, callback_error: str | None = None) -> ConsolidationRun | None:
     """Write the summary from the job rows and close the run. Returns the run if this
     call finished it, ``None`` if it was already finished (idempotent).
 
     Jobs still unfinished are failed with ``unfinished_error`` (the reaper's case).
-    ``error`` forces status ``failed`` (the run itself broke).
+    ``callback_error`` (the chord reported an error) is kept in the summary; the status
+    still comes from the jobs, which are the truth.
     """
     now = now or utcnow()
     run = session.get(ConsolidationRun, run_id, with_for_update=True)
@@ -114,8 +135,8 @@ def finalize(session: Session, run_id: uuid.UUID, now: datetime | None = None,
     run.jobs_failed = statuses.count("failed")
     for name in COUNTERS:
         setattr(run, name, sum(getattr(job, name) for job, _ in rows))
-    run.status = "failed" if error else run_status(statuses)
-    run.error_message = error or (f"{run.jobs_failed} of {run.jobs_total} jobs failed" if run.jobs_failed else None)
+    run.status = run_status(statuses)
+    run.error_message = f"{run.jobs_failed} of {run.jobs_total} jobs failed" if run.jobs_failed else None
     run.finished_at = now
     run.summary = {
         "duration_s": round((now - run.started_at).total_seconds(), 3),
@@ -124,6 +145,8 @@ def finalize(session: Session, run_id: uuid.UUID, now: datetime | None = None,
         "failed_jobs": [_job_line(job, name) for job, name in rows if job.status == "failed"],
         "skipped_jobs": [_job_line(job, name) for job, name in rows if job.status == "skipped"],
     }
+    if callback_error:
+        run.summary["callback_error"] = callback_error
     return run
 
 

@@ -10,6 +10,7 @@ import structlog
 from celery import chord
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
+from sqlalchemy.exc import SQLAlchemyError
 
 from orchestration import audit, jobs, notify, reaper, runs
 from orchestration.celery_app import app
@@ -24,6 +25,8 @@ log = get_logger("orchestration.tasks")
 _settings = get_settings()
 # First retry waits up to this many seconds (full jitter), doubling each time up to the cap.
 RETRY_BACKOFF_BASE = 30
+# How often the chord callback looks again when a redelivered job is still running.
+FINALIZE_WAIT_S = 15
 
 
 def _uuid(value: Any, name: str) -> uuid.UUID | None:
@@ -79,31 +82,45 @@ def run_project(self, job_id: str) -> dict[str, Any]:
     job_uuid = _uuid(job_id, "job_id")
     if job_uuid is None:
         return {"job_id": str(job_id)[:64], "status": "rejected"}
+    attempt = None
     try:
         attempt = jobs.begin_attempt(job_uuid, settings, self.request.id)
+        if attempt is None:
+            return _already_finished(job_uuid)
+        _bind_job(attempt.run_id, attempt.project_id)
+        log.info("job.started", attempt=attempt.number)
+        return jobs.execute(attempt).as_dict()
     except jobs.JobNotFound as exc:
         log.error("task.rejected", reason=str(exc))
         return {"job_id": job_id, "status": "unknown"}
-    if attempt is None:
-        return _already_finished(job_uuid)
-    _bind_job(attempt.run_id, attempt.project_id)
-    log.info("job.started", attempt=attempt.number)
-    try:
-        outcome = jobs.execute(attempt)
     except SoftTimeLimitExceeded:
-        outcome = jobs.fail(attempt, f"exceeded the soft time limit of {settings.job_time_limit}s "
-                                     "(ORCHESTRATION_JOB_TIME_LIMIT); changes committed so far are kept")
+        error = (f"exceeded the soft time limit of {settings.job_time_limit}s (ORCHESTRATION_JOB_TIME_LIMIT); "
+                 "changes committed so far are kept")
     except Exception as exc:  # noqa: BLE001 - anything else may be transient: retry, then fail
         error = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
         if self.request.retries < settings.max_retries:
             countdown = get_exponential_backoff_interval(
                 RETRY_BACKOFF_BASE, self.request.retries, settings.retry_backoff_max, full_jitter=True
             )
-            jobs.mark_retrying(job_uuid, error)
-            log.warning("job.retrying", attempt=attempt.number, countdown=countdown, error=error)
+            _best_effort(jobs.mark_retrying, job_uuid, error)
+            log.warning("job.retrying", attempt=attempt.number if attempt else self.request.retries + 1,
+                        countdown=countdown, error=error)
             raise self.retry(countdown=countdown, max_retries=settings.max_retries) from exc
-        outcome = jobs.fail(attempt, error)
+    attempt = attempt or jobs.Attempt(job_uuid, None, None, self.request.retries + 1, 0.0)
+    outcome = _best_effort(jobs.fail, attempt, error)
+    if outcome is None:
+        log.error("job.failed", attempts=attempt.number, error=f"{error} (not recorded: database unreachable)")
+        outcome = jobs.JobOutcome(str(job_uuid), "failed", error)
     return outcome.as_dict()
+
+
+def _best_effort(function: Any, *args: Any) -> Any:
+    """Record a state change if the database can be reached; the chord must go on either
+    way (the run is then finalized from what the rows say). ``None`` if it could not."""
+    try:
+        return function(*args)
+    except SQLAlchemyError:
+        return None
 
 
 def _bind_job(run_id: uuid.UUID | None, project_id: uuid.UUID | None) -> None:
@@ -122,27 +139,61 @@ def _already_finished(job_id: uuid.UUID) -> dict[str, Any]:
     return {"job_id": str(job_id), "status": status, "error": error}
 
 
-@app.task(name="consolidation.finalize_run")
-def finalize_run(results: list[Any] | None, run_id: str) -> dict[str, Any]:
-    """Chord callback: summarize the run from its job rows, log, notify. Idempotent."""
+@app.task(
+    name="consolidation.finalize_run",
+    bind=True,
+    # The database may be briefly unreachable at the end of a run: Celery's own
+    # retry with backoff; if it never comes back, the errback and then the reaper act.
+    autoretry_for=(SQLAlchemyError,),
+    retry_backoff=True,
+    retry_backoff_max=_settings.retry_backoff_max,
+    retry_jitter=True,
+    max_retries=_settings.max_retries,
+)
+def finalize_run(self, results: list[Any] | None, run_id: str, callback_error: str | None = None) -> dict[str, Any]:
+    """Chord callback: summarize the run from its job rows, log, notify. Idempotent.
+
+    If a job of the run is still unfinished (its message was redelivered after the
+    chord gave up on it), wait for it, up to the run deadline."""
     run_uuid = _uuid(run_id, "run_id")
     if run_uuid is None:
         return {"status": "rejected"}
-    return _close_run(run_uuid)
+    settings = get_settings()
+    with session_scope() as session:
+        waiting = runs.waiting_for_jobs(session, run_uuid, utcnow(), settings.run_deadline)
+    if waiting:
+        # Bounded by the deadline, after which waiting_for_jobs is False.
+        raise self.retry(countdown=FINALIZE_WAIT_S, max_retries=self.request.retries + 1)
+    try:
+        return _close_run(run_uuid, callback_error=callback_error)
+    except SQLAlchemyError:
+        raise
+    except Exception as exc:
+        if callback_error is None:
+            raise  # the errback sends one more finalize, carrying this error
+        # The summary cannot be written at all: the backstop marks the run failed.
+        error = f"{callback_error}; finalizing again failed: {type(exc).__name__}: {exc}"[:500]
+        with session_scope() as session:
+            run = runs.mark_failed(session, run_uuid, error)
+            fields = runs.finished_fields(run) if run else None
+        if fields:
+            log.error("run.finished", **fields)
+        return {"run_id": run_id, "status": "failed"}
 
 
 @app.task(name="consolidation.fail_run")
 def fail_run(request: Any, exc: Any, traceback: Any, run_id: str) -> None:
-    """Backstop errback of the chord callback: the run must not stay ``running``."""
-    run_uuid = _uuid(run_id, "run_id")
-    if run_uuid is not None:
-        _close_run(run_uuid, error=f"run callback failed: {type(exc).__name__}: {exc}"[:500])
+    """Errback of the chord callback (a job's result could not be stored, or the callback
+    raised): finalize again from the job rows, which are the truth, noting the error.
+    The run never stays ``running``: if this cannot be sent, the reaper closes it."""
+    error = f"run callback failed: {type(exc).__name__}: {exc}"[:500]
+    finalize_run.apply_async(args=[[], run_id], kwargs={"callback_error": error})
 
 
-def _close_run(run_id: uuid.UUID, error: str | None = None) -> dict[str, Any]:
+def _close_run(run_id: uuid.UUID, callback_error: str | None = None) -> dict[str, Any]:
     structlog.contextvars.bind_contextvars(run_id=str(run_id))
     with session_scope() as session:
-        run = runs.finalize(session, run_id, error=error)
+        run = runs.finalize(session, run_id, callback_error=callback_error)
         if run is None:
             return {"run_id": str(run_id), "status": "already_finished"}
         fields, summary = runs.finished_fields(run), runs.summary_document(run)

@@ -217,3 +217,14 @@ def another_database_url(request, database_url: str, sqlite_template: Path, tmp_
     finally:
         db.dispose()
         drop_pg_database(name)
+
+
+@pytest.fixture
+def second_pg_url(pg_template: str) -> Iterator[str]:
+    """Another fresh migrated PostgreSQL database (for a clean reference run)."""
+    name = create_pg_database(template=pg_template)
+    try:
+        yield pg_database_url(name)
+    finally:
+        db.dispose()
+        drop_pg_database(name)

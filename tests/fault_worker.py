@@ -1,21 +1,80 @@
-"""The production Celery app with one injected fault, for worker-subprocess tests:
-``celery -A tests.fault_worker worker``. Same tasks and settings; only
-``consolidate_project`` first sleeps ``FAULT_SLEEP_S`` seconds when that is set."""
+"""The production Celery app with injected faults, for worker-subprocess tests:
+``celery -A tests.fault_worker worker``. Same tasks, settings and code paths; the
+faults are switched on by environment variables:
+
+- ``FAULT_SLEEP_S``: ``consolidate_project`` first sleeps this long;
+- ``FAULT_BATCH_SLEEP_S``: every merge batch first sleeps this long;
+- ``FAULT_MERGE_BATCH``: clusters per merge batch (to get several batches);
+- ``FAULT_RAISE_PROJECT``: jobs of this project id always raise;
+- ``FAULT_KILL_AT``: ``before_first_commit`` (inside the first batch, before its
+  commit), ``between_batches`` (the first batch committed, the second not begun),
+  ``before_complete`` (every batch committed, the job not yet marked completed);
+  ``FAULT_KILL_SCOPE`` ``worker`` (SIGKILL the whole process group) or ``child``
+  (SIGKILL only the prefork child); happens once, recorded in ``FAULT_MARKER``;
+- ``FAULT_VISIBILITY_TIMEOUT``: a short Redis visibility timeout, so a message whose
+  worker died is redelivered within seconds instead of an hour.
+"""
 
 import os
+import signal
 import time
+import uuid
+from pathlib import Path
 
-from orchestration import consolidation
+from orchestration import consolidation, locks
 from orchestration.celery_app import app  # noqa: F401 - the app celery -A finds
 import orchestration.tasks  # noqa: F401
 
-_real = consolidation.consolidate_project
+_env = os.environ.get
 
 
-def _slow(*args, **kwargs):
-    time.sleep(float(os.environ["FAULT_SLEEP_S"]))
-    return _real(*args, **kwargs)
+def _kill_once(point: str) -> None:
+    marker = Path(_env("FAULT_MARKER", "/nonexistent/marker"))
+    if _env("FAULT_KILL_AT") != point or marker.exists():
+        return
+    marker.write_text(point)
+    if _env("FAULT_KILL_SCOPE", "worker") == "worker":
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
-if os.environ.get("FAULT_SLEEP_S"):
-    consolidation.consolidate_project = _slow
+if _env("FAULT_VISIBILITY_TIMEOUT"):
+    timeout = int(_env("FAULT_VISIBILITY_TIMEOUT"))
+    # kombu looks for expired unacked messages every 10 checks of this interval.
+    app.conf.broker_transport_options = {**app.conf.broker_transport_options, "visibility_timeout": timeout,
+                                         "unacked_restore_interval": 0.3}
+if _env("FAULT_MERGE_BATCH"):
+    consolidation.MERGE_BATCH = int(_env("FAULT_MERGE_BATCH"))
+
+_consolidate, _merge_batch, _release = consolidation.consolidate_project, consolidation._merge_batch, locks.release
+_batches = {"n": 0}
+
+
+def consolidate_project(project_id, *args, **kwargs):
+    if _env("FAULT_RAISE_PROJECT") and uuid.UUID(_env("FAULT_RAISE_PROJECT")) == project_id:
+        raise RuntimeError("injected fault: this project's job always fails")
+    if _env("FAULT_SLEEP_S"):
+        time.sleep(float(_env("FAULT_SLEEP_S")))
+    return _consolidate(project_id, *args, **kwargs)
+
+
+def merge_batch(*args, **kwargs):
+    _batches["n"] += 1
+    if _env("FAULT_BATCH_SLEEP_S"):
+        time.sleep(float(_env("FAULT_BATCH_SLEEP_S")))
+    if _batches["n"] == 2:
+        _kill_once("between_batches")
+    result = _merge_batch(*args, **kwargs)
+    _kill_once("before_first_commit")
+    return result
+
+
+def release(session, project_id, holder):
+    # The last transaction of a job releases the lock, then marks the job completed.
+    _kill_once("before_complete")
+    return _release(session, project_id, holder)
+
+
+consolidation.consolidate_project = consolidate_project
+consolidation._merge_batch = merge_batch
+consolidation.locks.release = release

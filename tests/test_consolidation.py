@@ -15,6 +15,7 @@ from orchestration.embeddings import to_bytes
 from orchestration.models import ConsolidationJob, Project, TaskMemory
 from orchestration.options import resolve_options
 from orchestration.seed import seed
+from memory_state import fingerprint
 
 DEFAULTS = resolve_options(None)
 
@@ -41,20 +42,6 @@ def _memories(project_id=None) -> dict[uuid.UUID, TaskMemory]:
         if project_id:
             query = query.where(TaskMemory.project_id == project_id)
         return {m.id: m for m in session.scalars(query)}
-
-
-def fingerprint() -> list[tuple]:
-    """End state of all memories, independent of generated ids and timestamps."""
-    memories = _memories()
-    key = {m.id: "consolidated:" + ",".join(sorted(m.consolidated_from)) if m.consolidated_from else str(m.id)
-           for m in memories.values()}
-    return sorted(
-        (
-            key[m.id], m.memory_type, m.content, m.is_duplicate, key.get(m.duplicate_of, ""), m.is_archived,
-            m.archive_reason or "", m.reused_count, tuple(m.tags), tuple(m.file_links),
-        )
-        for m in memories.values()
-    )
 
 
 def test_merges_and_archives_exactly_what_was_planted(database):

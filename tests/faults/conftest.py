@@ -1,0 +1,237 @@
+"""Harness of the fault suite: real processes on 127.0.0.1 that the tests can break.
+
+- ``redis_server``: a Redis server of our own on a free port (append-only file, so a
+  restart keeps the queues, as in compose.yaml), which a test may restart;
+- ``pg_proxy``: a TCP proxy in front of the shared PostgreSQL that a test can cut;
+- ``workers``: ``celery -A tests.fault_worker worker`` subprocesses (prefork, 2
+  processes) in their own process group, so a test can SIGKILL a whole worker;
+- ``report``: one result line per scenario, printed at the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+_REPORT: list[str] = []
+
+
+def pytest_collection_modifyitems(items):
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.faults)
+            item.add_marker(pytest.mark.integration)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _REPORT:
+        terminalreporter.section("fault scenarios")
+        for line in _REPORT:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def report():
+    return _REPORT.append
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+
+
+class RedisServer:
+    def __init__(self, directory: Path):
+        self.port = free_port()
+        self.directory = directory
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed; the fault suite starts its own Redis")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+             "--appendfsync", "always", "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGTERM)  # Redis flushes its append-only file
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def restart(self, down_for: float = 1.0) -> None:
+        self.stop()
+        time.sleep(down_for)
+        self.start()
+
+
+@pytest.fixture
+def redis_server(tmp_path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:port to an upstream; ``cut()`` drops every connection and stops
+    accepting, ``restore()`` accepts again."""
+
+    def __init__(self, upstream: tuple[str, int]):
+        self.upstream = upstream
+        self.port = free_port()
+        self.connections: list[socket.socket] = []
+        self.listener: socket.socket | None = None
+        self.lock = threading.Lock()
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        with self.lock:
+            listener, self.listener = self.listener, None
+            if listener is not None:
+                listener.close()
+            for conn in self.connections:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                conn.close()
+            self.connections.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.upstream)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.connections += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+@pytest.fixture
+def pg_proxy(pg_url) -> Iterator[tuple[TcpProxy, str]]:
+    """The test's PostgreSQL database, reached through a proxy the test can cut."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(pg_url)
+    proxy = TcpProxy((url.host or "127.0.0.1", url.port or 5432))
+    proxy.restore()
+    try:
+        yield proxy, url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    finally:
+        proxy.cut()
+
+
+class Workers:
+    """Worker subprocesses, each in its own process group."""
+
+    def __init__(self, log_dir: Path):
+        self.log_dir = log_dir
+        self.processes: list[subprocess.Popen] = []
+
+    def start(self, env: dict[str, str]) -> subprocess.Popen:
+        log = self.log_dir / f"worker-{len(self.processes)}.log"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tests.fault_worker", "worker", "--pool", "prefork",
+             "--concurrency", "2", "--loglevel", "INFO", "--without-mingle", "--without-gossip",
+             "-n", f"fault{len(self.processes)}@%h"],
+            env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, cwd=ROOT, start_new_session=True,
+            stdout=log.open("w"), stderr=subprocess.STDOUT,
+        )
+        process.log = log  # type: ignore[attr-defined]
+        self.processes.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                try:
+                    os.killpg(process.pid, signal.SIGTERM)
+                    process.wait(timeout=20)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+
+    def events(self) -> list[dict]:
+        import json
+
+        lines = []
+        for process in self.processes:
+            for line in process.log.read_text(errors="replace").splitlines():  # type: ignore[attr-defined]
+                if line.startswith("{"):
+                    try:
+                        lines.append(json.loads(line))
+                    except ValueError:
+                        pass
+        return lines
+
+
+@pytest.fixture
+def workers(tmp_path) -> Iterator[Workers]:
+    pool = Workers(tmp_path)
+    try:
+        yield pool
+    finally:
+        pool.stop_all()

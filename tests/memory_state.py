@@ -1,0 +1,32 @@
+"""End state of the memory store, comparable across databases and runs."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from sqlalchemy import select
+
+from orchestration import db
+from orchestration.models import TaskMemory
+
+
+def fingerprint() -> list[tuple]:
+    """Every memory row, independent of generated ids and timestamps: consolidated
+    memories are named by their sorted sources."""
+    with db.session_scope() as session:
+        memories = {m.id: m for m in session.scalars(select(TaskMemory))}
+    key = {m.id: "consolidated:" + ",".join(sorted(m.consolidated_from)) if m.consolidated_from else str(m.id)
+           for m in memories.values()}
+    return sorted(
+        (
+            key[m.id], m.memory_type, m.content, m.is_duplicate, key.get(m.duplicate_of, ""), m.is_archived,
+            m.archive_reason or "", m.reused_count, tuple(m.tags), tuple(m.file_links),
+        )
+        for m in memories.values()
+    )
+
+
+def difference(expected: list[tuple], actual: list[tuple]) -> tuple[int, int]:
+    """(lost, doubled): rows of ``expected`` missing from ``actual``, and extra rows."""
+    want, got = Counter(expected), Counter(actual)
+    return sum((want - got).values()), sum((got - want).values())
