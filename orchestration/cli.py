@@ -1,6 +1,8 @@
 """The ``orchestration`` command line (SPEC §6).
 
-Errors are one line on stderr with a non-zero exit, never a traceback.
+Errors are one line on stderr with a non-zero exit, never a traceback. Commands
+import what they need (NumPy, the Celery app) when they run, so that quick commands
+such as ``runs list`` and ``health`` start quickly.
 """
 
 from __future__ import annotations

@@ -8,9 +8,11 @@ import uuid
 from datetime import datetime
 from typing import Any, Iterable, Sequence
 
+from sqlalchemy import case, select
 from sqlalchemy import inspect as sa_inspect
 
-from orchestration.models import Base
+from orchestration.db import session_scope
+from orchestration.models import Base, ConsolidationJob, ConsolidationRun, Project
 
 
 def jsonable(value: Any) -> Any:
@@ -82,11 +84,6 @@ def runs_table(runs: Sequence[Any]) -> str:
 
 def run_document(run_id: uuid.UUID) -> dict[str, Any]:
     """A run's columns plus its jobs (failed first), as ``runs show --json`` prints it."""
-    from sqlalchemy import case, select
-
-    from orchestration.db import session_scope
-    from orchestration.models import ConsolidationJob, ConsolidationRun, Project
-
     with session_scope() as session:
         run = session.get(ConsolidationRun, run_id)
         rows = session.execute(

@@ -180,15 +180,6 @@ def celery_worker():
         yield app
 
 
-def wait_for_run(finder, timeout: float = 60.0):
-    """Poll the database until ``finder(session)`` returns a finished run."""
-    from orchestration.runs import wait_for_finish
-
-    run = wait_for_finish(finder, timeout, interval=0.1)
-    assert run is not None, f"run not finished within {timeout}s"
-    return run
-
-
 @pytest.fixture
 def settings_env(monkeypatch):
     """Set ORCHESTRATION_* variables for one test; the cached settings follow."""

@@ -15,7 +15,7 @@ from orchestration.embeddings import to_bytes
 from orchestration.models import ConsolidationJob, Project, TaskMemory
 from orchestration.options import resolve_options
 from orchestration.seed import seed
-from memory_state import fingerprint
+from support import fingerprint
 
 DEFAULTS = resolve_options(None)
 

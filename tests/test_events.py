@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
-from conftest import wait_for_run
+from support import wait_for_run
 from orchestration import consolidation, db, runs
 from orchestration.consolidation import ProjectDisabled
 from orchestration.dbtypes import utcnow

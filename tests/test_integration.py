@@ -16,7 +16,7 @@ import pytest
 from celery import Celery
 from sqlalchemy import select
 
-from conftest import wait_for_run
+from support import wait_for_run
 from orchestration import db
 from orchestration.models import ConsolidationJob, ConsolidationRun
 from orchestration.seed import seed

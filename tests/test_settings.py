@@ -75,6 +75,10 @@ def test_passwords_are_masked_in_urls_and_errors():
     assert mask_url("postgresql+psycopg://orch:s3cret@db:5432/orch") == "postgresql+psycopg://orch:***@db:5432/orch"
     assert mask_url("redis://:hunter2@cache:6379/0") == "redis://:***@cache:6379/0"
     assert mask_url("redis://cache:6379/0") == "redis://cache:6379/0"
+    assert mask_url("redis://u:pw@cache:notaport/0") == "redis://u:***@cache:notaport/0"
+    with pytest.raises(SettingsError) as info:
+        load_settings({"ORCHESTRATION_BROKER_URL": "redis://u:hunter2@cache:notaport/0"})
+    assert "hunter2" not in str(info.value) and "malformed URL" in str(info.value)
     with pytest.raises(SettingsError) as info:
         load_settings({"ORCHESTRATION_DATABASE_URL": "mysql://root:s3cret@db/x"})
     assert "s3cret" not in str(info.value) and "***" in str(info.value)

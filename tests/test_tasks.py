@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 
-from conftest import wait_for_run
+from support import wait_for_run
 from orchestration import consolidation, db
 from orchestration.dbtypes import utcnow
 from orchestration.logs import configure_logging

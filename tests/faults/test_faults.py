@@ -22,7 +22,7 @@ from celery import Celery
 from kombu import Connection
 from sqlalchemy import func, select, update
 
-from memory_state import difference, fingerprint
+from support import difference, fingerprint
 from orchestration import db, reaper
 from orchestration.consolidation import consolidate_project
 from orchestration.dbtypes import utcnow

@@ -1,4 +1,5 @@
-"""End state of the memory store, comparable across databases and runs."""
+"""Helpers the tests share (fixtures live in conftest.py): waiting for a run, and the
+end state of the memory store, comparable across databases and runs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,14 @@ from sqlalchemy import select
 
 from orchestration import db
 from orchestration.models import TaskMemory
+from orchestration.runs import wait_for_finish
+
+
+def wait_for_run(finder, timeout: float = 60.0):
+    """Poll the database until ``finder(session)`` returns a finished run."""
+    run = wait_for_finish(finder, timeout, interval=0.1)
+    assert run is not None, f"run not finished within {timeout}s"
+    return run
 
 
 def fingerprint() -> list[tuple]:
