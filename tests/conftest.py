@@ -94,21 +94,31 @@ def sqlite_template(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture
-def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
-    path = tmp_path / "orchestration.db"
-    shutil.copy(sqlite_template, path)
+def fresh_sqlite(template: Path, path: Path) -> str:
+    shutil.copy(template, path)
     return f"sqlite:///{path}"
 
 
-@pytest.fixture
-def pg_url(pg_template: str) -> Iterator[str]:
-    name = create_pg_database(template=pg_template)
+@contextmanager
+def fresh_pg(template: str) -> Iterator[str]:
+    """A migrated PostgreSQL database copied from the template, dropped afterwards."""
+    name = create_pg_database(template=template)
     try:
         yield pg_database_url(name)
     finally:
         db.dispose()
         drop_pg_database(name)
+
+
+@pytest.fixture
+def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
+    return fresh_sqlite(sqlite_template, tmp_path / "orchestration.db")
+
+
+@pytest.fixture
+def pg_url(pg_template: str) -> Iterator[str]:
+    with fresh_pg(pg_template) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
@@ -198,24 +208,14 @@ def settings_env(monkeypatch):
 def another_database_url(request, database_url: str, sqlite_template: Path, tmp_path: Path) -> Iterator[str]:
     """A second fresh database of the same kind as ``database_url``."""
     if database_url.startswith("sqlite"):
-        path = tmp_path / "other.db"
-        shutil.copy(sqlite_template, path)
-        yield f"sqlite:///{path}"
+        yield fresh_sqlite(sqlite_template, tmp_path / "other.db")
         return
-    name = create_pg_database(template=request.getfixturevalue("pg_template"))
-    try:
-        yield pg_database_url(name)
-    finally:
-        db.dispose()
-        drop_pg_database(name)
+    with fresh_pg(request.getfixturevalue("pg_template")) as url:
+        yield url
 
 
 @pytest.fixture
 def second_pg_url(pg_template: str) -> Iterator[str]:
     """Another fresh migrated PostgreSQL database (for a clean reference run)."""
-    name = create_pg_database(template=pg_template)
-    try:
-        yield pg_database_url(name)
-    finally:
-        db.dispose()
-        drop_pg_database(name)
+    with fresh_pg(pg_template) as url:
+        yield url

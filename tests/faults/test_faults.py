@@ -72,7 +72,9 @@ def client(broker_url: str) -> Iterator[Celery]:
 
 def start_run(broker_url: str, slot) -> None:
     with client(broker_url) as app:
-        app.send_task("consolidation.run_scheduled", kwargs={"slot": slot.isoformat()})
+        # Nobody waits for this result: do not subscribe to it (the server may be gone
+        # by the time the result object is collected).
+        app.send_task("consolidation.run_scheduled", kwargs={"slot": slot.isoformat()}, ignore_result=True)
 
 
 def finished_run(slot, timeout: float = 120.0) -> ConsolidationRun:
