@@ -73,3 +73,33 @@ def test_a_pickle_message_is_refused_by_a_real_worker(celery_worker, sqlite_data
     assert result.get(timeout=20) == {"rows": 0}
     time.sleep(0.2)
     assert not marker.exists()
+
+
+def test_run_project_limits_come_from_the_settings():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ORCHESTRATION_PROJECT_RATE_LIMIT": "30/m", "ORCHESTRATION_JOB_TIME_LIMIT": "120"}
+    out = subprocess.run(
+        [sys.executable, "-c", "import orchestration.tasks as t; r = t.run_project; "
+                               "print(r.rate_limit, r.soft_time_limit, r.time_limit)"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout.split()
+    assert out == ["30/m", "120", "180"]
+
+
+def test_a_bad_setting_stops_the_worker_with_one_line():
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "orchestration.celery_app", "worker"],
+        env={**os.environ, "ORCHESTRATION_DATABASE_URL": "postgresql://orch:s3cret@db:notaport/x"},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1] == (
+        "orchestration: ORCHESTRATION_DATABASE_URL='postgresql://orch:***@db:notaport/x': "
+        "malformed URL (Port could not be cast to integer value as 'notaport')")
