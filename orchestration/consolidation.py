@@ -51,16 +51,6 @@ class ProjectDisabled(RuntimeError):
 
 
 @dataclass
-class MemoryRow:
-    id: uuid.UUID
-    memory_type: str
-    reused_count: int
-    last_reused_at: datetime | None
-    learned_at: datetime
-    version: int
-
-
-@dataclass
 class Cluster:
     representative: uuid.UUID
     members: list[tuple[uuid.UUID, float]]  # other sources and their similarity to it
