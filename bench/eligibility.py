@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--projects", type=int, default=10_000)
     parser.add_argument("--memories", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--serial", action="store_true",
+                        help="SET max_parallel_workers_per_gather = 0 (one core per query, for comparison)")
     args = parser.parse_args()
     from sqlalchemy import create_engine, text
 
@@ -75,7 +77,8 @@ def main() -> None:
     from orchestration.eligibility import eligible_query
 
     url, drop = scratch_pg_database()
-    engine = create_engine(normalize_url(url))
+    options = {"options": "-c max_parallel_workers_per_gather=0"} if args.serial else {}
+    engine = create_engine(normalize_url(url), connect_args=options)
     try:
         migrate.upgrade(url)
         started = time.perf_counter()
