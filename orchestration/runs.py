@@ -79,6 +79,30 @@ def existing_run_for_slot(session: Session, slot: datetime) -> ConsolidationRun 
     return session.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == slot))
 
 
+# A claimed run whose chord was not sent this long after its start was orphaned by a
+# crash between the commit and the dispatch (a live claimer sends it within seconds).
+DISPATCH_GRACE = timedelta(minutes=5)
+
+
+def mark_dispatched(session: Session, run_id: uuid.UUID, now: datetime) -> None:
+    # Locked: the chord may already be finalizing the run and writing its summary.
+    run = session.get(ConsolidationRun, run_id, with_for_update=True)
+    if run is not None and run.status == "running":
+        run.summary = {**(run.summary or {}), "dispatched_at": now.isoformat()}
+
+
+def undispatched_jobs(session: Session, run: ConsolidationRun, now: datetime) -> list[uuid.UUID] | None:
+    """The pending jobs of a run whose chord was never sent, or ``None`` if it was (or
+    may still be) sent."""
+    if run.status != "running" or (run.summary or {}).get("dispatched_at") or now - run.started_at < DISPATCH_GRACE:
+        return None
+    return list(session.scalars(
+        select(ConsolidationJob.id)
+        .where(ConsolidationJob.run_id == run.id, ConsolidationJob.status == "pending")
+        .order_by(ConsolidationJob.created_at, ConsolidationJob.id)
+    ))
+
+
 def run_status(statuses: list[str]) -> str:
     failed = sum(s == "failed" for s in statuses)
     if statuses and failed == len(statuses):

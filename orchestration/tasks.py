@@ -52,7 +52,15 @@ def run_scheduled(slot: str | None = None, trigger: str = "scheduled", run_id: s
         started = runs.start_run(session, trigger, slot_at, settings.default_threshold, now,
                                  run_id=_uuid(run_id, "run_id") if run_id else None)
         existing = None if started else runs.existing_run_for_slot(session, slot_at) if slot_at else None
+        orphaned = runs.undispatched_jobs(session, existing, now) if existing else None
     if started is None:
+        if orphaned is not None:
+            # This message is the redelivery of a claim whose process died before it
+            # sent the chord: send it now, or the run would wait for the reaper.
+            structlog.contextvars.bind_contextvars(run_id=str(existing.id))
+            log.warning("run.redispatched", jobs=len(orphaned))
+            _dispatch(existing.id, orphaned)
+            return {"status": "redispatched", "run_id": str(existing.id)}
         log.info("run.duplicate_skipped", scheduled_for=slot_at.isoformat() if slot_at else None,
                  run_id=str(existing.id) if existing else run_id)
         return {"status": "duplicate", "run_id": str(existing.id) if existing else run_id}
@@ -61,12 +69,20 @@ def run_scheduled(slot: str | None = None, trigger: str = "scheduled", run_id: s
     log.info("run.started", trigger_type=trigger, scheduled_for=slot_at.isoformat() if slot_at else None)
     log.info("run.eligible", projects_checked=started.checked, projects_eligible=started.eligible,
              projects_skipped=started.skipped)
-    if not started.job_ids:
-        finalize_run([], run_key)
-    else:
-        callback = finalize_run.s(run_key).on_error(fail_run.s(run_key))
-        chord(run_project.s(str(job_id)) for job_id in started.job_ids)(callback)
+    _dispatch(started.run_id, started.job_ids)
     return {"status": "started", "run_id": run_key, "jobs": len(started.job_ids)}
+
+
+def _dispatch(run_id: uuid.UUID, job_ids: list[uuid.UUID]) -> None:
+    """Send the run's chord (or close an empty run at once), then record that it was sent."""
+    run_key = str(run_id)
+    if not job_ids:
+        finalize_run([], run_key)
+        return
+    callback = finalize_run.s(run_key).on_error(fail_run.s(run_key))
+    chord(run_project.s(str(job_id)) for job_id in job_ids)(callback)
+    with session_scope() as session:
+        runs.mark_dispatched(session, run_id, utcnow())
 
 
 @app.task(

@@ -69,6 +69,13 @@ def test_the_catalogue_matches_what_a_run_emits(celery_worker, sqlite_database, 
             job_id = session.scalar(select(ConsolidationJob.id).where(ConsolidationJob.project_id == flaky))
         run_project.apply_async(args=[str(job_id)]).get(timeout=30)
         run_project.apply_async(args=["not-a-uuid"]).get(timeout=30)
+        # A run whose claimer died after committing its jobs: the redelivered claim sends its chord.
+        orphan_slot = parse_slot("2026-11-26T02:00:00+00:00")
+        with db.session_scope() as session:
+            runs.start_run(session, "scheduled", orphan_slot, 10, now=utcnow() - timedelta(minutes=10))
+        run_scheduled.apply_async(kwargs={"slot": orphan_slot.isoformat()}).get(timeout=30)
+        wait_for_run(lambda s: s.scalar(select(ConsolidationRun).where(
+            ConsolidationRun.scheduled_for == orphan_slot)))
         # A run whose worker vanished long ago, for the reaper.
         long_ago = utcnow() - timedelta(days=2)
         with db.session_scope() as session:

@@ -227,6 +227,28 @@ def test_project_deleted_after_the_check_is_skipped(celery_worker, sqlite_databa
     assert run.status == "completed" and run.summary["jobs_skipped"] == 1
 
 
+def test_a_claim_that_died_before_sending_its_chord_is_redispatched(celery_worker, sqlite_database,
+                                                                    captured_logs):
+    from orchestration import runs
+    from orchestration.schedule import parse_slot
+
+    manifests = _seed(projects=4)
+    slot = parse_slot(SLOT)
+    with db.session_scope() as session:  # claimed and committed; the process died before the chord
+        started = runs.start_run(session, "scheduled", slot, 1000, now=utcnow() - timedelta(minutes=10))
+    assert run_scheduled.apply_async(kwargs={"slot": SLOT}).get(timeout=30)["status"] == "redispatched"
+    run = _run_for_slot()
+    assert run.id == started.run_id and run.status == "completed"
+    assert run.jobs_completed == sum(m.kind == "eligible" for m in manifests)
+    assert [e["jobs"] for e in captured_logs() if e["event"] == "run.redispatched"] == [2]
+    # A claim that is merely in progress (inside the grace period) is not dispatched twice.
+    with db.session_scope() as session:
+        fresh = runs.start_run(session, "scheduled", parse_slot("2026-11-28T02:00:00Z"), 1000)
+    assert run_scheduled.apply_async(kwargs={"slot": "2026-11-28T02:00:00Z"}).get(timeout=30)["status"] == "duplicate"
+    with db.session_scope() as session:
+        assert session.get(ConsolidationRun, fresh.run_id).status == "running"
+
+
 def test_redelivered_run_project_never_double_applies(celery_worker, database):
     manifests = _seed(projects=3)
     run_scheduled.apply_async(kwargs={"slot": SLOT})
