@@ -27,21 +27,10 @@ from sqlalchemy.engine import make_url  # noqa: E402
 
 from orchestration import db, migrate  # noqa: E402
 from orchestration.settings import mask_url  # noqa: E402
+from support import unavailable  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("ORCHESTRATION_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("ORCHESTRATION_TEST_REDIS_URL", "redis://127.0.0.1:6379")
-START_HINT = "start them with: docker compose up -d redis postgres"
-
-
-def services_required() -> bool:
-    return os.environ.get("CI", "").lower() == "true" or os.environ.get("ORCHESTRATION_REQUIRE_SERVICES") == "1"
-
-
-def unavailable(service: str, error: Exception) -> None:
-    message = f"{service} unreachable ({type(error).__name__}: {error})"
-    if services_required():
-        pytest.fail(f"{message}; CI/ORCHESTRATION_REQUIRE_SERVICES requires it", pytrace=False)
-    pytest.skip(f"{message}; {START_HINT}")
 
 
 def _admin_engine():

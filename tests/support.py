@@ -3,7 +3,10 @@ end state of the memory store, comparable across databases and runs."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
+
+import pytest
 
 from sqlalchemy import select
 
@@ -39,3 +42,18 @@ def difference(expected: list[tuple], actual: list[tuple]) -> tuple[int, int]:
     """(lost, doubled): rows of ``expected`` missing from ``actual``, and extra rows."""
     want, got = Counter(expected), Counter(actual)
     return sum((want - got).values()), sum((got - want).values())
+
+
+START_HINT = "start them with: docker compose up -d redis postgres"
+
+
+def services_required() -> bool:
+    return os.environ.get("CI", "").lower() == "true" or os.environ.get("ORCHESTRATION_REQUIRE_SERVICES") == "1"
+
+
+def unavailable(service: str, error: Exception) -> None:
+    reason = (str(error).strip().splitlines() or [""])[0]
+    message = f"{service} unreachable ({type(error).__name__}: {reason})"
+    if services_required():
+        pytest.fail(f"{message}; CI/ORCHESTRATION_REQUIRE_SERVICES requires it", pytrace=False)
+    pytest.skip(f"{message}; {START_HINT}")

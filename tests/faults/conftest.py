@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from support import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 _REPORT: list[str] = []
@@ -77,7 +78,7 @@ class RedisServer:
     def start(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.fail("redis-server is not installed; the fault suite starts its own Redis")
+            unavailable("redis-server (the fault suite starts its own Redis)", FileNotFoundError("not on PATH"))
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
              "--appendfsync", "always", "--dir", str(self.directory)],
