@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -67,7 +68,8 @@ def reap(session: Session, settings: Settings, now: datetime) -> Reaped:
     return reaped
 
 
-def _finalize(session: Session, reaped: Reaped, run_id, now: datetime, reason: str, error: str | None) -> None:
+def _finalize(session: Session, reaped: Reaped, run_id: uuid.UUID, now: datetime, reason: str,
+              error: str | None) -> None:
     run = runs.finalize(session, run_id, now, unfinished_error=error)
     if run is not None:
         reaped.runs.append((run, reason))
