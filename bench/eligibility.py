@@ -1,11 +1,19 @@
-"""Benchmark: the eligibility query against the ticket's literal GROUP BY ... HAVING.
+"""Benchmark: the eligibility query against the ticket's literal GROUP BY ... HAVING,
+and what keeping the counts costs the writers.
 
 Builds (in a scratch PostgreSQL database, with SQL so it takes seconds) P projects
 and M memories with a realistic skew: 5 huge projects hold half the memories, the
 rest is spread over the others; about 20% of memories are duplicates or archived;
-5% of projects are disabled. Then times, on the same data and connection, the query
-``orchestration.eligibility`` runs and the ticket's literal query, and prints the
-``EXPLAIN ANALYZE`` of both.
+5% of projects are disabled. Then, on the same data and connection:
+
+1. times the query ``orchestration.eligibility`` runs (it reads the trigger-kept
+   ``project_memory_counts``), counting through the partial index of active memories
+   (this project's query before the counts), and the ticket's literal query, with
+   and without the partial index, and prints the ``EXPLAIN ANALYZE`` of each;
+2. times writes with the count triggers and with them disabled, alternating rounds:
+   one-row inserts each in its own transaction (an agent saving a memory), the same
+   from 4 connections at once into one project (all waiting on one count row), one-row
+   archive updates (consolidation's ``executemany``), and one bulk ``INSERT``.
 
     python bench/eligibility.py                          # 10,000 projects, 1,000,000 memories
     python bench/eligibility.py --projects 1000 --memories 100000
@@ -16,6 +24,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,7 +39,25 @@ WHERE m.is_duplicate = false AND m.is_archived = false AND p.consolidation_enabl
 GROUP BY m.project_id, p.consolidation_threshold
 HAVING COUNT(*) > COALESCE(p.consolidation_threshold, :default_threshold)
 """
+# This project's eligibility query before the kept counts: count the active index
+# entries per project first, join the counts to the projects after.
+PARTIAL_INDEX_COUNT = """
+SELECT p.id, p.consolidation_options
+FROM projects p JOIN (SELECT project_id, count(*) AS active FROM task_memories
+                      WHERE NOT is_duplicate AND NOT is_archived GROUP BY project_id) a ON a.project_id = p.id
+WHERE p.consolidation_enabled AND a.active > COALESCE(p.consolidation_threshold, :default_threshold)
+"""
 HUGE = 5
+WRITERS = 4
+INSERT_ONE = """
+INSERT INTO task_memories (id, project_id, memory_type, content, tags, file_links, learned_at)
+VALUES (gen_random_uuid(), :p, 'learning', 'agent memory', '[]', '[]', now())
+"""
+ARCHIVE_ONE = "UPDATE task_memories SET is_archived = true, version = version + 1 WHERE id = :id"
+BULK = """
+INSERT INTO task_memories (id, project_id, memory_type, content, tags, file_links, learned_at)
+SELECT gen_random_uuid(), :p, 'learning', 'bulk', '[]', '[]', now() FROM generate_series(1, :n)
+"""
 
 
 def build(conn, projects: int, memories: int) -> None:
@@ -62,15 +89,73 @@ def timed(conn, sql, params, repeat: int) -> tuple[float, int]:
     return statistics.median(runs), rows
 
 
+def concurrent_inserts(engine, project_id, total: int, writers: int = WRITERS) -> float:
+    """Wall time of ``writers`` connections inserting ``total`` one-row memories into
+    one project at once (each insert its own transaction): the hot-counter case."""
+    from sqlalchemy import text
+
+    barrier = threading.Barrier(writers + 1)
+
+    def write() -> None:
+        with engine.connect() as conn:
+            barrier.wait()
+            for _ in range(total // writers):
+                conn.execute(text(INSERT_ONE), {"p": project_id})
+
+    threads = [threading.Thread(target=write) for _ in range(writers)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
+
+
+def write_costs(engine, rounds: int, per_round: int, bulk: int) -> dict[str, tuple[float, float]]:
+    """Seconds per write kind, (with triggers, without), alternating rounds on the same data."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        projects = conn.execute(text("SELECT id FROM projects ORDER BY id LIMIT 200")).scalars().all()
+        targets = conn.execute(text(
+            "SELECT id FROM task_memories WHERE NOT is_duplicate AND NOT is_archived LIMIT :n"),
+            {"n": 2 * rounds * per_round}).scalars().all()
+    totals = {kind: [0.0, 0.0] for kind in ("insert", "concurrent", "archive", "bulk")}
+    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    for number in range(2 * rounds):
+        triggers = number % 2 == 0
+        with autocommit.connect() as conn:
+            conn.exec_driver_sql(f"ALTER TABLE task_memories {'ENABLE' if triggers else 'DISABLE'} TRIGGER USER")
+            started = time.perf_counter()
+            for i in range(per_round):
+                conn.execute(text(INSERT_ONE), {"p": projects[i % len(projects)]})
+            totals["insert"][not triggers] += time.perf_counter() - started
+            totals["concurrent"][not triggers] += concurrent_inserts(autocommit, projects[0], per_round)
+            started = time.perf_counter()
+            for memory_id in targets[number * per_round:(number + 1) * per_round]:
+                conn.execute(text(ARCHIVE_ONE), {"id": memory_id})
+            totals["archive"][not triggers] += time.perf_counter() - started
+            started = time.perf_counter()
+            conn.execute(text(BULK), {"p": projects[number % len(projects)], "n": bulk})
+            totals["bulk"][not triggers] += time.perf_counter() - started
+    with autocommit.connect() as conn:
+        conn.exec_driver_sql("ALTER TABLE task_memories ENABLE TRIGGER USER")
+    return {kind: (with_, without) for kind, (with_, without) in totals.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--projects", type=int, default=10_000)
     parser.add_argument("--memories", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--writes", type=int, default=500, help="one-row writes of each kind per round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds with triggers (as many without)")
+    parser.add_argument("--bulk", type=int, default=20_000, help="rows of the bulk INSERT per round")
     parser.add_argument("--serial", action="store_true",
                         help="SET max_parallel_workers_per_gather = 0 (one core per query, for comparison)")
     args = parser.parse_args()
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import TextClause, create_engine, text
 
     from orchestration import migrate
     from orchestration.db import normalize_url
@@ -88,35 +173,55 @@ def main() -> None:
             conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM ANALYZE")
         print(f"built {args.projects:,} projects and {args.memories:,} memories in "
               f"{time.perf_counter() - started:.1f}s", flush=True)
-        ours = eligible_query(1000)
-        literal = text(LITERAL)
         params = {"default_threshold": 1000}
+        queries = {
+            "orchestration.eligibility (kept counts)": eligible_query(1000),
+            "count through the partial index": text(PARTIAL_INDEX_COUNT),
+            "ticket's literal query": text(LITERAL),
+        }
+        timings, plans = {}, {}
         with engine.connect() as conn:
-            ours_s, ours_rows = timed(conn, ours, {}, args.repeat)
-            literal_s, literal_rows = timed(conn, literal, params, args.repeat)
-            compiled = ours.compile(conn, compile_kwargs={"literal_binds": True})
-            plans = {
-                "orchestration.eligibility": conn.exec_driver_sql(f"EXPLAIN ANALYZE {compiled}").scalars().all(),
-                "ticket's literal query": conn.execute(text("EXPLAIN ANALYZE " + LITERAL), params).scalars().all(),
-            }
+            for name, query in queries.items():
+                timings[name] = timed(conn, query, params, args.repeat)
+                sql = query.text if isinstance(query, TextClause) else str(
+                    query.compile(conn, compile_kwargs={"literal_binds": True}))
+                plans[name] = conn.execute(text("EXPLAIN ANALYZE " + sql), params).scalars().all()
         # The literal query again on the schema a plain implementation would have:
         # without the partial index on active memories.
         with engine.begin() as conn:
             conn.exec_driver_sql("DROP INDEX ix_task_memories_active_project")
+        name = "literal query, no partial index"
         with engine.connect() as conn:
-            plain_s, plain_rows = timed(conn, literal, params, args.repeat)
-            plans["ticket's literal query, no partial index"] = conn.execute(
-                text("EXPLAIN ANALYZE " + LITERAL), params).scalars().all()
-        assert ours_rows == literal_rows == plain_rows, (ours_rows, literal_rows, plain_rows)
-        print(f"orchestration.eligibility: {ours_s * 1000:7.1f} ms (median of {args.repeat}, {ours_rows:,} eligible)")
-        print(f"ticket's literal query:    {literal_s * 1000:7.1f} ms (median of {args.repeat}, "
-              f"{literal_rows:,} eligible)")
-        print(f"literal query, no partial index: {plain_s * 1000:7.1f} ms (median of {args.repeat})")
-        print(f"speed-up ratio {literal_s / ours_s:.1f}x over the literal query on the same schema, "
-              f"{plain_s / ours_s:.1f}x over it without the partial index")
+            timings[name] = timed(conn, text(LITERAL), params, args.repeat)
+            plans[name] = conn.execute(text("EXPLAIN ANALYZE " + LITERAL), params).scalars().all()
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "CREATE INDEX ix_task_memories_active_project ON task_memories (project_id) "
+                "WHERE NOT is_duplicate AND NOT is_archived")
+        eligible = {rows for _, rows in timings.values()}
+        assert len(eligible) == 1, timings
+        ours, literal, plain, partial = (timings[name][0] for name in (
+            "orchestration.eligibility (kept counts)", "ticket's literal query", "literal query, no partial index",
+            "count through the partial index"))
+        for name, (seconds, rows) in timings.items():
+            print(f"{name + ':':42} {seconds * 1000:7.1f} ms (median of {args.repeat}, {rows:,} eligible)")
+        print(f"speed-up ratio {literal / ours:.1f}x over the literal query on the same schema, "
+              f"{plain / ours:.1f}x over it without the partial index, {partial / ours:.1f}x over counting "
+              "through the partial index")
         for name, plan in plans.items():
             print(f"\nEXPLAIN ANALYZE, {name}:")
             print("\n".join("  " + line for line in plan))
+
+        costs = write_costs(engine, args.rounds, args.writes, args.bulk)
+        n = args.rounds * args.writes
+        print(f"\nwrites with the count triggers vs without ({args.rounds} alternating rounds each):")
+        for kind, label, count in (("insert", "one-row INSERT + commit", n),
+                                   ("concurrent", f"same, {WRITERS} writers, 1 project", n),
+                                   ("archive", "one-row archive UPDATE", n),
+                                   ("bulk", f"INSERT of {args.bulk:,} rows", args.rounds)):
+            with_, without = costs[kind]
+            print(f"  {label:26} {with_ / count * 1000:8.3f} ms vs {without / count * 1000:8.3f} ms "
+                  f"per statement, ratio {with_ / without:.2f}")
     finally:
         engine.dispose()
         drop()

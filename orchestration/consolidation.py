@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
-from sqlalchemy import and_, bindparam, case, func, insert, select, update
+from sqlalchemy import and_, bindparam, case, insert, select, update
 from sqlalchemy.orm import Session
 
 from orchestration import locks
@@ -32,7 +32,7 @@ from orchestration.clustering import star_clusters
 from orchestration.db import chunks, session_scope
 from orchestration.dbtypes import utcnow
 from orchestration.embeddings import from_bytes, lexical_embedding, normalize_rows, to_bytes
-from orchestration.models import ConsolidationChange, ConsolidationJob, Project, TaskMemory
+from orchestration.models import ConsolidationChange, ConsolidationJob, Project, ProjectMemoryCount, TaskMemory
 from orchestration.options import ConsolidationOptions
 
 Progress = Callable[[str, float], None]
@@ -103,8 +103,10 @@ def active_filter():
 
 
 def count_active(session: Session, project_id: uuid.UUID) -> int:
+    """The project's active memories, as kept by the count triggers (this transaction's
+    own changes included)."""
     return session.scalar(
-        select(func.count()).select_from(TaskMemory).where(TaskMemory.project_id == project_id, active_filter())
+        select(ProjectMemoryCount.active_count).where(ProjectMemoryCount.project_id == project_id)
     ) or 0
 
 

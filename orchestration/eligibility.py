@@ -1,12 +1,11 @@
 """Which projects the nightly run consolidates: enabled, and with more active memories
 than their threshold (or the default threshold when theirs is NULL).
 
-The eligible projects come from one query that counts active memories per project
-*first* (an index-only scan of the partial index ``ix_task_memories_active_project``,
-aggregated by project) and joins the few thousand counts to the projects after.
-The ticket's literal ``JOIN ... GROUP BY ... HAVING`` joins every memory row before
-aggregating (see bench/eligibility.py and docs/benchmarks.md). A second, trivial
-query counts the projects checked and the disabled ones for the run summary.
+The active counts come from ``project_memory_counts``, which database triggers keep
+exact (migration 0002), so the check reads one row per project instead of counting
+every active memory; bench/eligibility.py compares it with the ticket's literal
+``JOIN ... GROUP BY ... HAVING`` over the memories (docs/benchmarks.md). A second,
+trivial query counts the projects checked and the disabled ones for the run summary.
 """
 
 from __future__ import annotations
@@ -15,11 +14,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from orchestration.consolidation import active_filter
-from orchestration.models import Project, TaskMemory
+from orchestration.models import Project, ProjectMemoryCount
 
 
 @dataclass
@@ -29,19 +27,14 @@ class Eligibility:
     eligible: list[tuple[uuid.UUID, dict[str, Any] | None]] = field(default_factory=list)
 
 
-def eligible_query(default_threshold: int):
-    active = (
-        select(TaskMemory.project_id, func.count().label("active"))
-        .where(active_filter())
-        .group_by(TaskMemory.project_id)
-        .subquery("active")
-    )
+def eligible_query(default_threshold: int) -> Select:
+    counts = ProjectMemoryCount
     return (
         select(Project.id, Project.consolidation_options)
-        .join(active, active.c.project_id == Project.id)
+        .join(counts, counts.project_id == Project.id)
         .where(
             Project.consolidation_enabled,
-            active.c.active > func.coalesce(Project.consolidation_threshold, default_threshold),
+            counts.active_count > func.coalesce(Project.consolidation_threshold, default_threshold),
         )
         .order_by(Project.id)
     )

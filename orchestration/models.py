@@ -218,6 +218,24 @@ class ConsolidationChange(Base):
     changed_by: Mapped[str] = mapped_column(String(200), nullable=False, default="system")
 
 
+class ProjectMemoryCount(Base):
+    """The number of active memories of each project, for the eligibility check.
+
+    Database triggers (migration 0002) keep it exact in the same transaction as every
+    insert, delete and activity change of a memory, whoever writes it; a row is created
+    with each project. Counting the memories themselves costs a scan of every active
+    index entry (see docs/benchmarks.md).
+    """
+
+    __tablename__ = "project_memory_counts"
+    __table_args__ = (CheckConstraint("active_count >= 0", name="active_count_not_negative"),)
+
+    project_id: Mapped[uuid.UUID] = mapped_column(
+        GUID(), ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
+    )
+    active_count: Mapped[int] = _counter()
+
+
 class ProjectLock(Base):
     """One row while a job consolidates a project: two jobs never work on one project."""
 

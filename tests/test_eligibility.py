@@ -30,7 +30,7 @@ def test_enabled_projects_above_their_threshold(database):
     assert at not in dict(result.eligible) and inactive_heavy not in dict(result.eligible)
 
 
-def test_the_eligibility_query_is_an_index_only_scan_of_the_partial_index(pg_database):
+def test_the_eligibility_query_reads_the_kept_counts_not_the_memories(pg_database):
     with db.session_scope() as session:
         project_id = _project(session, "p", 0, threshold=1)
         # 20,000 memories, nine in ten of them archived or duplicate.
@@ -39,14 +39,16 @@ def test_the_eligibility_query_is_an_index_only_scan_of_the_partial_index(pg_dat
             "is_duplicate, is_archived) SELECT gen_random_uuid(), :p, 'learning', 'm', '[]', '[]', now(), "
             "g % 10 = 1, g % 10 > 1 FROM generate_series(1, 20000) g"), {"p": project_id})
     with db.get_engine().connect() as conn:
-        conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM ANALYZE task_memories")
+        conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM ANALYZE")
         compiled = eligible_query(1000).compile(conn, compile_kwargs={"literal_binds": True})
         plan = "\n".join(conn.exec_driver_sql(f"EXPLAIN {compiled}").scalars())
-    assert "Index Only Scan using ix_task_memories_active_project" in plan
+    assert "project_memory_counts" in plan and "task_memories" not in plan
+    with db.session_scope() as session:
+        assert [pid for pid, _ in check_projects(session, 1000).eligible] == [project_id]
 
 
-def test_sqlite_counts_through_the_partial_index_too(sqlite_database):
+def test_sqlite_reads_the_kept_counts_too(sqlite_database):
     with db.session_scope() as session:
         compiled = eligible_query(1000).compile(session.get_bind(), compile_kwargs={"literal_binds": True})
         plan = " ".join(str(row) for row in session.execute(text(f"EXPLAIN QUERY PLAN {compiled}")))
-    assert "USING INDEX ix_task_memories_active_project" in plan
+    assert "project_memory_counts" in plan and "task_memories" not in plan

@@ -1,0 +1,154 @@
+"""``project_memory_counts`` (migration 0002) stays equal to a literal count of the
+active memories through every kind of write, on SQLite and PostgreSQL."""
+
+import random
+import threading
+import uuid
+
+import pytest
+from sqlalchemy import create_engine, delete, func, insert, select, text, update
+
+from orchestration import db, migrate
+from orchestration.audit import rollback_job
+from orchestration.consolidation import active_filter, consolidate_project
+from orchestration.models import ConsolidationJob, Project, ProjectMemoryCount, TaskMemory
+from orchestration.options import resolve_options
+from orchestration.seed import seed
+
+
+def _drift(session) -> dict[uuid.UUID, tuple[int | None, int]]:
+    """Projects whose kept count differs from a literal count: {id: (kept, literal)}."""
+    literal = dict(session.execute(
+        select(TaskMemory.project_id, func.count()).where(active_filter()).group_by(TaskMemory.project_id)).all())
+    kept = dict(session.execute(select(ProjectMemoryCount.project_id, ProjectMemoryCount.active_count)).all())
+    projects = set(session.scalars(select(Project.id)))
+    return {p: (kept.get(p), literal.get(p, 0)) for p in projects | set(kept) if kept.get(p) != literal.get(p, 0)}
+
+
+def _assert_exact() -> None:
+    with db.session_scope() as session:
+        assert _drift(session) == {}
+
+
+def _memory(project_id, duplicate=False, archived=False) -> dict:
+    return {"id": uuid.uuid4(), "project_id": project_id, "memory_type": "learning", "content": "m",
+            "tags": [], "file_links": [], "is_duplicate": duplicate, "is_archived": archived}
+
+
+def test_every_kind_of_write_keeps_the_counts_exact(database):
+    rng = random.Random(7)
+    with db.session_scope() as session:
+        projects = [Project(name=f"p{i}") for i in range(4)]
+        session.add_all(projects)
+        session.flush()
+        ids = [p.id for p in projects]
+        assert session.scalars(select(ProjectMemoryCount.active_count)).all() == [0, 0, 0, 0]
+        # one multi-row INSERT over several projects, a third of it inactive
+        session.execute(insert(TaskMemory), [_memory(rng.choice(ids), duplicate=i % 3 == 0) for i in range(60)])
+        session.add(TaskMemory(**_memory(ids[0])))  # one ORM insert
+    _assert_exact()
+
+    steps = [
+        lambda s: s.execute(update(TaskMemory).where(TaskMemory.content == "m", TaskMemory.project_id == ids[1])
+                            .values(is_archived=True)),
+        lambda s: s.execute(update(TaskMemory).where(TaskMemory.project_id == ids[0])
+                            .values(project_id=ids[2])),  # move between projects
+        lambda s: s.execute(update(TaskMemory).values(is_duplicate=~TaskMemory.is_duplicate)),
+        lambda s: s.execute(update(TaskMemory).values(reused_count=TaskMemory.reused_count + 1)),  # not activity
+        lambda s: s.execute(delete(TaskMemory).where(TaskMemory.is_duplicate)),
+        lambda s: s.delete(s.get(Project, ids[3])),  # cascades to its memories and its count row
+    ]
+    for step in steps:
+        with db.session_scope() as session:
+            step(session)
+        _assert_exact()
+
+    # A rolled-back transaction leaves no trace in the counts either.
+    with pytest.raises(RuntimeError), db.session_scope() as session:
+        session.execute(insert(TaskMemory), [_memory(ids[1]) for _ in range(5)])
+        raise RuntimeError("abort")
+    _assert_exact()
+
+
+def test_consolidation_and_its_rollback_keep_the_counts_exact(database):
+    with db.session_scope() as session:
+        (manifest,) = seed(session, 1, 120, seed=3, dim=32)
+        job = ConsolidationJob(project_id=uuid.UUID(manifest.id), trigger_type="manual", triggered_by="t",
+                               status="running")
+        session.add(job)
+    result = consolidate_project(job.project_id, resolve_options(None), job_id=job.id)
+    assert result.memories_merged and result.memories_archived
+    assert result.memories_after == result.memories_before - result.memories_merged - result.memories_archived \
+        + result.clusters_found
+    _assert_exact()
+    with db.session_scope() as session:
+        session.execute(update(ConsolidationJob).where(ConsolidationJob.id == job.id).values(status="completed"))
+    with db.session_scope() as session:
+        rollback_job(session, job.id, retention_days=90)
+    _assert_exact()
+    with db.session_scope() as session:
+        assert session.scalar(select(ProjectMemoryCount.active_count)) == result.memories_before
+
+
+def test_the_migration_counts_memories_written_before_it(database_url):
+    migrate.downgrade(database_url, "0001")
+    engine = create_engine(db.normalize_url(database_url))
+    try:
+        with engine.begin() as conn:
+            project_ids = [uuid.uuid4(), uuid.uuid4()]
+            conn.execute(insert(Project), [{"id": p, "name": "old"} for p in project_ids])
+            conn.execute(insert(TaskMemory), [_memory(project_ids[0], archived=i < 3) for i in range(10)])
+    finally:
+        engine.dispose()
+    migrate.upgrade(database_url)
+    db.use_database(database_url)
+    try:
+        with db.session_scope() as session:
+            assert _drift(session) == {}
+            assert session.get(ProjectMemoryCount, project_ids[0]).active_count == 7
+            assert session.get(ProjectMemoryCount, project_ids[1]).active_count == 0
+    finally:
+        db.use_database(None)
+
+
+@pytest.mark.integration
+def test_concurrent_writers_to_one_project_are_all_counted(pg_database):
+    """Writers of one project wait for each other's count update, none is lost."""
+    with db.session_scope() as session:
+        project = Project(name="busy")
+        session.add(project)
+    writers, per_writer = 4, 25
+    barrier = threading.Barrier(writers)
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            barrier.wait()
+            for _ in range(per_writer):
+                with db.session_scope() as session:
+                    session.execute(insert(TaskMemory), [_memory(project.id)])
+                    session.execute(text("SELECT pg_sleep(0.001)"))  # hold the row a moment
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write) for _ in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with db.session_scope() as session:
+        assert session.get(ProjectMemoryCount, project.id).active_count == writers * per_writer
+    _assert_exact()
+
+
+def test_a_drifted_count_is_refused_rather_than_going_negative(database):
+    with db.session_scope() as session:
+        project = Project(name="p")
+        session.add(project)
+        session.flush()
+        session.add(TaskMemory(**_memory(project.id)))
+    with db.session_scope() as session:
+        session.execute(update(ProjectMemoryCount).values(active_count=0))  # drift forced by hand
+    with pytest.raises(Exception, match="active_count_not_negative"), db.session_scope() as session:
+        session.execute(delete(TaskMemory))
