@@ -88,9 +88,9 @@ class TaskMemory(Base):
     __table_args__ = (
         CheckConstraint(_in("memory_type", MEMORY_TYPES), name="memory_type"),
         CheckConstraint(_in("archive_reason", ARCHIVE_REASONS), name="archive_reason"),
-        # "Active memories per project" is the eligibility count; this partial index
-        # lets it be answered from the index alone. Each predicate is spelled the way
-        # SQLAlchemy renders ``active_filter()`` on that dialect, so the planner matches it.
+        # A job reads its project's active memories through this partial index. Each
+        # predicate is spelled the way SQLAlchemy renders ``active_filter()`` on that
+        # dialect, so the planner matches it.
         Index(
             "ix_task_memories_active_project",
             "project_id",

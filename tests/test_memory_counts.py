@@ -142,6 +142,20 @@ def test_concurrent_writers_to_one_project_are_all_counted(pg_database):
     _assert_exact()
 
 
+@pytest.mark.integration
+def test_truncate_zeroes_the_counts(pg_database):
+    with db.session_scope() as session:
+        project = Project(name="p")
+        session.add(project)
+        session.flush()
+        session.execute(insert(TaskMemory), [_memory(project.id) for _ in range(3)])
+    with db.session_scope() as session:
+        session.execute(text("TRUNCATE task_memories CASCADE"))
+    with db.session_scope() as session:
+        assert session.get(ProjectMemoryCount, project.id).active_count == 0
+    _assert_exact()
+
+
 def test_a_drifted_count_is_refused_rather_than_going_negative(database):
     with db.session_scope() as session:
         project = Project(name="p")

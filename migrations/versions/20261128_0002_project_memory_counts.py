@@ -73,6 +73,17 @@ POSTGRESQL_UP = [
         EXECUTE FUNCTION project_memory_counts_on_delete()
     """,
     """
+    CREATE FUNCTION project_memory_counts_on_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        UPDATE project_memory_counts SET active_count = 0 WHERE active_count <> 0;
+        RETURN NULL;
+    END $$
+    """,
+    """
+    CREATE TRIGGER task_memories_count_truncate AFTER TRUNCATE ON task_memories
+        FOR EACH STATEMENT EXECUTE FUNCTION project_memory_counts_on_truncate()
+    """,
+    """
     CREATE FUNCTION project_memory_counts_on_update() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         IF NOT OLD.is_duplicate AND NOT OLD.is_archived THEN
@@ -95,10 +106,12 @@ POSTGRESQL_UP = [
 ]
 POSTGRESQL_DOWN = [
     "DROP TRIGGER task_memories_count_update ON task_memories",
+    "DROP TRIGGER task_memories_count_truncate ON task_memories",
     "DROP TRIGGER task_memories_count_delete ON task_memories",
     "DROP TRIGGER task_memories_count_insert ON task_memories",
     "DROP TRIGGER projects_memory_count_row ON projects",
     "DROP FUNCTION project_memory_counts_on_update()",
+    "DROP FUNCTION project_memory_counts_on_truncate()",
     "DROP FUNCTION project_memory_counts_on_delete()",
     "DROP FUNCTION project_memory_counts_on_insert()",
     "DROP FUNCTION project_memory_counts_add_project()",
