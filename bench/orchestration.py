@@ -90,8 +90,9 @@ def _bare(client, size: int) -> float:
     return time.perf_counter() - started
 
 
-def _round_trips_per_job() -> float:
-    """Statements one job sends to the database, counted on the task's code path."""
+def _round_trips_per_job() -> tuple[float, float]:
+    """Statements and transactions of one job, counted on the task's code path. Each
+    transaction adds two round trips (psycopg sends BEGIN and COMMIT on their own)."""
     from sqlalchemy import event, select
 
     from orchestration import db, jobs
@@ -102,21 +103,26 @@ def _round_trips_per_job() -> float:
         projects = session.scalars(select(Project.id).limit(5)).all()
         created = [jobs.create_job(session, p, run_id=None, trigger_type="manual", triggered_by="bench",
                                    options=MINIMAL).id for p in projects]
-    count = {"n": 0}
+    count = {"before_cursor_execute": 0, "begin": 0}
 
-    def counter(*_):
-        count["n"] += 1
+    def counter(name):
+        def count_one(*_):
+            count[name] += 1
+        return count_one
 
     engine = db.get_engine()
-    event.listen(engine, "before_cursor_execute", counter)
+    listeners = [(name, counter(name)) for name in count]
+    for name, listener in listeners:
+        event.listen(engine, name, listener)
     try:
         for job_id in created:
             jobs.execute(jobs.begin_attempt(job_id, get_settings()))
     finally:
-        event.remove(engine, "before_cursor_execute", counter)
+        for name, listener in listeners:
+            event.remove(engine, name, listener)
     with db.session_scope() as session:
         session.query(ConsolidationJob).filter(ConsolidationJob.id.in_(created)).delete()
-    return count["n"] / len(created)
+    return count["before_cursor_execute"] / len(created), count["begin"] / len(created)
 
 
 def main() -> None:
@@ -151,7 +157,9 @@ def main() -> None:
             overhead_ms = (nightly - bare) / size * 1000
             print(f"{size:>6}  {nightly:8.2f}s  {bare:9.2f}s  {nightly / bare:6.2f}  {overhead_ms:9.1f} ms"
                   f"   ratio {nightly / bare:.2f} at N={size}", flush=True)
-        print(f"database round trips per job: {_round_trips_per_job():.1f}")
+        statements, transactions = _round_trips_per_job()
+        print(f"database round trips per job: {statements + 2 * transactions:.0f} "
+              f"({statements:.0f} statements in {transactions:.0f} transactions)")
     finally:
         if worker is not None:
             os.killpg(worker.pid, signal.SIGTERM)

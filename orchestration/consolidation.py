@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
-from sqlalchemy import and_, bindparam, case, insert, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, case, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from orchestration import locks
@@ -102,12 +102,16 @@ def active_filter():
     return and_(~TaskMemory.is_duplicate, ~TaskMemory.is_archived)
 
 
+def active_count(project_id: uuid.UUID) -> ColumnElement[int]:
+    """The project's active memories as kept by the count triggers (this transaction's
+    own changes included), as an expression: an UPDATE can store it without a
+    round trip of its own."""
+    kept = select(ProjectMemoryCount.active_count).where(ProjectMemoryCount.project_id == project_id)
+    return func.coalesce(kept.scalar_subquery(), 0)
+
+
 def count_active(session: Session, project_id: uuid.UUID) -> int:
-    """The project's active memories, as kept by the count triggers (this transaction's
-    own changes included)."""
-    return session.scalar(
-        select(ProjectMemoryCount.active_count).where(ProjectMemoryCount.project_id == project_id)
-    ) or 0
+    return session.scalar(select(active_count(project_id)))
 
 
 def load_project(session: Session, project_id: uuid.UUID, force: bool = False) -> Project:
@@ -484,7 +488,9 @@ def consolidate_project(
 
     ``lock_held``: the caller already checked the project and took its lock for
     ``job_id`` (the job start does both in one transaction). ``on_finish`` runs in the
-    last transaction, the one that counts the active memories and releases the lock.
+    last transaction, the one that releases the lock, and must set
+    ``result.memories_after`` (a job stores it with its own row); without it the active
+    memories are counted here.
     """
     report = progress or (lambda stage, fraction: None)
     if not dry_run and job_id is None:
@@ -514,9 +520,10 @@ def consolidate_project(
         assert job_id is not None and holder is not None
         _apply(plan, options, job_id, result, report, holder, changed_by, clock)
         with session_scope() as session:
-            result.memories_after = count_active(session, project_id)
             locks.release(session, project_id, holder)
-            if on_finish is not None:
+            if on_finish is None:
+                result.memories_after = count_active(session, project_id)
+            else:
                 on_finish(session, result)
         released = True
         report("done", 1.0)

@@ -2,7 +2,7 @@
 or skipped. Used alike by the ``consolidation.run_project`` task and by
 ``orchestration consolidate``; no Celery here.
 
-A job costs three transactions when there is little to do: the start (job row,
+A job costs three transactions (six statements) when there is little to do: the start (job row,
 project check, options, project lock), the plan read, and the finish (count, lock
 release, job row); each batch of changes adds one.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from orchestration import consolidation, locks
@@ -86,9 +86,17 @@ def begin_attempt(job_id: uuid.UUID, settings: Settings, celery_task_id: str | N
     nothing)."""
     now = utcnow()
     with session_scope() as session:
-        job = session.get(ConsolidationJob, job_id, with_for_update=True)
-        if job is None:
+        # The project comes with the job in one round trip, so load_project finds it
+        # loaded and the job row is written once, by the lock statement's autoflush.
+        row = session.execute(
+            select(ConsolidationJob, Project)
+            .outerjoin(Project, Project.id == ConsolidationJob.project_id)
+            .where(ConsolidationJob.id == job_id)
+            .with_for_update(of=ConsolidationJob)
+        ).first()
+        if row is None:
             raise JobNotFound(f"job {job_id} does not exist")
+        job = row.ConsolidationJob
         if job.status in FINISHED:
             return None
         first = job.started_at is None
@@ -104,7 +112,7 @@ def begin_attempt(job_id: uuid.UUID, settings: Settings, celery_task_id: str | N
                 raise ProjectGone(f"the project of job {job_id} was deleted")
             project = consolidation.load_project(session, job.project_id, force=force)
             if first:
-                job.memories_before = consolidation.count_active(session, job.project_id)
+                job.memories_before = consolidation.active_count(job.project_id)
             attempt.options = resolve_options(project.consolidation_options)
             job.options = attempt.options.as_dict()
             locks.acquire(session, job.project_id, str(job.id), now, timedelta(seconds=settings.job_hard_limit))
@@ -164,13 +172,14 @@ def execute(attempt: Attempt, *, progress: Callable[[str, float], None] | None =
         row = session.execute(
             update(ConsolidationJob)
             .where(ConsolidationJob.id == attempt.job_id)
-            .values(status="completed", progress=1.0, memories_after=result.memories_after,
+            .values(status="completed", progress=1.0, memories_after=consolidation.active_count(attempt.project_id),
                     completed_at=utcnow(), heartbeat_at=utcnow(), error_message=None)
             .returning(ConsolidationJob.memories_before, ConsolidationJob.memories_after,
                        ConsolidationJob.clusters_found, ConsolidationJob.memories_merged,
                        ConsolidationJob.memories_archived)
         ).one()
         counters.update(row._asdict())
+        result.memories_after = row.memories_after
 
     assert attempt.project_id is not None and attempt.options is not None
     try:
@@ -192,7 +201,7 @@ def close_unfinished(session: Session, job: ConsolidationJob, status: str, error
     job.error_message = error
     job.completed_at = job.heartbeat_at = now
     if job.project_id is not None and session.get(Project, job.project_id) is not None:
-        job.memories_after = consolidation.count_active(session, job.project_id)
+        job.memories_after = consolidation.active_count(job.project_id)
         locks.release(session, job.project_id, str(job.id))
 
 
