@@ -2,9 +2,10 @@
 or skipped. Used alike by the ``consolidation.run_project`` task and by
 ``orchestration consolidate``; no Celery here.
 
-A job costs three transactions (six statements) when there is little to do: the start (job row,
-project check, options, project lock), the plan read, and the finish (count, lock
-release, job row); each batch of changes adds one.
+A job costs three transactions of six statements in all when there is little to do:
+the start (job and project read together, job row, project lock), the plan read, and
+the finish (lock release, job row with the active count); each batch of changes adds
+one.
 """
 
 from __future__ import annotations
