@@ -24,15 +24,16 @@ from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
-from sqlalchemy import ColumnElement, and_, bindparam, case, func, insert, select, update
+from sqlalchemy import and_, bindparam, case, insert, select, update
 from sqlalchemy.orm import Session
 
 from orchestration import locks
 from orchestration.clustering import star_clusters
+from orchestration.counts import count_active
 from orchestration.db import chunks, session_scope
 from orchestration.dbtypes import utcnow
 from orchestration.embeddings import from_bytes, lexical_embedding, normalize_rows, to_bytes
-from orchestration.models import ConsolidationChange, ConsolidationJob, Project, ProjectMemoryCount, TaskMemory
+from orchestration.models import ConsolidationChange, ConsolidationJob, Project, TaskMemory
 from orchestration.options import ConsolidationOptions
 
 Progress = Callable[[str, float], None]
@@ -100,18 +101,6 @@ class ConsolidationResult:
 def active_filter():
     # Spelled exactly like the partial index's predicate, so the planner can use it.
     return and_(~TaskMemory.is_duplicate, ~TaskMemory.is_archived)
-
-
-def active_count(project_id: uuid.UUID) -> ColumnElement[int]:
-    """The project's active memories as kept by the count triggers (this transaction's
-    own changes included), as an expression: an UPDATE can store it without a
-    round trip of its own."""
-    kept = select(ProjectMemoryCount.active_count).where(ProjectMemoryCount.project_id == project_id)
-    return func.coalesce(kept.scalar_subquery(), 0)
-
-
-def count_active(session: Session, project_id: uuid.UUID) -> int:
-    return session.scalar(select(active_count(project_id)))
 
 
 def load_project(session: Session, project_id: uuid.UUID, force: bool = False) -> Project:
@@ -305,15 +294,23 @@ class _Batch:
     changes: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _lock_rows(session: Session, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Any]:
+_STATE = (TaskMemory.id, TaskMemory.version, TaskMemory.is_duplicate, TaskMemory.is_archived,
+          TaskMemory.memory_type, TaskMemory.reused_count, TaskMemory.last_reused_at, TaskMemory.learned_at)
+_MERGED = (TaskMemory.content, TaskMemory.tags, TaskMemory.file_links)
+
+
+def _lock_rows(session: Session, ids: Sequence[uuid.UUID], *extra: Any) -> dict[uuid.UUID, Any]:
+    """Lock the rows and read what the writes check and copy, as plain rows (never the
+    embedding, which a merge does not copy)."""
     found = {}
     for chunk in chunks(list(ids)):
-        for row in session.execute(select(TaskMemory).where(TaskMemory.id.in_(chunk)).with_for_update()).scalars():
+        stmt = select(*_STATE, *extra).where(TaskMemory.id.in_(chunk)).with_for_update()
+        for row in session.connection().execute(stmt):
             found[row.id] = row
     return found
 
 
-def _unchanged(row: TaskMemory | None, version: int | None) -> bool:
+def _unchanged(row: Any, version: int | None) -> bool:
     return row is not None and row.version == version and not row.is_duplicate and not row.is_archived
 
 
@@ -336,7 +333,7 @@ def _change(job_id: uuid.UUID, operation: str, memory_id: uuid.UUID, previous: A
 def _merge_batch(session: Session, plan: Plan, clusters: Sequence[Cluster], job_id: uuid.UUID,
                  now: datetime, changed_by: str) -> tuple[int, int, int]:
     """Apply one batch of clusters; returns (clusters merged, sources merged, conflicts)."""
-    rows = _lock_rows(session, [m for c in clusters for m in c.source_ids])
+    rows = _lock_rows(session, [m for c in clusters for m in c.source_ids], *_MERGED)
     batch = _Batch()
     merged_clusters = merged_sources = conflicts = 0
     replaced: dict[uuid.UUID, uuid.UUID] = {}  # consolidated memory -> its replacement

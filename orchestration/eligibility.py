@@ -1,11 +1,12 @@
 """Which projects the nightly run consolidates: enabled, and with more active memories
 than their threshold (or the default threshold when theirs is NULL).
 
-The active counts come from ``project_memory_counts``, which database triggers keep
-exact (migration 0002), so the check reads one row per project instead of counting
-every active memory; bench/eligibility.py compares it with the ticket's literal
-``JOIN ... GROUP BY ... HAVING`` over the memories (docs/benchmarks.md). A second,
-trivial query counts the projects checked and the disabled ones for the run summary.
+The active counts are the trigger-kept ``project_memory_counts`` (see
+``orchestration.counts``): the check folds the pending deltas into them, then reads
+one row per project instead of counting every active memory. bench/eligibility.py
+compares it with the ticket's literal ``JOIN ... GROUP BY ... HAVING`` over the
+memories (docs/benchmarks.md). A second, trivial query counts the projects checked
+and the disabled ones for the run summary.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
+from orchestration import counts
 from orchestration.models import Project, ProjectMemoryCount
 
 
@@ -28,19 +30,20 @@ class Eligibility:
 
 
 def eligible_query(default_threshold: int) -> Select:
-    counts = ProjectMemoryCount
+    kept, pending = ProjectMemoryCount, counts.pending_deltas()
+    active = kept.active_count + func.coalesce(pending.c.delta, 0)
     return (
         select(Project.id, Project.consolidation_options)
-        .join(counts, counts.project_id == Project.id)
-        .where(
-            Project.consolidation_enabled,
-            counts.active_count > func.coalesce(Project.consolidation_threshold, default_threshold),
-        )
+        .join(kept, kept.project_id == Project.id)
+        .outerjoin(pending, pending.c.project_id == Project.id)
+        .where(Project.consolidation_enabled, active > func.coalesce(Project.consolidation_threshold, default_threshold))
         .order_by(Project.id)
     )
 
 
 def check_projects(session: Session, default_threshold: int) -> Eligibility:
+    """Fold the pending count deltas (in the caller's transaction) and select."""
+    counts.fold(session)
     checked, disabled = session.execute(
         select(func.count(), func.count().filter(Project.consolidation_enabled.is_(False)))
     ).one()

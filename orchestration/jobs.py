@@ -19,7 +19,7 @@ from typing import Any, Callable
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from orchestration import consolidation, locks
+from orchestration import consolidation, counts, locks
 from orchestration.consolidation import ConsolidationResult, ProjectDisabled, ProjectGone
 from orchestration.db import session_scope
 from orchestration.dbtypes import utcnow
@@ -113,7 +113,7 @@ def begin_attempt(job_id: uuid.UUID, settings: Settings, celery_task_id: str | N
                 raise ProjectGone(f"the project of job {job_id} was deleted")
             project = consolidation.load_project(session, job.project_id, force=force)
             if first:
-                job.memories_before = consolidation.active_count(job.project_id)
+                job.memories_before = counts.active_count(job.project_id)
             attempt.options = resolve_options(project.consolidation_options)
             job.options = attempt.options.as_dict()
             locks.acquire(session, job.project_id, str(job.id), now, timedelta(seconds=settings.job_hard_limit))
@@ -173,7 +173,7 @@ def execute(attempt: Attempt, *, progress: Callable[[str, float], None] | None =
         row = session.execute(
             update(ConsolidationJob)
             .where(ConsolidationJob.id == attempt.job_id)
-            .values(status="completed", progress=1.0, memories_after=consolidation.active_count(attempt.project_id),
+            .values(status="completed", progress=1.0, memories_after=counts.active_count(attempt.project_id),
                     completed_at=utcnow(), heartbeat_at=utcnow(), error_message=None)
             .returning(ConsolidationJob.memories_before, ConsolidationJob.memories_after,
                        ConsolidationJob.clusters_found, ConsolidationJob.memories_merged,
@@ -202,7 +202,7 @@ def close_unfinished(session: Session, job: ConsolidationJob, status: str, error
     job.error_message = error
     job.completed_at = job.heartbeat_at = now
     if job.project_id is not None and session.get(Project, job.project_id) is not None:
-        job.memories_after = consolidation.active_count(job.project_id)
+        job.memories_after = counts.active_count(job.project_id)
         locks.release(session, job.project_id, str(job.id))
 
 

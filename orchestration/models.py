@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     Float,
@@ -219,21 +220,29 @@ class ConsolidationChange(Base):
 
 
 class ProjectMemoryCount(Base):
-    """The number of active memories of each project, for the eligibility check.
-
-    Database triggers (migration 0002) keep it exact in the same transaction as every
-    insert, delete and activity change of a memory, whoever writes it; a row is created
-    with each project. Counting the memories themselves costs a scan of every active
-    index entry (see docs/benchmarks.md).
-    """
+    """The number of active memories of each project, for the eligibility check; kept
+    by database triggers (migration 0002, see ``orchestration.counts``). A row is
+    created with each project."""
 
     __tablename__ = "project_memory_counts"
-    __table_args__ = (CheckConstraint("active_count >= 0", name="active_count_not_negative"),)
 
     project_id: Mapped[uuid.UUID] = mapped_column(
         GUID(), ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
     )
     active_count: Mapped[int] = _counter()
+
+
+class ProjectMemoryCountDelta(Base):
+    """A change of a project's active count not yet folded into ``project_memory_counts``
+    (PostgreSQL; see ``orchestration.counts``). No foreign key on purpose: the rows
+    of a project's memories deleted along with it point at a project that is gone,
+    and the next fold drops them."""
+
+    __tablename__ = "project_memory_count_deltas"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    project_id: Mapped[uuid.UUID] = mapped_column(GUID(), nullable=False, index=True)
+    delta: Mapped[int] = mapped_column(Integer, nullable=False)
 
 
 class ProjectLock(Base):

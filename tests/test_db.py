@@ -9,7 +9,7 @@ from orchestration import db, migrate
 from orchestration.models import Base, Project
 
 TABLES = {"projects", "task_memories", "consolidation_runs", "consolidation_jobs", "consolidation_changes",
-          "project_locks", "project_memory_counts", "alembic_version"}
+          "project_locks", "project_memory_counts", "project_memory_count_deltas", "alembic_version"}
 
 
 def _tables(url: str) -> set[str]:

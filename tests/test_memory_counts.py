@@ -1,5 +1,6 @@
-"""``project_memory_counts`` (migration 0002) stays equal to a literal count of the
-active memories through every kind of write, on SQLite and PostgreSQL."""
+"""The kept active counts (migration 0002, ``orchestration.counts``) stay equal to a
+literal count of the active memories through every kind of write, before and after
+folding, on SQLite and PostgreSQL."""
 
 import random
 import threading
@@ -7,27 +8,34 @@ import uuid
 
 import pytest
 from sqlalchemy import create_engine, delete, func, insert, select, text, update
+from sqlalchemy.orm import Session
 
-from orchestration import db, migrate
+from orchestration import counts, db, migrate
 from orchestration.audit import rollback_job
 from orchestration.consolidation import active_filter, consolidate_project
-from orchestration.models import ConsolidationJob, Project, ProjectMemoryCount, TaskMemory
+from orchestration.counts import count_active
+from orchestration.models import ConsolidationJob, Project, ProjectMemoryCount, ProjectMemoryCountDelta, TaskMemory
 from orchestration.options import resolve_options
 from orchestration.seed import seed
 
 
-def _drift(session) -> dict[uuid.UUID, tuple[int | None, int]]:
+def _drift(session) -> dict[uuid.UUID, tuple[int, int]]:
     """Projects whose kept count differs from a literal count: {id: (kept, literal)}."""
     literal = dict(session.execute(
         select(TaskMemory.project_id, func.count()).where(active_filter()).group_by(TaskMemory.project_id)).all())
-    kept = dict(session.execute(select(ProjectMemoryCount.project_id, ProjectMemoryCount.active_count)).all())
-    projects = set(session.scalars(select(Project.id)))
-    return {p: (kept.get(p), literal.get(p, 0)) for p in projects | set(kept) if kept.get(p) != literal.get(p, 0)}
+    kept = {p: count_active(session, p) for p in session.scalars(select(Project.id))}
+    return {p: (n, literal.get(p, 0)) for p, n in kept.items() if n != literal.get(p, 0)}
 
 
 def _assert_exact() -> None:
+    """Exact with the deltas pending, and again once they are folded (a fold rolled
+    back here, so the next step starts with deltas pending again)."""
     with db.session_scope() as session:
         assert _drift(session) == {}
+        counts.fold(session)
+        assert _drift(session) == {}
+        assert session.scalar(select(func.count()).select_from(ProjectMemoryCountDelta)) == 0
+        session.rollback()
 
 
 def _memory(project_id, duplicate=False, archived=False) -> dict:
@@ -42,7 +50,7 @@ def test_every_kind_of_write_keeps_the_counts_exact(database):
         session.add_all(projects)
         session.flush()
         ids = [p.id for p in projects]
-        assert session.scalars(select(ProjectMemoryCount.active_count)).all() == [0, 0, 0, 0]
+        assert session.scalars(select(ProjectMemoryCount.active_count)).all() == [0, 0, 0, 0]  # a row each
         # one multi-row INSERT over several projects, a third of it inactive
         session.execute(insert(TaskMemory), [_memory(rng.choice(ids), duplicate=i % 3 == 0) for i in range(60)])
         session.add(TaskMemory(**_memory(ids[0])))  # one ORM insert
@@ -87,7 +95,7 @@ def test_consolidation_and_its_rollback_keep_the_counts_exact(database):
         rollback_job(session, job.id, retention_days=90)
     _assert_exact()
     with db.session_scope() as session:
-        assert session.scalar(select(ProjectMemoryCount.active_count)) == result.memories_before
+        assert count_active(session, job.project_id) == result.memories_before
 
 
 def test_the_migration_counts_memories_written_before_it(database_url):
@@ -104,16 +112,16 @@ def test_the_migration_counts_memories_written_before_it(database_url):
     db.use_database(database_url)
     try:
         with db.session_scope() as session:
-            assert _drift(session) == {}
             assert session.get(ProjectMemoryCount, project_ids[0]).active_count == 7
             assert session.get(ProjectMemoryCount, project_ids[1]).active_count == 0
+        _assert_exact()
     finally:
         db.use_database(None)
 
 
 @pytest.mark.integration
 def test_concurrent_writers_to_one_project_are_all_counted(pg_database):
-    """Writers of one project wait for each other's count update, none is lost."""
+    """Writers of one project never wait on a shared count row, and none is lost."""
     with db.session_scope() as session:
         project = Project(name="busy")
         session.add(project)
@@ -127,7 +135,7 @@ def test_concurrent_writers_to_one_project_are_all_counted(pg_database):
             for _ in range(per_writer):
                 with db.session_scope() as session:
                     session.execute(insert(TaskMemory), [_memory(project.id)])
-                    session.execute(text("SELECT pg_sleep(0.001)"))  # hold the row a moment
+                    session.execute(text("SELECT pg_sleep(0.001)"))  # overlap the transactions
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             errors.append(exc)
 
@@ -138,7 +146,7 @@ def test_concurrent_writers_to_one_project_are_all_counted(pg_database):
         thread.join()
     assert errors == []
     with db.session_scope() as session:
-        assert session.get(ProjectMemoryCount, project.id).active_count == writers * per_writer
+        assert count_active(session, project.id) == writers * per_writer
     _assert_exact()
 
 
@@ -152,17 +160,41 @@ def test_truncate_zeroes_the_counts(pg_database):
     with db.session_scope() as session:
         session.execute(text("TRUNCATE task_memories CASCADE"))
     with db.session_scope() as session:
-        assert session.get(ProjectMemoryCount, project.id).active_count == 0
+        assert count_active(session, project.id) == 0
     _assert_exact()
 
 
-def test_a_drifted_count_is_refused_rather_than_going_negative(database):
+@pytest.mark.integration
+def test_a_fold_leaves_the_deltas_of_open_transactions_alone(pg_database):
+    """A writer still in its transaction during the fold neither blocks it nor loses
+    its deltas: they are folded next time."""
     with db.session_scope() as session:
         project = Project(name="p")
         session.add(project)
         session.flush()
-        session.add(TaskMemory(**_memory(project.id)))
+        session.execute(insert(TaskMemory), [_memory(project.id) for _ in range(3)])
+    with Session(db.get_engine()) as writer:
+        writer.execute(insert(TaskMemory), [_memory(project.id) for _ in range(2)])  # not committed yet
+        with db.session_scope() as session:
+            counts.fold(session)
+        writer.commit()
     with db.session_scope() as session:
-        session.execute(update(ProjectMemoryCount).values(active_count=0))  # drift forced by hand
-    with pytest.raises(Exception, match="active_count_not_negative"), db.session_scope() as session:
-        session.execute(delete(TaskMemory))
+        assert session.get(ProjectMemoryCount, project.id).active_count == 3  # folded
+        assert count_active(session, project.id) == 5  # with the writer's pending deltas
+    _assert_exact()
+
+
+@pytest.mark.integration
+def test_the_deltas_of_a_deleted_project_are_dropped_by_the_next_fold(pg_database):
+    with db.session_scope() as session:
+        project = Project(name="gone")
+        session.add(project)
+        session.flush()
+        session.execute(insert(TaskMemory), [_memory(project.id) for _ in range(3)])
+    with db.session_scope() as session:
+        session.execute(delete(Project))
+    with db.session_scope() as session:
+        counts.fold(session)
+    with db.session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(ProjectMemoryCountDelta)) == 0
+        assert session.scalar(select(func.count()).select_from(ProjectMemoryCount)) == 0

@@ -1,9 +1,10 @@
 """Keep each project's active memory count in a table, maintained by triggers.
 
-The eligibility check reads these counts instead of counting ~all active memories
-every night (docs/benchmarks.md). Triggers, not application code, keep them exact:
-agents write memories without going through this package. Every count changes in
-the transaction of the write that changes it.
+The eligibility check and the jobs read these counts instead of counting the active
+memories (docs/benchmarks.md). Triggers, not application code, keep them exact:
+agents write memories without going through this package. Every change is made in
+the transaction of the write that causes it. How the counts are read is
+``orchestration.counts``.
 
 On SQLite, Alembic's batch mode re-creates a table to alter it, and the re-created
 table has no triggers: a later migration that alters ``task_memories`` or ``projects``
@@ -26,9 +27,11 @@ down_revision: Union[str, None] = '0001'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
-# Memory inserts and deletes are counted per statement (one counter update per
-# project and statement, however many rows: bulk loads stay cheap); activity changes
-# per row, and only rows whose activity or project changed fire at all.
+# PostgreSQL: the memory triggers append signed deltas (folded into the counts by the
+# nightly check), so writers never wait on, or pile versions onto, one count row.
+# Inserts and deletes add one delta per project and statement, however many rows;
+# activity changes one per changed row, and only rows whose activity or project
+# changed fire at all.
 POSTGRESQL_UP = [
     """
     CREATE FUNCTION project_memory_counts_add_project() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -45,10 +48,8 @@ POSTGRESQL_UP = [
     """
     CREATE FUNCTION project_memory_counts_on_insert() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-        UPDATE project_memory_counts AS c SET active_count = c.active_count + d.n
-        FROM (SELECT project_id, count(*) AS n FROM inserted
-              WHERE NOT is_duplicate AND NOT is_archived GROUP BY project_id) AS d
-        WHERE c.project_id = d.project_id;
+        INSERT INTO project_memory_count_deltas (project_id, delta)
+        SELECT project_id, count(*) FROM inserted WHERE NOT is_duplicate AND NOT is_archived GROUP BY project_id;
         RETURN NULL;
     END $$
     """,
@@ -60,10 +61,8 @@ POSTGRESQL_UP = [
     """
     CREATE FUNCTION project_memory_counts_on_delete() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-        UPDATE project_memory_counts AS c SET active_count = c.active_count - d.n
-        FROM (SELECT project_id, count(*) AS n FROM deleted
-              WHERE NOT is_duplicate AND NOT is_archived GROUP BY project_id) AS d
-        WHERE c.project_id = d.project_id;
+        INSERT INTO project_memory_count_deltas (project_id, delta)
+        SELECT project_id, -count(*) FROM deleted WHERE NOT is_duplicate AND NOT is_archived GROUP BY project_id;
         RETURN NULL;
     END $$
     """,
@@ -75,6 +74,7 @@ POSTGRESQL_UP = [
     """
     CREATE FUNCTION project_memory_counts_on_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
+        DELETE FROM project_memory_count_deltas;
         UPDATE project_memory_counts SET active_count = 0 WHERE active_count <> 0;
         RETURN NULL;
     END $$
@@ -87,10 +87,10 @@ POSTGRESQL_UP = [
     CREATE FUNCTION project_memory_counts_on_update() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         IF NOT OLD.is_duplicate AND NOT OLD.is_archived THEN
-            UPDATE project_memory_counts SET active_count = active_count - 1 WHERE project_id = OLD.project_id;
+            INSERT INTO project_memory_count_deltas (project_id, delta) VALUES (OLD.project_id, -1);
         END IF;
         IF NOT NEW.is_duplicate AND NOT NEW.is_archived THEN
-            UPDATE project_memory_counts SET active_count = active_count + 1 WHERE project_id = NEW.project_id;
+            INSERT INTO project_memory_count_deltas (project_id, delta) VALUES (NEW.project_id, 1);
         END IF;
         RETURN NULL;
     END $$
@@ -116,7 +116,8 @@ POSTGRESQL_DOWN = [
     "DROP FUNCTION project_memory_counts_on_insert()",
     "DROP FUNCTION project_memory_counts_add_project()",
 ]
-# SQLite has row triggers only (and a single writer, so no counter contention).
+# SQLite: row triggers update the counts directly (a single writer, rows updated in
+# place); the delta table stays empty.
 SQLITE_UP = [
     """
     CREATE TRIGGER projects_memory_count_row AFTER INSERT ON projects BEGIN
@@ -171,10 +172,18 @@ def _statements(postgresql: list[str], sqlite: list[str]) -> list[str]:
 
 
 def upgrade() -> None:
+    op.create_table('project_memory_count_deltas',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('project_id', orchestration.dbtypes.GUID(length=36), nullable=False),
+    sa.Column('delta', sa.Integer(), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_project_memory_count_deltas'))
+    )
+    with op.batch_alter_table('project_memory_count_deltas', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_project_memory_count_deltas_project_id'), ['project_id'], unique=False)
+
     op.create_table('project_memory_counts',
     sa.Column('project_id', orchestration.dbtypes.GUID(length=36), nullable=False),
     sa.Column('active_count', sa.Integer(), server_default=sa.text('0'), nullable=False),
-    sa.CheckConstraint('active_count >= 0', name=op.f('ck_project_memory_counts_active_count_not_negative')),
     sa.ForeignKeyConstraint(['project_id'], ['projects.id'], name=op.f('fk_project_memory_counts_project_id_projects'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('project_id', name=op.f('pk_project_memory_counts'))
     )
@@ -191,3 +200,7 @@ def downgrade() -> None:
     for statement in _statements(POSTGRESQL_DOWN, SQLITE_DOWN):
         op.execute(statement)
     op.drop_table('project_memory_counts')
+    with op.batch_alter_table('project_memory_count_deltas', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_project_memory_count_deltas_project_id'))
+
+    op.drop_table('project_memory_count_deltas')
