@@ -6,13 +6,14 @@ and M memories with a realistic skew: 5 huge projects hold half the memories, th
 rest is spread over the others; about 20% of memories are duplicates or archived;
 5% of projects are disabled. Then, on the same data and connection:
 
-1. times the query ``orchestration.eligibility`` runs (it reads the trigger-kept
-   ``project_memory_counts``), counting through the partial index of active memories
-   (this project's query before the counts), and the ticket's literal query, with
-   and without the partial index, and prints the ``EXPLAIN ANALYZE`` of each;
+1. times the nightly check as ``run_scheduled`` makes it (fold the count deltas that
+   agents' writes left since the last check into ``project_memory_counts``, select,
+   commit), its query alone, counting through the partial index of active memories
+   (this project's query before the kept counts), and the ticket's literal query,
+   with and without the partial index, and prints the ``EXPLAIN ANALYZE`` of each;
 2. times writes with the count triggers and with them disabled, alternating rounds:
    one-row inserts each in its own transaction (an agent saving a memory), the same
-   from 4 connections at once into one project (all waiting on one count row), one-row
+   from 4 connections at once into one project, one-row
    archive updates (consolidation's ``executemany``), and one bulk ``INSERT``.
 
     python bench/eligibility.py                          # 10,000 projects, 1,000,000 memories
@@ -89,6 +90,40 @@ def timed(conn, sql, params, repeat: int) -> tuple[float, int]:
     return statistics.median(runs), rows
 
 
+def timed_check(engine, repeat: int, pending: int) -> dict[str, tuple[float, int]]:
+    """The nightly check as ``run_scheduled`` makes it, each time after ``pending``
+    agent inserts (untimed) left that many deltas: medians of the fold, of the rest of
+    the check (the selects), of the commit (shared with the run's claim in
+    ``run_scheduled``), and of the three together."""
+    from sqlalchemy import text
+    from sqlalchemy.orm import Session
+
+    from orchestration import counts
+    from orchestration.eligibility import check_projects
+
+    with engine.connect() as conn:
+        projects = conn.execute(text("SELECT id FROM projects")).scalars().all()
+    parts: dict[str, list[float]] = {"fold": [], "select": [], "commit": [], "total": []}
+    rows = 0
+    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    for number in range(repeat):
+        with autocommit.connect() as conn:
+            for i in range(pending):
+                conn.execute(text(INSERT_ONE), {"p": projects[(number * pending + i * 7919) % len(projects)]})
+        with Session(engine) as session:
+            started = time.perf_counter()
+            counts.fold(session)
+            folded = time.perf_counter()
+            rows = len(check_projects(session, 1000).eligible)  # its own fold finds nothing left
+            selected = time.perf_counter()
+            session.commit()
+            ended = time.perf_counter()
+        for part, seconds in (("fold", folded - started), ("select", selected - folded),
+                              ("commit", ended - selected), ("total", ended - started)):
+            parts[part].append(seconds)
+    return {part: (statistics.median(values), rows) for part, values in parts.items()}
+
+
 def concurrent_inserts(engine, project_id, total: int, writers: int = WRITERS) -> float:
     """Wall time of ``writers`` connections inserting ``total`` one-row memories into
     one project at once (each insert its own transaction): the hot-counter case."""
@@ -149,6 +184,8 @@ def main() -> None:
     parser.add_argument("--projects", type=int, default=10_000)
     parser.add_argument("--memories", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--pending", type=int, default=1000,
+                        help="one-row inserts (so, deltas) before each timed nightly check")
     parser.add_argument("--writes", type=int, default=500, help="one-row writes of each kind per round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds with triggers (as many without)")
     parser.add_argument("--bulk", type=int, default=20_000, help="rows of the bulk INSERT per round")
@@ -169,17 +206,21 @@ def main() -> None:
         started = time.perf_counter()
         with engine.begin() as conn:
             build(conn, args.projects, args.memories)
+        timed_check(engine, 1, 0)  # the first fold: the build's deltas
         with engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM ANALYZE")
         print(f"built {args.projects:,} projects and {args.memories:,} memories in "
               f"{time.perf_counter() - started:.1f}s", flush=True)
         params = {"default_threshold": 1000}
+        check = f"nightly check, {args.pending:,} deltas to fold"
+        parts = timed_check(engine, args.repeat, args.pending)
+        timings = {check: parts.pop("total")}
         queries = {
-            "orchestration.eligibility (kept counts)": eligible_query(1000),
+            "eligibility query (deltas folded)": eligible_query(1000),
             "count through the partial index": text(PARTIAL_INDEX_COUNT),
             "ticket's literal query": text(LITERAL),
         }
-        timings, plans = {}, {}
+        plans = {}
         with engine.connect() as conn:
             for name, query in queries.items():
                 timings[name] = timed(conn, query, params, args.repeat)
@@ -200,14 +241,18 @@ def main() -> None:
                 "WHERE NOT is_duplicate AND NOT is_archived")
         eligible = {rows for _, rows in timings.values()}
         assert len(eligible) == 1, timings
-        ours, literal, plain, partial = (timings[name][0] for name in (
-            "orchestration.eligibility (kept counts)", "ticket's literal query", "literal query, no partial index",
+        ours, query, literal, plain, partial = (timings[name][0] for name in (
+            check, "eligibility query (deltas folded)", "ticket's literal query", "literal query, no partial index",
             "count through the partial index"))
         for name, (seconds, rows) in timings.items():
             print(f"{name + ':':42} {seconds * 1000:7.1f} ms (median of {args.repeat}, {rows:,} eligible)")
-        print(f"speed-up ratio {literal / ours:.1f}x over the literal query on the same schema, "
-              f"{plain / ours:.1f}x over it without the partial index, {partial / ours:.1f}x over counting "
-              "through the partial index")
+            if name == check:
+                print("    of which " + ", ".join(f"{part} {seconds * 1000:.1f} ms" for part, (seconds, _) in
+                                              parts.items()))
+        print(f"speed-up ratio {literal / ours:.1f}x (nightly check) and {literal / query:.1f}x (query alone) over "
+              f"the literal query on the same schema; {plain / ours:.1f}x and {plain / query:.1f}x over it without "
+              f"the partial index; {partial / ours:.1f}x and {partial / query:.1f}x over counting through the "
+              "partial index")
         for name, plan in plans.items():
             print(f"\nEXPLAIN ANALYZE, {name}:")
             print("\n".join("  " + line for line in plan))
