@@ -1,4 +1,5 @@
-"""SQLAlchemy models of SPEC §3: projects, task memories, runs, jobs and the audit trail.
+"""SQLAlchemy models of SPEC §3: projects, task memories, runs, jobs and the audit trail;
+and this package's own tables: project locks and the kept active memory counts.
 
 Alembic migrations are generated from this metadata (``alembic check`` keeps them in
 step). Constraint names come from the naming convention on the metadata.
