@@ -43,6 +43,16 @@ def _memory(project_id, duplicate=False, archived=False) -> dict:
             "tags": [], "file_links": [], "is_duplicate": duplicate, "is_archived": archived}
 
 
+def _project_with(active: int) -> uuid.UUID:
+    with db.session_scope() as session:
+        project = Project(name="p")
+        session.add(project)
+        session.flush()
+        if active:
+            session.execute(insert(TaskMemory), [_memory(project.id) for _ in range(active)])
+        return project.id
+
+
 def test_every_kind_of_write_keeps_the_counts_exact(database):
     rng = random.Random(7)
     with db.session_scope() as session:
@@ -122,9 +132,7 @@ def test_the_migration_counts_memories_written_before_it(database_url):
 @pytest.mark.integration
 def test_concurrent_writers_to_one_project_are_all_counted(pg_database):
     """Writers of one project never wait on a shared count row, and none is lost."""
-    with db.session_scope() as session:
-        project = Project(name="busy")
-        session.add(project)
+    project_id = _project_with(0)
     writers, per_writer = 4, 25
     barrier = threading.Barrier(writers)
     errors: list[BaseException] = []
@@ -134,7 +142,7 @@ def test_concurrent_writers_to_one_project_are_all_counted(pg_database):
             barrier.wait()
             for _ in range(per_writer):
                 with db.session_scope() as session:
-                    session.execute(insert(TaskMemory), [_memory(project.id)])
+                    session.execute(insert(TaskMemory), [_memory(project_id)])
                     session.execute(text("SELECT pg_sleep(0.001)"))  # overlap the transactions
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             errors.append(exc)
@@ -146,21 +154,17 @@ def test_concurrent_writers_to_one_project_are_all_counted(pg_database):
         thread.join()
     assert errors == []
     with db.session_scope() as session:
-        assert count_active(session, project.id) == writers * per_writer
+        assert count_active(session, project_id) == writers * per_writer
     _assert_exact()
 
 
 @pytest.mark.integration
 def test_truncate_zeroes_the_counts(pg_database):
-    with db.session_scope() as session:
-        project = Project(name="p")
-        session.add(project)
-        session.flush()
-        session.execute(insert(TaskMemory), [_memory(project.id) for _ in range(3)])
+    project_id = _project_with(3)
     with db.session_scope() as session:
         session.execute(text("TRUNCATE task_memories CASCADE"))
     with db.session_scope() as session:
-        assert count_active(session, project.id) == 0
+        assert count_active(session, project_id) == 0
     _assert_exact()
 
 
@@ -168,32 +172,27 @@ def test_truncate_zeroes_the_counts(pg_database):
 def test_a_fold_leaves_the_deltas_of_open_transactions_alone(pg_database):
     """A writer still in its transaction during the fold neither blocks it nor loses
     its deltas: they are folded next time."""
-    with db.session_scope() as session:
-        project = Project(name="p")
-        session.add(project)
-        session.flush()
-        session.execute(insert(TaskMemory), [_memory(project.id) for _ in range(3)])
+    project_id = _project_with(3)
     with Session(db.get_engine()) as writer:
-        writer.execute(insert(TaskMemory), [_memory(project.id) for _ in range(2)])  # not committed yet
+        writer.execute(insert(TaskMemory), [_memory(project_id) for _ in range(2)])  # not committed yet
         with db.session_scope() as session:
             counts.fold(session)
         writer.commit()
     with db.session_scope() as session:
-        assert session.get(ProjectMemoryCount, project.id).active_count == 3  # folded
-        assert count_active(session, project.id) == 5  # with the writer's pending deltas
+        assert session.get(ProjectMemoryCount, project_id).active_count == 3  # folded
+        assert count_active(session, project_id) == 5  # with the writer's pending deltas
     _assert_exact()
 
 
 @pytest.mark.integration
 def test_the_deltas_of_a_deleted_project_are_dropped_by_the_next_fold(pg_database):
+    project_id = _project_with(3)
     with db.session_scope() as session:
-        project = Project(name="gone")
-        session.add(project)
-        session.flush()
-        session.execute(insert(TaskMemory), [_memory(project.id) for _ in range(3)])
+        session.execute(delete(Project).where(Project.id == project_id))  # its memories go with it
     with db.session_scope() as session:
-        session.execute(delete(Project))
-    with db.session_scope() as session:
+        deltas = session.scalars(select(ProjectMemoryCountDelta.delta)
+                                 .where(ProjectMemoryCountDelta.project_id == project_id)).all()
+        assert sum(d for d in deltas if d > 0) == 3 and -3 in deltas  # the delete: one statement
         counts.fold(session)
     with db.session_scope() as session:
         assert session.scalar(select(func.count()).select_from(ProjectMemoryCountDelta)) == 0
