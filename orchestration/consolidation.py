@@ -104,7 +104,11 @@ def active_filter():
 
 
 def load_project(session: Session, project_id: uuid.UUID, force: bool = False) -> Project:
-    project = session.get(Project, project_id)
+    return usable_project(session.get(Project, project_id), project_id, force)
+
+
+def usable_project(project: Project | None, project_id: uuid.UUID, force: bool = False) -> Project:
+    """``project`` if it exists and (unless ``force``) has consolidation enabled."""
     if project is None:
         raise ProjectGone(f"project {project_id} does not exist")
     if not project.consolidation_enabled and not force:

@@ -87,8 +87,8 @@ def begin_attempt(job_id: uuid.UUID, settings: Settings, celery_task_id: str | N
     nothing)."""
     now = utcnow()
     with session_scope() as session:
-        # The project comes with the job in one round trip, so load_project finds it
-        # loaded and the job row is written once, by the lock statement's autoflush.
+        # The project comes with the job: one round trip, and the job row is written
+        # once, by the lock statement's autoflush.
         row = session.execute(
             select(ConsolidationJob, Project)
             .outerjoin(Project, Project.id == ConsolidationJob.project_id)
@@ -111,7 +111,7 @@ def begin_attempt(job_id: uuid.UUID, settings: Settings, celery_task_id: str | N
         try:
             if job.project_id is None:
                 raise ProjectGone(f"the project of job {job_id} was deleted")
-            project = consolidation.load_project(session, job.project_id, force=force)
+            project = consolidation.usable_project(row.Project, job.project_id, force=force)
             if first:
                 job.memories_before = counts.active_count(job.project_id)
             attempt.options = resolve_options(project.consolidation_options)

@@ -32,6 +32,26 @@ down_revision: Union[str, None] = '0001'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
+
+def _delta_per_statement(event: str, transition: str, rows: str, sign: str) -> list[str]:
+    """Function and trigger adding one delta per project for each INSERT or DELETE."""
+    return [
+        f"""
+    CREATE FUNCTION project_memory_counts_on_{event}() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO project_memory_count_deltas (project_id, delta)
+        SELECT project_id, {sign}count(*) FROM {rows} WHERE NOT is_duplicate AND NOT is_archived GROUP BY project_id;
+        RETURN NULL;
+    END $$
+    """,
+        f"""
+    CREATE TRIGGER task_memories_count_{event} AFTER {event.upper()} ON task_memories
+        REFERENCING {transition} TABLE AS {rows} FOR EACH STATEMENT
+        EXECUTE FUNCTION project_memory_counts_on_{event}()
+    """,
+    ]
+
+
 # PostgreSQL: the memory triggers append signed deltas (folded into the counts by the
 # nightly check), so writers never wait on, or pile versions onto, one count row.
 # Inserts and deletes add one delta per project and statement, however many rows;
@@ -50,32 +70,8 @@ POSTGRESQL_UP = [
         REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT
         EXECUTE FUNCTION project_memory_counts_add_project()
     """,
-    """
-    CREATE FUNCTION project_memory_counts_on_insert() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-        INSERT INTO project_memory_count_deltas (project_id, delta)
-        SELECT project_id, count(*) FROM inserted WHERE NOT is_duplicate AND NOT is_archived GROUP BY project_id;
-        RETURN NULL;
-    END $$
-    """,
-    """
-    CREATE TRIGGER task_memories_count_insert AFTER INSERT ON task_memories
-        REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT
-        EXECUTE FUNCTION project_memory_counts_on_insert()
-    """,
-    """
-    CREATE FUNCTION project_memory_counts_on_delete() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-        INSERT INTO project_memory_count_deltas (project_id, delta)
-        SELECT project_id, -count(*) FROM deleted WHERE NOT is_duplicate AND NOT is_archived GROUP BY project_id;
-        RETURN NULL;
-    END $$
-    """,
-    """
-    CREATE TRIGGER task_memories_count_delete AFTER DELETE ON task_memories
-        REFERENCING OLD TABLE AS deleted FOR EACH STATEMENT
-        EXECUTE FUNCTION project_memory_counts_on_delete()
-    """,
+    *_delta_per_statement("insert", "NEW", "inserted", ""),
+    *_delta_per_statement("delete", "OLD", "deleted", "-"),
     """
     CREATE FUNCTION project_memory_counts_on_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
