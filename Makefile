@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast test-integration test-faults bench check clean
+.PHONY: demo test test-slow test-fast test-integration test-faults bench check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,9 +16,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/orchestration demo
 
-## test: the whole suite; PostgreSQL and Redis tests skip with a hint unless CI=true
+## test: the whole suite but the slow scenarios; server tests skip with a hint unless CI=true
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+## test-slow: crash recovery with the production defaults (minutes per scenario)
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 ## test-fast: everything that needs no external server
 test-fast: $(STAMP)
@@ -30,7 +34,7 @@ test-integration: $(STAMP)
 
 ## test-faults: only the fault-injection suite (real processes, injected crashes)
 test-faults: $(STAMP)
-	$(BIN)/python -m pytest -m faults $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "faults and not slow" $(PYTEST_ARGS)
 
 ## bench: the three benchmarks at modest sizes (see docs/benchmarks.md for the large ones)
 bench: $(STAMP)

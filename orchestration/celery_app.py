@@ -14,12 +14,17 @@ from typing import Any
 import structlog
 from celery import Celery, signals
 from celery.schedules import crontab
+from kombu import Exchange, Queue
 
 from orchestration import db
 from orchestration.logs import configure_logging, task_context
 from orchestration.settings import Settings, SettingsError, get_settings
 
-REAP_INTERVAL = timedelta(minutes=15)
+# Jobs whose worker died are found within heartbeat.LOST_AFTER plus this interval.
+REAP_INTERVAL = timedelta(minutes=1)
+# RabbitMQ honours a consumer's own x-consumer-timeout from this version on; older
+# brokers apply only their global consumer_timeout (30 minutes by default).
+CONSUMER_TIMEOUT_SINCE = (3, 11, 15)
 
 
 def visibility_timeout(settings: Settings) -> int:
@@ -32,6 +37,16 @@ def visibility_timeout(settings: Settings) -> int:
     """
     longest_hold = settings.job_hard_limit + settings.retry_backoff_max
     return max(3600, longest_hold + 600)
+
+
+def task_queues(settings: Settings) -> list[Queue]:
+    """The default ``celery`` queue, whose consumers ask RabbitMQ not to cancel them
+    while a delivery is legitimately unacknowledged (the same bound as Redis's
+    visibility timeout). Other transports ignore consumer arguments."""
+    return [
+        Queue("celery", Exchange("celery", type="direct"), routing_key="celery",
+              consumer_arguments={"x-consumer-timeout": visibility_timeout(settings) * 1000})
+    ]
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -50,6 +65,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        "task_queues": task_queues(settings),
+        "task_default_queue": "celery",
         "broker_transport_options": transport,
         "result_backend_transport_options": transport,
         "result_expires": timedelta(seconds=settings.run_deadline + 86_400),
@@ -115,3 +132,31 @@ def _clear_task_context(**_: Any) -> None:
 def _fresh_engine_after_fork(**_: Any) -> None:
     # Connections inherited from the parent must not be shared by prefork children.
     db.dispose(close=False)
+
+
+def consumer_timeout_warning(broker_version: str, settings: Settings) -> str | None:
+    """Why a RabbitMQ broker of this version may cut long jobs, or ``None``."""
+    try:
+        version = tuple(int(part) for part in broker_version.split(".")[:3])
+    except ValueError:
+        return None
+    if version >= CONSUMER_TIMEOUT_SINCE:
+        return None
+    needed = visibility_timeout(settings) * 1000
+    return (f"RabbitMQ {broker_version} ignores per-consumer timeouts: its global consumer_timeout must be at "
+            f"least {needed} ms (job hard limit + longest retry backoff + 10 min), or it closes the channel of a "
+            f"long job and redelivers it (the duplicate does nothing, but the worker reconnects). Set "
+            f"consumer_timeout = {needed} in rabbitmq.conf (docs/reliability.md, 'RabbitMQ')")
+
+
+@signals.worker_ready.connect
+def _check_broker(sender: Any = None, **_: Any) -> None:
+    settings = get_settings()
+    if not settings.broker_url.startswith(("amqp", "pyamqp")):
+        return
+    with app.connection_for_read() as connection:
+        connection.ensure_connection(max_retries=3)
+        version = connection.connection.server_properties.get("version", "")
+    warning = consumer_timeout_warning(version.decode() if isinstance(version, bytes) else str(version), settings)
+    if warning:
+        structlog.get_logger("orchestration.celery_app").warning("broker.consumer_timeout", warning=warning)

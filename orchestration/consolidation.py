@@ -19,6 +19,7 @@ import re
 import time
 import uuid
 from collections import Counter, defaultdict
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Sequence
@@ -27,7 +28,7 @@ import numpy as np
 from sqlalchemy import and_, bindparam, case, insert, select, update
 from sqlalchemy.orm import Session
 
-from orchestration import locks
+from orchestration import heartbeat, locks
 from orchestration.clustering import star_clusters
 from orchestration.counts import count_active
 from orchestration.db import chunks, session_scope
@@ -49,6 +50,11 @@ class ProjectGone(LookupError):
 
 class ProjectDisabled(RuntimeError):
     """The project has consolidation disabled."""
+
+
+class Superseded(RuntimeError):
+    """A newer attempt of the job took over (this one's heartbeat had stopped): stop
+    without writing anything more."""
 
 
 @dataclass
@@ -465,9 +471,16 @@ def _archive_batch(session: Session, plan: Plan, ids: Sequence[uuid.UUID], optio
     return archived, len(ids) - archived
 
 
-def _add_to_job(session: Session, job_id: uuid.UUID, now: datetime, **increments: int) -> None:
+def _add_to_job(session: Session, job_id: uuid.UUID, attempt: int | None, now: datetime, **increments: int) -> None:
+    """Add a batch's counts to its job, in the batch's transaction. The job row is the
+    fence: if another attempt started since this one (``attempts`` moved on), the
+    batch is rolled back by :class:`Superseded`."""
     values = {name: getattr(ConsolidationJob, name) + amount for name, amount in increments.items()}
-    session.execute(update(ConsolidationJob).where(ConsolidationJob.id == job_id).values(heartbeat_at=now, **values))
+    stmt = update(ConsolidationJob).where(ConsolidationJob.id == job_id)
+    if attempt is not None:
+        stmt = stmt.where(ConsolidationJob.attempts == attempt)
+    if session.execute(stmt.values(heartbeat_at=now, **values)).rowcount == 0:
+        raise Superseded(f"job {job_id}: attempt {attempt} was superseded by a newer attempt")
 
 
 def consolidate_project(
@@ -478,17 +491,20 @@ def consolidate_project(
     dry_run: bool = False,
     force: bool = False,
     progress: Progress | None = None,
-    lock_stale_after: timedelta = timedelta(hours=1),
+    lock_stale_after: timedelta | None = None,
     changed_by: str = "system",
     clock: Callable[[], datetime] = utcnow,
     lock_held: bool = False,
     on_finish: Callable[[Session, ConsolidationResult], None] | None = None,
+    attempt: int | None = None,
 ) -> ConsolidationResult:
     """Consolidate one project. A real run needs ``job_id``: its audit rows and counters
     go to that job, batch by batch. ``dry_run`` changes nothing and reports the plan.
 
     ``lock_held``: the caller already checked the project and took its lock for
-    ``job_id`` (the job start does both in one transaction). ``on_finish`` runs in the
+    ``job_id``'s ``attempt`` (the job start does both in one transaction); every batch
+    is fenced on that attempt number. While it works, this process keeps the lock's
+    heartbeat fresh. ``on_finish`` runs in the
     last transaction, the one that releases the lock, and must set
     ``result.memories_after`` (a job stores it with its own row); without it the active
     memories are counted here.
@@ -496,30 +512,31 @@ def consolidate_project(
     report = progress or (lambda stage, fraction: None)
     if not dry_run and job_id is None:
         raise ValueError("a real consolidation needs a job_id for its audit trail")
-    holder = str(job_id) if job_id and not dry_run else None
+    holder = locks.holder_for(job_id, attempt) if job_id and not dry_run else None
     if not lock_held:
         with session_scope() as session:
             load_project(session, project_id, force=force)
             if holder:
-                locks.acquire(session, project_id, holder, clock(), lock_stale_after)
+                locks.acquire(session, project_id, holder, clock(), lock_stale_after or heartbeat.LOST_AFTER)
     released = False
     try:
-        report("load", 0.0)
-        with session_scope() as session:
-            plan = plan_project(session, project_id, options, clock())
-        report("similarity", 0.4)
-        result = ConsolidationResult(
-            project_id=str(project_id),
-            dry_run=dry_run,
-            memories_before=plan.memories_before,
-            memories_after=plan.memories_before,
-            skipped_invalid=plan.skipped_invalid,
-            timings=dict(plan.timings),
-        )
-        if dry_run:
-            return _dry_run_report(plan, result)
-        assert job_id is not None and holder is not None
-        _apply(plan, options, job_id, result, report, holder, changed_by, clock)
+        with heartbeat.beating(holder, job_id) if holder else nullcontext():
+            report("load", 0.0)
+            with session_scope() as session:
+                plan = plan_project(session, project_id, options, clock())
+            report("similarity", 0.4)
+            result = ConsolidationResult(
+                project_id=str(project_id),
+                dry_run=dry_run,
+                memories_before=plan.memories_before,
+                memories_after=plan.memories_before,
+                skipped_invalid=plan.skipped_invalid,
+                timings=dict(plan.timings),
+            )
+            if dry_run:
+                return _dry_run_report(plan, result)
+            assert job_id is not None and holder is not None
+            _apply(plan, options, job_id, attempt, result, report, changed_by, clock)
         with session_scope() as session:
             locks.release(session, project_id, holder)
             if on_finish is None:
@@ -535,8 +552,8 @@ def consolidate_project(
                 locks.release(session, project_id, holder)
 
 
-def _apply(plan: Plan, options: ConsolidationOptions, job_id: uuid.UUID, result: ConsolidationResult,
-           report: Progress, holder: str, changed_by: str, clock: Callable[[], datetime]) -> None:
+def _apply(plan: Plan, options: ConsolidationOptions, job_id: uuid.UUID, attempt: int | None,
+           result: ConsolidationResult, report: Progress, changed_by: str, clock: Callable[[], datetime]) -> None:
     merge_batches = list(chunks(plan.clusters, MERGE_BATCH))
     archive_batches = list(chunks(plan.archive, ARCHIVE_BATCH))
     total = max(1, len(merge_batches) + len(archive_batches))
@@ -548,14 +565,13 @@ def _apply(plan: Plan, options: ConsolidationOptions, job_id: uuid.UUID, result:
             started = time.perf_counter()
             if kind == "merge":
                 found, merged, conflicts = _merge_batch(session, plan, items, job_id, now, changed_by)
-                _add_to_job(session, job_id, now, clusters_found=found, memories_merged=merged)
+                _add_to_job(session, job_id, attempt, now, clusters_found=found, memories_merged=merged)
                 result.clusters_found += found
                 result.memories_merged += merged
             else:
                 archived, conflicts = _archive_batch(session, plan, items, options, job_id, now, changed_by)
-                _add_to_job(session, job_id, now, memories_archived=archived)
+                _add_to_job(session, job_id, attempt, now, memories_archived=archived)
                 result.memories_archived += archived
-            locks.heartbeat(session, plan.project_id, holder, now)
             written = time.perf_counter()
         timings["write"] = timings.get("write", 0.0) + written - started
         timings["commit"] = timings.get("commit", 0.0) + time.perf_counter() - written

@@ -13,18 +13,19 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Callable
 
+import structlog
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from orchestration import consolidation, counts, locks
+from orchestration import consolidation, counts, heartbeat, locks
 from orchestration.consolidation import ConsolidationResult, ProjectDisabled, ProjectGone
 from orchestration.db import session_scope
 from orchestration.dbtypes import utcnow
 from orchestration.logs import get_logger
-from orchestration.models import ConsolidationJob, Project
+from orchestration.models import ConsolidationJob, Project, ProjectLock
 from orchestration.options import ConsolidationOptions, InvalidOptions, resolve_options
 from orchestration.settings import Settings
 
@@ -35,6 +36,26 @@ log = get_logger("orchestration.jobs")
 
 class JobNotFound(LookupError):
     pass
+
+
+class AlreadyRunning(RuntimeError):
+    """Another attempt of the job is alive (its lock's heartbeat is fresh): this
+    delivery is a duplicate and must do nothing."""
+
+    def __init__(self, job: ConsolidationJob, holder: str, beat: datetime):
+        super().__init__(f"attempt {holder.partition('#')[2] or '?'} of job {job.id} is alive "
+                         f"(heartbeat {beat.isoformat()}); this delivery does nothing")
+        self.run_id, self.project_id = job.run_id, job.project_id
+
+
+def lost_error(attempt: int, settings: Settings) -> str:
+    """The error of a job whose last allowed attempt died with its worker process."""
+    return (
+        f"worker died during attempt {attempt} of {settings.max_retries + 1} "
+        f"(ORCHESTRATION_MAX_RETRIES={settings.max_retries}); no attempts left. The process was killed "
+        "from outside, most likely for memory (the OOM killer) if it happens every time: run this project "
+        "alone on a worker with more memory (docs/reliability.md, 'A project that kills its worker')"
+    )
 
 
 @dataclass
@@ -83,15 +104,17 @@ def begin_attempt(job_id: uuid.UUID, settings: Settings, celery_task_id: str | N
                   force: bool = False) -> Attempt | None:
     """Start one more attempt of the job in one transaction: mark it running, check its
     project (it may be gone or disabled since the check), resolve its options, take
-    the project lock. ``None`` if the job already finished (a redelivered message does
-    nothing)."""
+    the project lock for this attempt. ``None`` if the job already finished (a
+    redelivered message does nothing); :class:`AlreadyRunning` if another attempt of it
+    is alive. A job that has used all its attempts fails here instead of starting."""
     now = utcnow()
     with session_scope() as session:
-        # The project comes with the job: one round trip, and the job row is written
-        # once, by the lock statement's autoflush.
+        # The project and its lock come with the job: one round trip, and the job row
+        # is written once, by the lock statement's autoflush.
         row = session.execute(
-            select(ConsolidationJob, Project)
+            select(ConsolidationJob, Project, ProjectLock)
             .outerjoin(Project, Project.id == ConsolidationJob.project_id)
+            .outerjoin(ProjectLock, ProjectLock.project_id == ConsolidationJob.project_id)
             .where(ConsolidationJob.id == job_id)
             .with_for_update(of=ConsolidationJob)
         ).first()
@@ -100,6 +123,17 @@ def begin_attempt(job_id: uuid.UUID, settings: Settings, celery_task_id: str | N
         job = row.ConsolidationJob
         if job.status in FINISHED:
             return None
+        lock = row.ProjectLock
+        if lock is not None and locks.job_of(lock.holder) == str(job.id) and \
+                lock.heartbeat_at >= now - heartbeat.LOST_AFTER:
+            raise AlreadyRunning(job, lock.holder, lock.heartbeat_at)
+        if job.attempts >= settings.max_retries + 1:
+            # Every start counts, and an attempt that ended normally never leaves the
+            # job unfinished with no attempts left: the last one died with its worker.
+            error = lost_error(job.attempts, settings)
+            close_unfinished(session, job, "failed", error, now)
+            return Attempt(job.id, job.project_id, job.run_id, job.attempts, time.monotonic(),
+                           ended=JobOutcome(str(job.id), "failed", error))
         first = job.started_at is None
         job.attempts += 1
         job.status = "running"
@@ -116,7 +150,7 @@ def begin_attempt(job_id: uuid.UUID, settings: Settings, celery_task_id: str | N
                 job.memories_before = counts.active_count(job.project_id)
             attempt.options = resolve_options(project.consolidation_options)
             job.options = attempt.options.as_dict()
-            locks.acquire(session, job.project_id, str(job.id), now, timedelta(seconds=settings.job_hard_limit))
+            locks.acquire(session, job.project_id, locks.holder_for(job.id, job.attempts), now, heartbeat.LOST_AFTER)
         except (ProjectGone, ProjectDisabled) as exc:
             close_unfinished(session, job, "skipped", str(exc), now)
             attempt.ended = JobOutcome(str(job.id), "skipped", str(exc))
@@ -172,20 +206,23 @@ def execute(attempt: Attempt, *, progress: Callable[[str, float], None] | None =
         # as the changes, so they include what earlier partial attempts applied.
         row = session.execute(
             update(ConsolidationJob)
-            .where(ConsolidationJob.id == attempt.job_id)
+            .where(ConsolidationJob.id == attempt.job_id, ConsolidationJob.attempts == attempt.number)
             .values(status="completed", progress=1.0, memories_after=counts.active_count(attempt.project_id),
                     completed_at=utcnow(), heartbeat_at=utcnow(), error_message=None)
             .returning(ConsolidationJob.memories_before, ConsolidationJob.memories_after,
                        ConsolidationJob.clusters_found, ConsolidationJob.memories_merged,
                        ConsolidationJob.memories_archived)
-        ).one()
+        ).one_or_none()
+        if row is None:
+            raise consolidation.Superseded(f"job {attempt.job_id}: attempt {attempt.number} was superseded")
         counters.update(row._asdict())
         result.memories_after = row.memories_after
 
     assert attempt.project_id is not None and attempt.options is not None
     try:
         result = consolidation.consolidate_project(
-            attempt.project_id, attempt.options, job_id=attempt.job_id, lock_held=True, on_finish=complete,
+            attempt.project_id, attempt.options, job_id=attempt.job_id, attempt=attempt.number, lock_held=True,
+            on_finish=complete,
             progress=progress or ProgressRecorder(attempt.job_id), changed_by=changed_by,
         )
     except (ProjectGone, ProjectDisabled) as exc:
@@ -203,7 +240,7 @@ def close_unfinished(session: Session, job: ConsolidationJob, status: str, error
     job.completed_at = job.heartbeat_at = now
     if job.project_id is not None and session.get(Project, job.project_id) is not None:
         job.memories_after = counts.active_count(job.project_id)
-        locks.release(session, job.project_id, str(job.id))
+        locks.release(session, job.project_id, locks.holder_for(job.id, job.attempts))
 
 
 def _end(attempt: Attempt, status: str, error: str) -> JobOutcome:
@@ -232,9 +269,73 @@ def skip(attempt: Attempt, reason: str) -> JobOutcome:
 
 
 def mark_retrying(job_id: uuid.UUID, error: str) -> None:
+    """The running attempt failed with a transient error: free its lock and wait for
+    the retry."""
     with session_scope() as session:
-        session.execute(
-            update(ConsolidationJob)
-            .where(ConsolidationJob.id == job_id, ConsolidationJob.status == "running")
-            .values(status="retrying", error_message=error, heartbeat_at=utcnow())
-        )
+        job = _running(session, job_id)
+        if job is None:
+            return
+        if job.project_id is not None:
+            locks.release(session, job.project_id, locks.holder_for(job.id, job.attempts))
+        job.status, job.error_message, job.heartbeat_at = "retrying", error, utcnow()
+
+
+def record_lost(session: Session, job: ConsolidationJob, settings: Settings, now: datetime, error: str) -> str:
+    """The running attempt of ``job`` died with its worker process: free its lock, then
+    let the job run again (``retrying``) or, with no attempts left, fail it. Returns
+    the new status. The caller holds the job row locked and logs."""
+    if job.project_id is not None:
+        locks.release(session, job.project_id, locks.holder_for(job.id, job.attempts))
+    if job.attempts >= settings.max_retries + 1:
+        close_unfinished(session, job, "failed", lost_error(job.attempts, settings), now)
+    else:
+        job.status, job.error_message, job.heartbeat_at = "retrying", error, now
+    return job.status
+
+
+def worker_lost(job_id: uuid.UUID, settings: Settings, reason: str) -> None:
+    """Called by the worker's main process when the child running this job died
+    (before the message is requeued): the next delivery starts at once instead of
+    waiting for the dead attempt's heartbeat to go stale."""
+    with session_scope() as session:
+        job = _running(session, job_id)
+        if job is None:
+            return
+        error = f"worker lost during attempt {job.attempts}: {reason}"[:500]
+        status = record_lost(session, job, settings, utcnow(), error)
+        ids, attempt, final_error = job_ids(job), job.attempts, job.error_message
+    log_lost(ids, attempt, error, status, final_error)
+
+
+def hard_time_limit(job_id: uuid.UUID, settings: Settings, reason: str) -> None:
+    """Called by the worker's main process when it killed this job's child at the hard
+    time limit (the soft limit did not stop it): the job fails now."""
+    error = (f"{reason} (ORCHESTRATION_JOB_TIME_LIMIT={settings.job_time_limit} + 60 s); "
+             "changes committed so far are kept")
+    with session_scope() as session:
+        job = _running(session, job_id)
+        if job is None:
+            return
+        close_unfinished(session, job, "failed", error, utcnow())
+        ids, attempt = job_ids(job), job.attempts
+    with structlog.contextvars.bound_contextvars(**ids):
+        log.error("job.failed", attempts=attempt, error=error)
+
+
+def _running(session: Session, job_id: uuid.UUID) -> ConsolidationJob | None:
+    job = session.get(ConsolidationJob, job_id, with_for_update=True)
+    return job if job is not None and job.status == "running" else None
+
+
+def job_ids(job: ConsolidationJob) -> dict[str, str | None]:
+    """The ids a job's log lines carry."""
+    return {"run_id": str(job.run_id) if job.run_id else None, "job_id": str(job.id),
+            "project_id": str(job.project_id) if job.project_id else None}
+
+
+def log_lost(ids: dict[str, str | None], attempt: int, error: str, status: str, final_error: str | None) -> None:
+    """``job.worker_lost``, then ``job.failed`` if the job has no attempts left."""
+    with structlog.contextvars.bound_contextvars(**ids):
+        log.warning("job.worker_lost", attempt=attempt, error=error)
+        if status == "failed":
+            log.error("job.failed", attempts=attempt, error=final_error)

@@ -1,10 +1,11 @@
 """Per-project lock: a row in ``project_locks``, taken with one atomic upsert.
 
-Two jobs never consolidate the same project at once. The lock is re-entrant for the
-same holder (a job redelivered after its worker died takes its own lock back) and
-can be taken over once its heartbeat is older than ``stale_after`` (a holder that
-vanished without releasing it). Works the same on PostgreSQL and SQLite, both of
-which support ``INSERT ... ON CONFLICT DO UPDATE ... WHERE``.
+Two jobs never consolidate the same project at once, and neither do two attempts of
+one job: the holder names the attempt (:func:`holder_for`). The holder's process
+keeps the lock's heartbeat fresh (``orchestration.heartbeat``); a lock whose
+heartbeat is older than ``stale_after`` belongs to a process that died, and the next
+attempt takes it over. Works the same on PostgreSQL and SQLite, both of which
+support ``INSERT ... ON CONFLICT DO UPDATE ... WHERE``.
 """
 
 from __future__ import annotations
@@ -12,18 +13,27 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from orchestration.models import ProjectLock
 
 
+def holder_for(job_id: uuid.UUID, attempt: int | None = None) -> str:
+    """The lock holder of one attempt of a job (``<job id>#<attempt>``)."""
+    return f"{job_id}#{attempt}" if attempt else str(job_id)
+
+
+def job_of(holder: str) -> str:
+    return holder.partition("#")[0]
+
+
 class ProjectBusy(RuntimeError):
     """Another job holds the project's lock."""
 
     def __init__(self, project_id: uuid.UUID, holder: str):
-        super().__init__(f"project {project_id} is busy: job {holder} is consolidating it")
+        super().__init__(f"project {project_id} is busy: job {job_of(holder)} is consolidating it")
         self.project_id = project_id
         self.holder = holder
 
@@ -36,20 +46,12 @@ def acquire(session: Session, project_id: uuid.UUID, holder: str, now: datetime,
     stmt = stmt.on_conflict_do_update(
         index_elements=[table.c.project_id],
         set_={"holder": holder, "acquired_at": now, "heartbeat_at": now},
-        where=(table.c.holder == holder) | (table.c.heartbeat_at < now - stale_after),
+        where=table.c.heartbeat_at < now - stale_after,
     )
     # RETURNING yields a row only if we inserted or took over the lock.
     if session.execute(stmt.returning(table.c.holder)).first() is None:
         current = session.scalar(select(ProjectLock.holder).where(ProjectLock.project_id == project_id))
         raise ProjectBusy(project_id, current or "?")
-
-
-def heartbeat(session: Session, project_id: uuid.UUID, holder: str, now: datetime) -> None:
-    session.execute(
-        update(ProjectLock)
-        .where(ProjectLock.project_id == project_id, ProjectLock.holder == holder)
-        .values(heartbeat_at=now)
-    )
 
 
 def release(session: Session, project_id: uuid.UUID, holder: str) -> None:

@@ -1,5 +1,14 @@
-"""The reaper: no job stays ``running`` after its worker vanished, and no run stays
-``running`` past ``ORCHESTRATION_RUN_DEADLINE``."""
+"""The reaper (``consolidation.reap_stale``, every minute): no job stays ``running``
+after its worker died, and no run stays ``running`` past
+``ORCHESTRATION_RUN_DEADLINE``.
+
+A running job's process keeps its project lock's heartbeat fresh
+(``orchestration.heartbeat``). A job whose heartbeat stopped for
+:data:`heartbeat.LOST_AFTER` lost its worker: while it has attempts left it is set
+``retrying`` and re-sent into its run's chord (the caller sends it after commit);
+otherwise it fails. A ``retrying`` job whose retry did not start within the longest
+backoff is re-sent the same way (the worker holding its delayed message died).
+"""
 
 from __future__ import annotations
 
@@ -10,37 +19,38 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from orchestration import jobs, runs
-from orchestration.models import UNFINISHED_JOB_STATUSES, ConsolidationJob, ConsolidationRun
+from orchestration import heartbeat, jobs, locks, runs
+from orchestration.models import UNFINISHED_JOB_STATUSES, ConsolidationJob, ConsolidationRun, ProjectLock
 from orchestration.settings import Settings
 
-# A running job writes its heartbeat at least every batch; allow this much on top of
-# its hard time limit before calling its worker lost.
-HEARTBEAT_MARGIN = timedelta(minutes=5)
+# All of a run's jobs finished this long ago and its chord callback never came.
+CALLBACK_GRACE = timedelta(minutes=5)
+
+
+@dataclass
+class LostJob:
+    """A job whose worker died, as the reaper left it."""
+
+    ids: dict[str, str | None]  # run_id, job_id, project_id
+    attempt: int
+    error: str
+    status: str  # "retrying": re-send it; "failed": no attempts left (or a job started by hand)
+    final_error: str | None
+    group_index: int | None = None  # its place in its run's chord
 
 
 @dataclass
 class Reaped:
-    jobs: list[ConsolidationJob] = field(default_factory=list)
+    lost: list[LostJob] = field(default_factory=list)
     runs: list[tuple[ConsolidationRun, str]] = field(default_factory=list)
+
+    @property
+    def resend(self) -> list[LostJob]:
+        return [job for job in self.lost if job.status == "retrying"]
 
 
 def reap(session: Session, settings: Settings, now: datetime) -> Reaped:
     reaped = Reaped()
-    running_cutoff = now - timedelta(seconds=settings.job_hard_limit) - HEARTBEAT_MARGIN
-    # A retrying job legitimately sits still for up to the longest backoff.
-    retrying_cutoff = running_cutoff - timedelta(seconds=settings.retry_backoff_max)
-    lost = session.scalars(
-        select(ConsolidationJob).where(
-            ((ConsolidationJob.status == "running") & (ConsolidationJob.heartbeat_at < running_cutoff))
-            | ((ConsolidationJob.status == "retrying") & (ConsolidationJob.heartbeat_at < retrying_cutoff))
-        )
-    ).all()
-    for job in lost:
-        jobs.close_unfinished(session, job, "failed",
-                              f"worker lost: no heartbeat since {job.heartbeat_at.isoformat()}", now)
-        reaped.jobs.append(job)
-    session.flush()
     deadline = now - timedelta(seconds=settings.run_deadline)
     overdue = session.scalars(
         select(ConsolidationRun.id).where(ConsolidationRun.status == "running", ConsolidationRun.started_at < deadline)
@@ -48,17 +58,20 @@ def reap(session: Session, settings: Settings, now: datetime) -> Reaped:
     for run_id in overdue:
         _finalize(session, reaped, run_id, now, "deadline",
                   f"run deadline of {settings.run_deadline}s passed before the job finished")
+    for job in lost_jobs(session, settings, now):
+        _recover(session, reaped, job, settings, now)
+    session.flush()
     # Every job finished a while ago but the chord callback never closed the run.
     unfinished = select(ConsolidationJob.id).where(
         ConsolidationJob.run_id == ConsolidationRun.id, ConsolidationJob.status.in_(UNFINISHED_JOB_STATUSES)
     )
     recent = select(ConsolidationJob.id).where(
-        ConsolidationJob.run_id == ConsolidationRun.id, ConsolidationJob.completed_at >= now - HEARTBEAT_MARGIN
+        ConsolidationJob.run_id == ConsolidationRun.id, ConsolidationJob.completed_at >= now - CALLBACK_GRACE
     )
     orphaned = session.scalars(
         select(ConsolidationRun.id).where(
             ConsolidationRun.status == "running",
-            ConsolidationRun.started_at < now - HEARTBEAT_MARGIN,
+            ConsolidationRun.started_at < now - CALLBACK_GRACE,
             ~unfinished.exists(),
             ~recent.exists(),
         )
@@ -66,6 +79,53 @@ def reap(session: Session, settings: Settings, now: datetime) -> Reaped:
     for run_id in orphaned:
         _finalize(session, reaped, run_id, now, "callback_missing", None)
     return reaped
+
+
+def lost_jobs(session: Session, settings: Settings, now: datetime) -> list[ConsolidationJob]:
+    """Unfinished jobs whose worker died, locked for update. A job inside a batch holds
+    its own row, so it is skipped (it is alive)."""
+    cutoff = now - heartbeat.LOST_AFTER
+    retry_cutoff = cutoff - timedelta(seconds=settings.retry_backoff_max)
+    candidates = session.scalars(
+        select(ConsolidationJob)
+        .where(
+            ((ConsolidationJob.status == "running") & (ConsolidationJob.heartbeat_at < cutoff))
+            | ((ConsolidationJob.status == "retrying") & (ConsolidationJob.heartbeat_at < retry_cutoff))
+        )
+        .with_for_update(skip_locked=True)
+    ).all()
+    if not candidates:
+        return []
+    beats = {
+        lock.holder: lock.heartbeat_at
+        for lock in session.scalars(
+            select(ProjectLock).where(ProjectLock.project_id.in_({j.project_id for j in candidates if j.project_id}))
+        )
+    }
+    def alive(job: ConsolidationJob) -> bool:
+        beat = beats.get(locks.holder_for(job.id, job.attempts))
+        return job.status == "running" and beat is not None and beat >= cutoff
+
+    return [job for job in candidates if not alive(job)]
+
+
+def _recover(session: Session, reaped: Reaped, job: ConsolidationJob, settings: Settings, now: datetime) -> None:
+    if job.status == "retrying":
+        error = f"the retry of attempt {job.attempts} did not start within {settings.retry_backoff_max}s " \
+                "of its backoff (the worker holding it died)"
+    else:
+        error = f"worker lost during attempt {job.attempts}: no heartbeat since {job.heartbeat_at.isoformat()}"
+    if job.run_id is None:  # started by hand (orchestration consolidate): nothing to re-send it
+        jobs.close_unfinished(session, job, "failed", error, now)
+    else:
+        jobs.record_lost(session, job, settings, now, error)
+    lost = LostJob(
+        ids=jobs.job_ids(job), attempt=job.attempts, error=error, status=job.status, final_error=job.error_message,
+    )
+    if lost.status == "retrying":
+        siblings = session.scalars(select(ConsolidationJob.id).where(ConsolidationJob.run_id == job.run_id))
+        lost.group_index = runs.chord_order(siblings).index(str(job.id))
+    reaped.lost.append(lost)
 
 
 def _finalize(session: Session, reaped: Reaped, run_id: uuid.UUID, now: datetime, reason: str,

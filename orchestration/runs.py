@@ -13,7 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -101,6 +101,12 @@ def undispatched_jobs(session: Session, run: ConsolidationRun, now: datetime) ->
         .where(ConsolidationJob.run_id == run.id, ConsolidationJob.status == "pending")
         .order_by(ConsolidationJob.created_at, ConsolidationJob.id)
     ))
+
+
+def chord_order(job_ids: Iterable[uuid.UUID]) -> list[str]:
+    """A run's jobs in the order of its chord's header (by id), so that a job re-sent
+    into the chord takes its own place again."""
+    return sorted(str(job_id) for job_id in job_ids)
 
 
 def run_status(statuses: list[str]) -> str:

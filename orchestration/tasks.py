@@ -1,5 +1,11 @@
 """Celery tasks (SPEC §4). Each is thin: parse ids, call the plain functions in
-runs/jobs/reaper/audit, log the events. Every task is safe to run twice."""
+runs/jobs/reaper/audit, log the events. Every task is safe to run twice.
+
+A run's chord has fixed ids: the header's group id is the run id, each job's task id
+is the job id, and its place in the header is its place in :func:`runs.chord_order`.
+So the reaper can re-send a job whose worker died into the same chord, and whichever
+of its deliveries finishes counts once (Celery's Redis backend keys chord parts by
+task id and place)."""
 
 from __future__ import annotations
 
@@ -7,12 +13,15 @@ import uuid
 from typing import Any
 
 import structlog
-from celery import chord
-from celery.exceptions import SoftTimeLimitExceeded
+from billiard.einfo import ExceptionWithTraceback
+from billiard.exceptions import WorkerLostError
+from celery import Signature, chord, group
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
+from celery.worker.request import Request
 from sqlalchemy.exc import SQLAlchemyError
 
-from orchestration import audit, jobs, notify, reaper, runs
+from orchestration import audit, consolidation, jobs, notify, reaper, runs
 from orchestration.celery_app import app
 from orchestration.db import session_scope
 from orchestration.dbtypes import utcnow
@@ -79,10 +88,55 @@ def _dispatch(run_id: uuid.UUID, job_ids: list[uuid.UUID]) -> None:
     if not job_ids:
         finalize_run([], run_key)
         return
-    callback = finalize_run.s(run_key).on_error(fail_run.s(run_key))
-    chord(run_project.s(str(job_id)) for job_id in job_ids)(callback)
+    header = group([_job_signature(job_id) for job_id in runs.chord_order(job_ids)], task_id=run_key)
+    chord(header)(_callback(run_key))
     with session_scope() as session:
         runs.mark_dispatched(session, run_id, utcnow())
+
+
+def _callback(run_key: str) -> Signature:
+    return finalize_run.s(run_key).on_error(fail_run.s(run_key))
+
+
+def _job_signature(job_id: uuid.UUID | str) -> Signature:
+    return run_project.s(str(job_id)).set(task_id=str(job_id))
+
+
+def _resend(lost: reaper.LostJob) -> None:
+    """Send a job whose worker died into its run's chord again, in its own place."""
+    run_key = lost.ids["run_id"]
+    assert run_key is not None and lost.ids["job_id"] is not None
+    _job_signature(lost.ids["job_id"]).set(
+        group_id=run_key, group_index=lost.group_index, chord=_callback(run_key)
+    ).apply_async()
+
+
+class JobRequest(Request):
+    """``run_project``'s request in the worker's main process. When the child process
+    running a job dies (the OOM killer, a kill) or is killed at the hard time limit,
+    the job row says so before Celery requeues or acknowledges the message, so the
+    next delivery starts at once and a job that kills its worker every time stops
+    after its attempts (``docs/reliability.md``)."""
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
+        exc = exc_info.exception
+        exc = exc.exc if isinstance(exc, ExceptionWithTraceback) else exc
+        if isinstance(exc, WorkerLostError):
+            self._record(jobs.worker_lost, str(exc).splitlines()[0][:300])
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        if not soft:
+            self._record(jobs.hard_time_limit, f"killed at the hard time limit of {timeout}s")
+        super().on_timeout(soft, timeout)
+
+    def _record(self, function: Any, detail: str) -> None:
+        job_id = (list(self.args or ()) or [(self.kwargs or {}).get("job_id")])[0]
+        try:
+            function(uuid.UUID(str(job_id)), get_settings(), detail)
+        except Exception as exc:  # noqa: BLE001 - never keep Celery from requeueing; the reaper acts later
+            log.error("job.unrecorded", detail=detail, error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300],
+                      job_id=str(job_id)[:64])
 
 
 @app.task(
@@ -91,6 +145,7 @@ def _dispatch(run_id: uuid.UUID, job_ids: list[uuid.UUID]) -> None:
     soft_time_limit=_settings.job_time_limit,
     time_limit=_settings.job_hard_limit,
     rate_limit=_settings.project_rate_limit,
+    Request=JobRequest,
 )
 def run_project(self, job_id: str) -> dict[str, Any]:
     """Consolidate one job's project; retries transient failures, never raises at the end."""
@@ -109,18 +164,29 @@ def run_project(self, job_id: str) -> dict[str, Any]:
     except jobs.JobNotFound as exc:
         log.error("task.rejected", reason=str(exc))
         return {"job_id": job_id, "status": "unknown"}
+    except jobs.AlreadyRunning as exc:
+        # A duplicate delivery while the attempt is alive (a broker redelivery, a
+        # re-send racing the original): acknowledge it; the live attempt counts.
+        _bind_job(exc.run_id, exc.project_id)
+        log.info("job.already_running", reason=str(exc))
+        raise Ignore() from None
+    except consolidation.Superseded as exc:
+        log.warning("job.superseded", reason=str(exc))
+        raise Ignore() from None
     except SoftTimeLimitExceeded:
         error = (f"exceeded the soft time limit of {settings.job_time_limit}s (ORCHESTRATION_JOB_TIME_LIMIT); "
                  "changes committed so far are kept")
     except Exception as exc:  # noqa: BLE001 - anything else may be transient: retry, then fail
         error = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-        if self.request.retries < settings.max_retries:
+        # Every start counts, starts whose worker died too; a start that was never
+        # recorded (the database was unreachable) counts by Celery's retries.
+        number = attempt.number if attempt else self.request.retries + 1
+        if number <= settings.max_retries and self.request.retries < settings.max_retries:
             countdown = get_exponential_backoff_interval(
                 RETRY_BACKOFF_BASE, self.request.retries, settings.retry_backoff_max, full_jitter=True
             )
             _best_effort(jobs.mark_retrying, job_uuid, error)
-            log.warning("job.retrying", attempt=attempt.number if attempt else self.request.retries + 1,
-                        countdown=countdown, error=error)
+            log.warning("job.retrying", attempt=number, countdown=countdown, error=error)
             raise self.retry(countdown=countdown, max_retries=settings.max_retries) from exc
     attempt = attempt or jobs.Attempt(job_uuid, None, None, self.request.retries + 1, 0.0)
     outcome = _best_effort(jobs.fail, attempt, error)
@@ -226,20 +292,19 @@ def _announce(fields: dict[str, Any], summary: dict[str, Any]) -> None:
 
 @app.task(name="consolidation.reap_stale")
 def reap_stale() -> dict[str, Any]:
-    """Fail jobs whose worker vanished; finalize runs past the deadline."""
+    """Re-send or fail jobs whose worker died; finalize runs past the deadline."""
     with session_scope() as session:
         reaped = reaper.reap(session, get_settings(), utcnow())
-        lost = [(str(j.id), str(j.run_id) if j.run_id else None, str(j.project_id) if j.project_id else None,
-                 j.attempts, j.error_message) for j in reaped.jobs]
         closed = [(run.id, reason, runs.finished_fields(run), runs.summary_document(run)) for run, reason in reaped.runs]
-    for job_id, run_id, project_id, attempts, error in lost:
-        with structlog.contextvars.bound_contextvars(run_id=run_id, job_id=job_id, project_id=project_id):
-            log.error("job.failed", attempts=attempts, error=error)
+    for lost in reaped.lost:
+        jobs.log_lost(lost.ids, lost.attempt, lost.error, lost.status, lost.final_error)
+    for lost in reaped.resend:
+        _resend(lost)
     for run_id, reason, fields, summary in closed:
         with structlog.contextvars.bound_contextvars(run_id=str(run_id)):
             log.warning("run.reaped", reason=reason)
             _announce(fields, summary)
-    return {"jobs": len(reaped.jobs), "runs": len(closed)}
+    return {"lost": len(reaped.lost), "resent": len(reaped.resend), "runs": len(closed)}
 
 
 @app.task(name="consolidation.prune_audit")

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit
 
 # In-process tests use the embedded transport; set before orchestration is imported.
 os.environ["ORCHESTRATION_BROKER_URL"] = "memory://"
@@ -31,6 +33,7 @@ from support import unavailable  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("ORCHESTRATION_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("ORCHESTRATION_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+AMQP_URL = os.environ.get("ORCHESTRATION_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
 
 def _admin_engine():
@@ -166,6 +169,34 @@ def redis_url() -> Iterator[str]:
                 candidate.flushdb()
             return
     pytest.fail("no empty Redis database number between 2 and 15 to use for tests")
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def amqp_url() -> Iterator[str]:
+    """A RabbitMQ virtual host of our own, deleted afterwards (made with ``rabbitmqctl``
+    where the broker is local), or ``ORCHESTRATION_TEST_AMQP_URL`` as given."""
+    from kombu import Connection
+
+    try:
+        with Connection(AMQP_URL, connect_timeout=3) as conn:
+            conn.ensure_connection(max_retries=1)
+    except Exception as exc:  # noqa: BLE001
+        unavailable(f"RabbitMQ at {mask_url(AMQP_URL)}", exc)
+    if "ORCHESTRATION_TEST_AMQP_URL" in os.environ or shutil.which("rabbitmqctl") is None:
+        yield AMQP_URL
+        return
+    vhost = f"orch_test_{uuid.uuid4().hex[:12]}"
+    _rabbitmqctl("add_vhost", vhost)
+    try:
+        user = urlsplit(AMQP_URL).username or "guest"
+        _rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+        yield AMQP_URL.rstrip("/") + "/" + vhost
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,12 @@ faults are switched on by environment variables:
   ``FAULT_KILL_SCOPE`` ``worker`` (SIGKILL the whole process group) or ``child``
   (SIGKILL only the prefork child); happens once, recorded in ``FAULT_MARKER``;
 - ``FAULT_VISIBILITY_TIMEOUT``: a short Redis visibility timeout, so a message whose
-  worker died is redelivered within seconds instead of an hour.
+  worker died is redelivered within seconds instead of an hour;
+- ``FAULT_LOST_AFTER``: seconds after which a job's stopped heartbeat means its worker
+  died (production: ``heartbeat.LOST_AFTER``, 60 s), with a beat every sixth of it.
+
+Without ``FAULT_VISIBILITY_TIMEOUT`` and ``FAULT_LOST_AFTER`` the worker runs with the
+production defaults.
 """
 
 import os
@@ -21,7 +26,9 @@ import time
 import uuid
 from pathlib import Path
 
-from orchestration import consolidation, locks
+from datetime import timedelta
+
+from orchestration import consolidation, heartbeat, locks
 from orchestration.celery_app import app  # noqa: F401 - the app celery -A finds
 import orchestration.tasks  # noqa: F401
 
@@ -43,6 +50,9 @@ if _env("FAULT_VISIBILITY_TIMEOUT"):
     # kombu looks for expired unacked messages every 10 checks of this interval.
     app.conf.broker_transport_options = {**app.conf.broker_transport_options, "visibility_timeout": timeout,
                                          "unacked_restore_interval": 0.3}
+if _env("FAULT_LOST_AFTER"):
+    heartbeat.LOST_AFTER = timedelta(seconds=float(_env("FAULT_LOST_AFTER")))
+    heartbeat.INTERVAL = heartbeat.LOST_AFTER / 6
 if _env("FAULT_MERGE_BATCH"):
     consolidation.MERGE_BATCH = int(_env("FAULT_MERGE_BATCH"))
 
@@ -53,6 +63,8 @@ _batches = {"n": 0}
 def consolidate_project(project_id, *args, **kwargs):
     if _env("FAULT_RAISE_PROJECT") and uuid.UUID(_env("FAULT_RAISE_PROJECT")) == project_id:
         raise RuntimeError("injected fault: this project's job always fails")
+    if _env("FAULT_CRASH_PROJECT") and uuid.UUID(_env("FAULT_CRASH_PROJECT")) == project_id:
+        os.kill(os.getpid(), signal.SIGKILL)
     if _env("FAULT_SLEEP_S"):
         time.sleep(float(_env("FAULT_SLEEP_S")))
     return _consolidate(project_id, *args, **kwargs)

@@ -21,7 +21,7 @@ from kombu import Connection
 from sqlalchemy import func, select, update
 
 from support import difference, fingerprint
-from orchestration import db, reaper
+from orchestration import db, heartbeat, reaper
 from orchestration.consolidation import consolidate_project
 from orchestration.dbtypes import utcnow
 from orchestration.embeddings import to_bytes
@@ -49,6 +49,7 @@ def env_for(database_url: str, broker_url: str, tmp_path: Path, **extra: str) ->
         "ORCHESTRATION_MAX_RETRIES": "3",
         "ORCHESTRATION_LOG_FORMAT": "json",
         "FAULT_VISIBILITY_TIMEOUT": "4",
+        "FAULT_LOST_AFTER": "3",
         "FAULT_MARKER": str(tmp_path / "fault-marker"),
         **extra,
     }
@@ -323,26 +324,28 @@ def test_soft_time_limit_and_a_worker_that_vanished(pg_database, redis_server, w
     assert fingerprint() == seeded  # stopped before its first batch: nothing half-applied
     workers.stop_all()
 
-    # A worker killed for good, never restarted: the reaper closes the job and the run.
+    # A worker killed for good, never restarted: the reaper finds the jobs lost and
+    # re-sends them; with no worker left, the run is finalized at its deadline.
     later = slot + timedelta(minutes=1)
     with db.session_scope() as session:
         session.execute(update(ConsolidationRun).values(scheduled_for=slot - timedelta(days=1)))
     env = env_for(pg_database, redis_server.url, tmp_path, FAULT_KILL_AT="between_batches", FAULT_MERGE_BATCH="2",
-                  ORCHESTRATION_RUN_DEADLINE="60")
+                  ORCHESTRATION_RUN_DEADLINE="120")
     victim = workers.start(env)
     start_run(redis_server.url, later)
     wait_dead(victim)
     settings = load_settings({k: v for k, v in env.items() if k.startswith("ORCHESTRATION_")})
-    future = utcnow() + timedelta(seconds=settings.job_hard_limit) + reaper.HEARTBEAT_MARGIN + timedelta(seconds=61)
     with db.session_scope() as session:
-        reaped = reaper.reap(session, settings, future)
-        reaped_jobs, reaped_runs = len(reaped.jobs), [(r.status, reason) for r, reason in reaped.runs]
+        lost = reaper.reap(session, settings, utcnow() + heartbeat.LOST_AFTER + timedelta(seconds=1)).lost
+    assert lost and all(j.status == "retrying" and j.group_index is not None for j in lost)
+    with db.session_scope() as session:
+        reaped_runs = [(r.status, reason) for r, reason in
+                       reaper.reap(session, settings, utcnow() + timedelta(seconds=121)).runs]
     vanished = finished_run(later, timeout=5)
-    assert reaped_jobs >= 1 and reaped_runs == [(vanished.status, "deadline")]
-    assert vanished.status in ("failed", "partial")
-    assert any(j.error_message.startswith("worker lost") for j in jobs_of(vanished.id))
-    report(f"soft-time-limit: job failed with a clear message; worker-vanished: reaper failed {reaped_jobs} "
-           f"job(s), run {vanished.status}")
+    assert reaped_runs == [(vanished.status, "deadline")] and vanished.status == "failed"
+    assert all("run deadline of 120s passed" in j.error_message for j in jobs_of(vanished.id))
+    report(f"soft-time-limit: job failed with a clear message; worker-vanished: reaper found {len(lost)} "
+           f"job(s) lost (to re-send), run {vanished.status} at the deadline with no worker left")
 
 
 def test_bad_input_on_the_wire(pg_database, redis_server, workers, tmp_path, report):
@@ -419,3 +422,4 @@ def test_bad_data(pg_database, redis_server, workers, tmp_path, report):
     assert sum(e["skipped_invalid"] for e in completed) == 2
     report("bad-data: malformed options failed naming the field, 2 bad embeddings skipped, "
            "1 MB non-ASCII content and a hostile project name handled, others completed")
+
