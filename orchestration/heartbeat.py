@@ -2,7 +2,10 @@
 
 While a job attempt holds its project's lock, one daemon thread per process writes
 ``project_locks.heartbeat_at`` every :data:`INTERVAL`, whatever the job is doing (a
-long similarity phase, a big batch). A lock whose heartbeat is older than
+long similarity phase, a big batch). A worker's main process does the same for the
+jobs whose messages it received but has not started yet (their rows stay
+``pending``, with a ``heartbeat_at``), so a worker that dies holding them is noticed
+too. A lock whose heartbeat is older than
 :data:`LOST_AFTER` belongs to a process that died: the reaper then re-sends the job
 and the next attempt may take the lock over (``docs/reliability.md``).
 
@@ -32,59 +35,95 @@ INTERVAL = timedelta(seconds=10)
 # in which case the fence on the job's attempt number stops it at its next write).
 LOST_AFTER = timedelta(seconds=60)
 
+# A received job waits in these statuses until it starts.
+WAITING = ("pending", "retrying")
+
 log = get_logger("orchestration.heartbeat")
 
 
 class _Beater:
-    """The process's heartbeat thread and the lock holders it beats for."""
+    """The process's heartbeat thread, the lock holders it beats for, and the jobs this
+    worker received but has not started yet."""
 
     def __init__(self) -> None:
         self._holders: dict[str, uuid.UUID | None] = {}  # lock holder -> its job
+        self._received: set[uuid.UUID] = set()
         self._guard = threading.Lock()
+        self._wake = threading.Event()
         self._pid: int | None = None
 
     def add(self, holder: str, job_id: uuid.UUID | None) -> None:
         with self._guard:
+            self._start()
             self._holders[holder] = job_id
-            if self._pid != os.getpid():  # first use in this process (or a forked child)
-                self._pid = os.getpid()
-                threading.Thread(target=self._run, name="orchestration-heartbeat", daemon=True).start()
 
     def remove(self, holder: str) -> None:
         with self._guard:
             self._holders.pop(holder, None)
 
-    def _run(self) -> None:
-        pause = threading.Event()  # never set: a sleep
-        while not pause.wait(INTERVAL.total_seconds()):
+    def receive(self, job_id: uuid.UUID) -> None:
+        with self._guard:
+            self._start()
+            self._received.add(job_id)
+        self._wake.set()  # mark it at once: a worker may die before the job starts
+
+    def _start(self) -> None:
+        if self._pid != os.getpid():  # first use in this process, or a forked child
+            self._pid = os.getpid()
+            self._holders, self._received = {}, set()  # a child does not beat for its parent
+            self._wake = threading.Event()
+            threading.Thread(target=self._run, args=(self._wake,), name="orchestration-heartbeat",
+                             daemon=True).start()
+
+    def _run(self, wake: threading.Event) -> None:
+        while True:
+            wake.wait(INTERVAL.total_seconds())
+            wake.clear()
             with self._guard:
-                holders = dict(self._holders)
-            if holders:
-                try:
-                    beat(holders)
-                except Exception as exc:  # noqa: BLE001 - keep beating; the job itself will fail if the db is gone
-                    log.warning("heartbeat.failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+                holders, received = dict(self._holders), set(self._received)
+            if not (holders or received):
+                continue
+            try:
+                waiting = beat(holders, received)
+            except Exception as exc:  # noqa: BLE001 - keep beating; the job itself fails if the db is gone
+                log.warning("heartbeat.failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+                continue
+            with self._guard:
+                self._received -= received - waiting  # started (or finished) since: their lock beats now
 
 
-def beat(holders: dict[str, uuid.UUID | None]) -> None:
-    """Write one heartbeat for these lock holders and their jobs, in one transaction."""
+def beat(holders: dict[str, uuid.UUID | None], received: set[uuid.UUID] = frozenset()) -> set[uuid.UUID]:
+    """Write one heartbeat for these lock holders and their jobs, and for the received
+    jobs not started yet, in one transaction. Returns those not started yet."""
     now = utcnow()
     job_ids = [job_id for job_id in holders.values() if job_id is not None]
+    jobs = ConsolidationJob.__table__
+    waiting: set[uuid.UUID] = set()
     with session_scope() as session:
-        session.execute(update(ProjectLock).where(ProjectLock.holder.in_(list(holders))).values(heartbeat_at=now))
+        if holders:
+            session.execute(update(ProjectLock).where(ProjectLock.holder.in_(list(holders))).values(heartbeat_at=now))
         if job_ids:
             free = (
-                select(ConsolidationJob.id)
-                .where(ConsolidationJob.id.in_(job_ids), ConsolidationJob.status == "running")
+                select(jobs.c.id)
+                .where(jobs.c.id.in_(job_ids), jobs.c.status == "running")
                 .with_for_update(skip_locked=True)
             )
-            session.execute(
-                update(ConsolidationJob).where(ConsolidationJob.id.in_(free)).values(heartbeat_at=now),
-                execution_options={"synchronize_session": False},
-            )
+            session.execute(update(jobs).where(jobs.c.id.in_(free)).values(heartbeat_at=now))
+        if received:
+            waiting = set(session.scalars(
+                update(jobs).where(jobs.c.id.in_(list(received)), jobs.c.status.in_(WAITING))
+                .values(heartbeat_at=now).returning(jobs.c.id)
+            ))
+    return waiting
 
 
 _beater = _Beater()
+
+
+def received(job_id: uuid.UUID) -> None:
+    """This worker holds the job's message: until the job starts, its row's heartbeat
+    says so (a ``pending`` job whose heartbeat stopped was lost with its worker)."""
+    _beater.receive(job_id)
 
 
 @contextmanager

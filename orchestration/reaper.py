@@ -6,8 +6,9 @@ A running job's process keeps its project lock's heartbeat fresh
 (``orchestration.heartbeat``). A job whose heartbeat stopped for
 :data:`heartbeat.LOST_AFTER` lost its worker: while it has attempts left it is set
 ``retrying`` and re-sent into its run's chord (the caller sends it after commit);
-otherwise it fails. A ``retrying`` job whose retry did not start within the longest
-backoff is re-sent the same way (the worker holding its delayed message died).
+otherwise it fails. A ``pending`` job received by a worker that died before starting
+it, and a ``retrying`` job whose retry did not start within the longest backoff (the
+worker holding its delayed message died), are re-sent the same way.
 """
 
 from __future__ import annotations
@@ -82,14 +83,16 @@ def reap(session: Session, settings: Settings, now: datetime) -> Reaped:
 
 
 def lost_jobs(session: Session, settings: Settings, now: datetime) -> list[ConsolidationJob]:
-    """Unfinished jobs whose worker died, locked for update. A job inside a batch holds
-    its own row, so it is skipped (it is alive)."""
+    """Unfinished jobs whose worker died, locked for update: running ones whose lock's
+    heartbeat stopped (a job inside a batch holds its own row: it is skipped, it is
+    alive), pending ones received by a worker that stopped beating for them (a job
+    still in the queue has no heartbeat), and retrying ones past their longest backoff."""
     cutoff = now - heartbeat.LOST_AFTER
     retry_cutoff = cutoff - timedelta(seconds=settings.retry_backoff_max)
     candidates = session.scalars(
         select(ConsolidationJob)
         .where(
-            ((ConsolidationJob.status == "running") & (ConsolidationJob.heartbeat_at < cutoff))
+            ((ConsolidationJob.status.in_(("running", "pending"))) & (ConsolidationJob.heartbeat_at < cutoff))
             | ((ConsolidationJob.status == "retrying") & (ConsolidationJob.heartbeat_at < retry_cutoff))
         )
         .with_for_update(skip_locked=True)
@@ -113,6 +116,9 @@ def _recover(session: Session, reaped: Reaped, job: ConsolidationJob, settings: 
     if job.status == "retrying":
         error = f"the retry of attempt {job.attempts} did not start within {settings.retry_backoff_max}s " \
                 "of its backoff (the worker holding it died)"
+    elif job.status == "pending":
+        error = f"worker lost before the job started: it received the job, then stopped (no heartbeat since " \
+                f"{job.heartbeat_at.isoformat()})"
     else:
         error = f"worker lost during attempt {job.attempts}: no heartbeat since {job.heartbeat_at.isoformat()}"
     if job.run_id is None:  # started by hand (orchestration consolidate): nothing to re-send it

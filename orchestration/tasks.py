@@ -21,7 +21,7 @@ from celery.utils.time import get_exponential_backoff_interval
 from celery.worker.request import Request
 from sqlalchemy.exc import SQLAlchemyError
 
-from orchestration import audit, consolidation, jobs, notify, reaper, runs
+from orchestration import audit, consolidation, heartbeat, jobs, notify, reaper, runs
 from orchestration.celery_app import app
 from orchestration.db import session_scope
 from orchestration.dbtypes import utcnow
@@ -112,11 +112,25 @@ def _resend(lost: reaper.LostJob) -> None:
 
 
 class JobRequest(Request):
-    """``run_project``'s request in the worker's main process. When the child process
-    running a job dies (the OOM killer, a kill) or is killed at the hard time limit,
-    the job row says so before Celery requeues or acknowledges the message, so the
-    next delivery starts at once and a job that kills its worker every time stops
+    """``run_project``'s request in the worker's main process. From receipt until the
+    job starts, the main process beats for it (``heartbeat.received``). When the child
+    process running a job dies (the OOM killer, a kill) or is killed at the hard time
+    limit, the job row says so before Celery requeues or acknowledges the message, so
+    the next delivery starts at once and a job that kills its worker every time stops
     after its attempts (``docs/reliability.md``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        job_id = self._job_id()
+        if job_id is not None:
+            heartbeat.received(job_id)
+
+    def _job_id(self) -> uuid.UUID | None:
+        value = (list(self.args or ()) or [(self.kwargs or {}).get("job_id")])[0]
+        try:
+            return uuid.UUID(str(value))
+        except ValueError:
+            return None
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
         exc = exc_info.exception
@@ -131,12 +145,14 @@ class JobRequest(Request):
         super().on_timeout(soft, timeout)
 
     def _record(self, function: Any, detail: str) -> None:
-        job_id = (list(self.args or ()) or [(self.kwargs or {}).get("job_id")])[0]
+        job_id = self._job_id()
+        if job_id is None:
+            return
         try:
-            function(uuid.UUID(str(job_id)), get_settings(), detail)
+            function(job_id, get_settings(), detail)
         except Exception as exc:  # noqa: BLE001 - never keep Celery from requeueing; the reaper acts later
             log.error("job.unrecorded", detail=detail, error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300],
-                      job_id=str(job_id)[:64])
+                      job_id=str(job_id))
 
 
 @app.task(
@@ -173,6 +189,8 @@ def run_project(self, job_id: str) -> dict[str, Any]:
     except consolidation.Superseded as exc:
         log.warning("job.superseded", reason=str(exc))
         raise Ignore() from None
+    except Ignore:
+        raise  # Celery's own control flow, not an error to retry
     except SoftTimeLimitExceeded:
         error = (f"exceeded the soft time limit of {settings.job_time_limit}s (ORCHESTRATION_JOB_TIME_LIMIT); "
                  "changes committed so far are kept")

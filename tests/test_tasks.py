@@ -292,25 +292,130 @@ def test_bad_ids_on_the_wire_are_rejected(celery_worker, sqlite_database):
     assert finalize_run.apply_async(args=[[], "x"]).get(timeout=30)["status"] == "rejected"
 
 
-def test_reaper_fails_a_vanished_job_and_finalizes_its_run(celery_worker, sqlite_database, captured_logs):
-    manifests = _seed(projects=3)
+def test_reaper_finalizes_a_run_past_its_deadline(celery_worker, sqlite_database, captured_logs):
+    _seed(projects=3)
     from orchestration import runs
 
     long_ago = utcnow() - timedelta(days=1)
     with db.session_scope() as session:
         started = runs.start_run(session, "scheduled", long_ago.replace(second=0, microsecond=0), 1000, now=long_ago)
         session.execute(update(ConsolidationJob).values(status="running", heartbeat_at=long_ago, attempts=1))
-    result = reap_stale.apply_async().get(timeout=30)
-    assert result == {"jobs": 1, "runs": 1}
+    assert reap_stale.apply_async().get(timeout=30) == {"lost": 0, "resent": 0, "runs": 1}
     with db.session_scope() as session:
         run = session.get(ConsolidationRun, started.run_id)
         job = session.scalar(select(ConsolidationJob))
-    assert job.status == "failed" and job.error_message.startswith("worker lost")
+    assert job.status == "failed" and job.error_message.startswith("run deadline of 21600s passed")
     assert run.status == "failed" and run.finished_at is not None
     reaped = [e for e in captured_logs() if e["event"] == "run.reaped"]
     assert reaped and reaped[0]["run_id"] == str(run.id) and reaped[0]["reason"] == "deadline"
-    assert reap_stale.apply_async().get(timeout=30) == {"jobs": 0, "runs": 0}
-    assert manifests
+    assert reap_stale.apply_async().get(timeout=30) == {"lost": 0, "resent": 0, "runs": 0}
+
+
+def _vanish_once(monkeypatch, project_id):
+    """The first attempt of ``project_id``'s job dies with its process: no chord part,
+    no lock release, no heartbeat any more (dated back past heartbeat.LOST_AFTER)."""
+    from celery.exceptions import Ignore
+
+    from orchestration import jobs
+    from orchestration.heartbeat import LOST_AFTER
+    from orchestration.models import ProjectLock
+
+    real, calls = jobs.execute, {"n": 0}
+
+    def execute(attempt, **kwargs):
+        if attempt.project_id == project_id and calls["n"] == 0:
+            calls["n"] += 1
+            dead = utcnow() - LOST_AFTER - timedelta(seconds=1)
+            with db.session_scope() as session:
+                session.execute(update(ProjectLock).values(heartbeat_at=dead))
+                session.execute(update(ConsolidationJob).where(ConsolidationJob.id == attempt.job_id)
+                                .values(heartbeat_at=dead))
+            raise Ignore()
+        return real(attempt, **kwargs)
+
+    monkeypatch.setattr(jobs, "execute", execute)
+    return calls
+
+
+def test_a_job_whose_worker_died_is_resent_into_its_chord(celery_worker, database, monkeypatch, captured_logs):
+    manifests = _seed(projects=4)
+    target = uuid.UUID(next(m.id for m in manifests if m.kind == "eligible"))
+    calls = _vanish_once(monkeypatch, target)
+    run_scheduled.apply_async(kwargs={"slot": SLOT}).get(timeout=30)
+    job_id = next(j.id for j in _jobs_of_slot().values() if j.project_id == target)
+
+    def job_state():
+        with db.session_scope() as session:
+            job = session.get(ConsolidationJob, job_id)
+            return job.status, job.attempts
+
+    _poll(lambda: calls["n"] == 1 and job_state() == ("running", 1))
+    assert _open_run().status == "running"  # the chord waits for the dead attempt's part
+    assert reap_stale.apply_async().get(timeout=30) == {"lost": 1, "resent": 1, "runs": 0}
+    run = _run_for_slot()
+    job = _jobs(run.id)[target]
+    assert run.status == "completed" and run.jobs_completed == 2
+    assert job.status == "completed" and job.attempts == 2 and job.celery_task_id == str(job.id)
+    assert job.memories_merged == sum(len(g) for g in next(m for m in manifests if m.id == str(target)).groups)
+    events = captured_logs()
+    lost = [e for e in events if e["event"] == "job.worker_lost"]
+    assert len(lost) == 1 and lost[0]["attempt"] == 1 and lost[0]["job_id"] == str(job.id)
+    assert lost[0]["run_id"] == str(run.id) and "no heartbeat since" in lost[0]["error"]
+    assert [e["event"] for e in events].count("run.finished") == 1
+
+
+def test_a_duplicate_delivery_while_the_job_is_alive_does_nothing(celery_worker, sqlite_database, captured_logs):
+    from orchestration import jobs, runs
+    from orchestration.settings import get_settings
+
+    _seed(projects=3)
+    with db.session_scope() as session:
+        started = runs.start_run(session, "manual", None, 1000)
+    job_id = started.job_ids[0]
+    live = jobs.begin_attempt(job_id, get_settings())  # a live attempt holds the lock
+    run_project.apply_async(args=[str(job_id)])
+    _poll(lambda: any(e["event"] == "job.already_running" for e in captured_logs()))
+    with db.session_scope() as session:
+        job = session.get(ConsolidationJob, job_id)
+    assert (job.status, job.attempts) == ("running", 1)
+    duplicate = next(e for e in captured_logs() if e["event"] == "job.already_running")
+    assert duplicate["run_id"] == str(started.run_id) and "attempt 1" in duplicate["reason"]
+    assert jobs.execute(live).status == "completed"  # the live attempt finishes undisturbed
+
+
+def test_a_job_with_no_attempts_left_fails_at_its_start(celery_worker, sqlite_database, settings_env):
+    from orchestration import runs
+
+    settings_env(max_retries="2")
+    _seed(projects=3)
+    with db.session_scope() as session:
+        started = runs.start_run(session, "manual", None, 1000)
+        session.execute(update(ConsolidationJob).values(status="retrying", attempts=3))
+    result = run_project.apply_async(args=[str(started.job_ids[0])]).get(timeout=30)
+    assert result["status"] == "failed"
+    assert result["error"].startswith("worker died during attempt 3 of 3 (ORCHESTRATION_MAX_RETRIES=2)")
+    with db.session_scope() as session:
+        assert session.get(ConsolidationJob, started.job_ids[0]).attempts == 3
+
+
+def _poll(condition, timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def _open_run():
+    from orchestration.schedule import parse_slot
+
+    with db.session_scope() as session:
+        return session.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == parse_slot(SLOT)))
+
+
+def _jobs_of_slot():
+    return _jobs(_open_run().id)
 
 
 class _Receiver(BaseHTTPRequestHandler):

@@ -91,8 +91,9 @@ def test_killed_worker_recovers_within_minutes(broker, redis_server, pg_database
     lost = [e for e in events if e["event"] == "job.worker_lost"]
     assert run.status == "completed" and all(j.status == "completed" for j in jobs)
     assert recovered_s < RECOVERY_TARGET_S
-    assert lost and all(e["attempt"] == 1 and "no heartbeat since" in e["error"] for e in lost)
-    assert max(j.attempts for j in jobs) == 2
+    # Attempt 0: a job the dead worker had received but not started yet.
+    assert lost and all(e["attempt"] in (0, 1) and "no heartbeat since" in e["error"] for e in lost)
+    assert all(j.attempts <= 2 for j in jobs)
     assert difference(expected, fingerprint()) == (0, 0)
     late = ""
     if broker.startswith("redis"):
