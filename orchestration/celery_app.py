@@ -157,6 +157,11 @@ def _check_broker(sender: Any = None, **_: Any) -> None:
     with app.connection_for_read() as connection:
         connection.ensure_connection(max_retries=3)
         version = connection.connection.server_properties.get("version", "")
-    warning = consumer_timeout_warning(version.decode() if isinstance(version, bytes) else str(version), settings)
+    warn_consumer_timeout(version.decode() if isinstance(version, bytes) else str(version), settings)
+
+
+def warn_consumer_timeout(broker_version: str, settings: Settings) -> None:
+    warning = consumer_timeout_warning(broker_version, settings)
     if warning:
-        structlog.get_logger("orchestration.celery_app").warning("broker.consumer_timeout", warning=warning)
+        structlog.get_logger("orchestration.celery_app").warning(
+            "broker.consumer_timeout", broker_version=broker_version, warning=warning)

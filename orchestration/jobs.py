@@ -227,6 +227,9 @@ def execute(attempt: Attempt, *, progress: Callable[[str, float], None] | None =
         )
     except (ProjectGone, ProjectDisabled) as exc:
         return skip(attempt, str(exc))
+    except consolidation.Superseded as exc:
+        log.warning("job.superseded", attempt=attempt.number, reason=str(exc))
+        raise
     log.info("job.completed", duration_s=round(time.monotonic() - attempt.started, 3),
              skipped_invalid=result.skipped_invalid, conflicts=result.conflicts, **counters)
     return JobOutcome(str(attempt.job_id), "completed")

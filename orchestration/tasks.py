@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 from billiard.einfo import ExceptionWithTraceback
 from billiard.exceptions import WorkerLostError
-from celery import Signature, chord, group
+from celery import Signature, chord
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 from celery.worker.request import Request
@@ -88,8 +88,9 @@ def _dispatch(run_id: uuid.UUID, job_ids: list[uuid.UUID]) -> None:
     if not job_ids:
         finalize_run([], run_key)
         return
-    header = group([_job_signature(job_id) for job_id in runs.chord_order(job_ids)], task_id=run_key)
-    chord(header)(_callback(run_key))
+    header = [_job_signature(job_id) for job_id in runs.chord_order(job_ids)]
+    # The chord's own task_id becomes the header's group id; the callback gets its own.
+    chord(header, task_id=run_key)(_callback(run_key), task_id=str(uuid.uuid4()))
     with session_scope() as session:
         runs.mark_dispatched(session, run_id, utcnow())
 
@@ -151,7 +152,7 @@ class JobRequest(Request):
         try:
             function(job_id, get_settings(), detail)
         except Exception as exc:  # noqa: BLE001 - never keep Celery from requeueing; the reaper acts later
-            log.error("job.unrecorded", detail=detail, error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300],
+            log.error("worker.record_failed", detail=detail, error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300],
                       job_id=str(job_id))
 
 
@@ -186,9 +187,8 @@ def run_project(self, job_id: str) -> dict[str, Any]:
         _bind_job(exc.run_id, exc.project_id)
         log.info("job.already_running", reason=str(exc))
         raise Ignore() from None
-    except consolidation.Superseded as exc:
-        log.warning("job.superseded", reason=str(exc))
-        raise Ignore() from None
+    except consolidation.Superseded:
+        raise Ignore() from None  # the newer attempt owns the job and its chord part
     except Ignore:
         raise  # Celery's own control flow, not an error to retry
     except SoftTimeLimitExceeded:

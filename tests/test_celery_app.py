@@ -3,7 +3,10 @@ import uuid
 
 from kombu import Connection
 
-from orchestration.celery_app import app, celery_config, visibility_timeout
+from datetime import timedelta
+
+from orchestration import heartbeat
+from orchestration.celery_app import app, celery_config, consumer_timeout_warning, visibility_timeout
 from orchestration.settings import load_settings
 
 
@@ -24,6 +27,32 @@ def test_delivery_settings_make_redelivery_safe():
     assert conf["broker_transport_options"]["visibility_timeout"] == vt
     assert conf["result_backend_transport_options"]["visibility_timeout"] == vt
     assert conf["result_expires"].total_seconds() > settings.run_deadline
+
+
+def test_a_lost_worker_is_noticed_within_minutes():
+    conf = celery_config(load_settings({}))
+    reap = conf["beat_schedule"]["consolidation-reap-stale"]
+    assert reap["task"] == "consolidation.reap_stale"
+    # heartbeat stopped for LOST_AFTER, noticed at the next reaper tick, re-sent at once
+    assert heartbeat.LOST_AFTER + reap["schedule"] <= timedelta(minutes=3)
+    assert heartbeat.INTERVAL * 6 <= heartbeat.LOST_AFTER
+
+
+def test_rabbitmq_consumers_outlast_the_longest_legitimate_hold():
+    settings = load_settings({"ORCHESTRATION_JOB_TIME_LIMIT": "7200"})
+    (queue,) = celery_config(settings)["task_queues"]
+    assert queue.name == "celery" and queue.routing_key == "celery"
+    assert queue.consumer_arguments == {"x-consumer-timeout": visibility_timeout(settings) * 1000}
+    assert visibility_timeout(settings) * 1000 > (7200 + 60) * 1000
+
+
+def test_old_rabbitmq_brokers_get_a_warning_with_the_value_to_set():
+    settings = load_settings({})
+    warning = consumer_timeout_warning("3.10.8", settings)
+    assert warning and f"consumer_timeout = {visibility_timeout(settings) * 1000}" in warning
+    assert consumer_timeout_warning("3.11.15", settings) is None
+    assert consumer_timeout_warning("4.1.0", settings) is None
+    assert consumer_timeout_warning("unknown", settings) is None
 
 
 def test_visibility_timeout_grows_with_long_jobs():

@@ -13,11 +13,13 @@ def _compose() -> dict:
 
 def test_services_and_their_order():
     services = _compose()["services"]
-    assert set(services) == {"redis", "postgres", "migrate", "worker", "beat"}
+    assert set(services) == {"redis", "rabbitmq", "postgres", "migrate", "worker", "beat"}
+    assert services["rabbitmq"]["profiles"] == ["rabbitmq"]  # only with --profile rabbitmq
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     for name in ("worker", "beat"):
         assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert services[name]["depends_on"]["rabbitmq"] == {"condition": "service_healthy", "required": False}
 
 
 def test_one_image_built_from_the_dockerfile():
@@ -48,6 +50,10 @@ def test_services_share_settings_that_pass_validation():
                 .replace("${ORCHESTRATION_SCHEDULE:-0 2 * * *}", "0 2 * * *")
                 .replace("${ORCHESTRATION_TIMEZONE:-UTC}", "UTC")
                 .replace("${ORCHESTRATION_NOTIFY_URL:-}", "") for k, v in env.items()}
-    settings = load_settings(resolved)
-    assert settings.database_url.startswith("postgresql+psycopg://")
-    assert settings.broker_url.startswith("redis://redis")
+    for broker, expected in ((None, "redis://redis:6379/0"), ("amqp://o:pw@rabbitmq:5672//", "amqp://o:pw@rabbitmq")):
+        default = "redis://redis:6379/0" if broker is None else broker
+        chosen = {**resolved, "ORCHESTRATION_BROKER_URL": resolved["ORCHESTRATION_BROKER_URL"].replace(
+            "${ORCHESTRATION_BROKER_URL:-redis://redis:6379/0}", default)}
+        settings = load_settings(chosen)
+        assert settings.database_url.startswith("postgresql+psycopg://")
+        assert settings.broker_url.startswith(expected)

@@ -4,10 +4,12 @@ import io
 import json
 import re
 import socket
+import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
 
+import structlog
 from sqlalchemy import select, update
 
 from support import wait_for_run
@@ -41,9 +43,57 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
+def _crash_recovery_events(project_id) -> None:
+    """job.worker_lost, job.already_running, job.superseded, worker.record_failed and
+    broker.consumer_timeout, each as its code path writes it."""
+    from types import SimpleNamespace
+
+    from orchestration import heartbeat, jobs, tasks
+    from orchestration.celery_app import warn_consumer_timeout
+    from orchestration.models import ProjectLock
+
+    settings = get_settings()
+    with db.session_scope() as session:
+        started = runs.start_run(session, "manual", None, 0)
+    job_id = next(j for j in started.job_ids if _job(j).project_id == project_id)
+    live = jobs.begin_attempt(job_id, settings)
+    run_project.apply_async(args=[str(job_id)])  # a duplicate delivery while the attempt is alive
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _job(job_id).attempts == 1 and not _duplicate_seen():
+        time.sleep(0.05)
+    with db.session_scope() as session:  # the live attempt froze; a new one takes over
+        session.execute(update(ProjectLock).values(heartbeat_at=utcnow() - heartbeat.LOST_AFTER * 2))
+    newer = jobs.begin_attempt(job_id, settings)
+    with structlog.contextvars.bound_contextvars(**jobs.job_ids(_job(job_id))):
+        try:
+            jobs.execute(live)
+        except consolidation.Superseded:
+            pass
+    jobs.worker_lost(job_id, settings, "Worker exited prematurely: signal 9 (SIGKILL)")
+    assert newer is not None and _job(job_id).status == "failed"  # ORCHESTRATION_MAX_RETRIES=1 here: 2 of 2 died
+
+    def unreachable(*_):
+        raise OSError("database unreachable")
+
+    tasks.JobRequest._record(SimpleNamespace(_job_id=lambda: job_id), unreachable, "worker lost")
+    warn_consumer_timeout("3.10.8", settings)
+
+
+def _job(job_id):
+    with db.session_scope() as session:
+        return session.get(ConsolidationJob, job_id)
+
+
+def _duplicate_seen() -> bool:
+    return any('"job.already_running"' in line for line in _STREAM[0].getvalue().splitlines())
+
+
+_STREAM: list = [None]
+
+
 def test_the_catalogue_matches_what_a_run_emits(celery_worker, sqlite_database, settings_env, monkeypatch):
     settings_env(retry_backoff_max="1", max_retries="1", notify_url=f"http://127.0.0.1:{_closed_port()}/")
-    stream = io.StringIO()
+    stream = _STREAM[0] = io.StringIO()
     configure_logging(get_settings(), stream=stream)
     try:
         with db.session_scope() as session:
@@ -83,6 +133,7 @@ def test_the_catalogue_matches_what_a_run_emits(celery_worker, sqlite_database, 
             session.execute(update(ConsolidationJob).where(ConsolidationJob.run_id == stale.run_id)
                             .values(status="running", heartbeat_at=long_ago))
         reap_stale.apply_async().get(timeout=60)
+        _crash_recovery_events(flaky)
         with db.session_scope() as session:
             session.execute(update(ConsolidationChange).values(changed_at=long_ago - timedelta(days=100)))
         prune_audit.apply_async().get(timeout=30)

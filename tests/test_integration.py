@@ -1,6 +1,7 @@
 """The nightly run end to end on the production stack: a ``celery -A
-orchestration.celery_app worker`` subprocess (prefork) against real Redis and
-PostgreSQL, started through the broker exactly as beat and ``run-now`` do."""
+orchestration.celery_app worker`` subprocess (prefork) against real PostgreSQL, with
+Redis or RabbitMQ as the broker (Redis as the result backend), started through the
+broker exactly as beat and ``run-now`` do."""
 
 import json
 import os
@@ -25,16 +26,16 @@ pytestmark = pytest.mark.integration
 SLOT = "2026-11-27T02:00:00+00:00"
 
 
-@pytest.fixture
-def stack(pg_database, redis_url, tmp_path):
-    """Environment for processes that talk to this test's PostgreSQL database and Redis DB."""
-    number = int(redis_url.rsplit("/", 1)[1])
-    base = redis_url.rsplit("/", 1)[0]
+@pytest.fixture(params=["redis", "rabbitmq"])
+def stack(request, pg_database, redis_url, tmp_path):
+    """Environment for processes that talk to this test's PostgreSQL database, Redis DB
+    and (for the rabbitmq case) RabbitMQ virtual host."""
+    broker = redis_url if request.param == "redis" else request.getfixturevalue("amqp_url")
     env = {
         **os.environ,
         "ORCHESTRATION_DATABASE_URL": pg_database,
-        "ORCHESTRATION_BROKER_URL": f"{base}/{number}",
-        "ORCHESTRATION_RESULT_BACKEND": f"{base}/{number}",
+        "ORCHESTRATION_BROKER_URL": broker,
+        "ORCHESTRATION_RESULT_BACKEND": redis_url,
         "ORCHESTRATION_RETRY_BACKOFF_MAX": "1",
         "ORCHESTRATION_LOG_FORMAT": "json",
     }

@@ -75,8 +75,9 @@ def test_killed_worker_recovers_within_minutes(broker, redis_server, pg_database
                                                tmp_path, report):
     expected = clean_reference(second_pg_url)
     plant()
+    # Killed a second into the first job (each batch first sleeps half a second).
     env = production_env(pg_database, broker, redis_server.url, tmp_path,
-                         FAULT_KILL_AT="between_batches", FAULT_MERGE_BATCH="2")
+                         FAULT_KILL_AT="between_batches", FAULT_MERGE_BATCH="2", FAULT_BATCH_SLEEP_S="0.5")
     beat(env)
     first = workers.start(env)
     slot = now_slot()
