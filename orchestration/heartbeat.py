@@ -120,6 +120,15 @@ def beat(holders: dict[str, uuid.UUID | None], received: set[uuid.UUID] = frozen
 _beater = _Beater()
 
 
+def warm() -> None:
+    """Start this process's heartbeat thread and open its database connection now, so
+    the first received job is marked within milliseconds (a worker's main process)."""
+    with _beater._guard:
+        _beater._start()
+    with session_scope() as session:
+        session.execute(select(1))
+
+
 def received(job_id: uuid.UUID) -> None:
     """This worker holds the job's message: until the job starts, its row's heartbeat
     says so (a ``pending`` job whose heartbeat stopped was lost with its worker)."""

@@ -152,6 +152,36 @@ def test_kill_one_prefork_child(pg_database, second_pg_url, redis_server, worker
     report(f"kill-prefork-child: requeued, run {run.status}, {lost} lost, {doubled} doubled")
 
 
+def test_a_slow_job_is_never_started_twice(pg_database, second_pg_url, redis_server, workers, tmp_path, report):
+    expected = clean_reference(second_pg_url)
+    plant()
+    # Every batch takes 1.5 s, each job several times the (shortened) 3 s heartbeat timeout.
+    env = env_for(pg_database, redis_server.url, tmp_path, FAULT_MERGE_BATCH="2", FAULT_BATCH_SLEEP_S="1.5")
+    workers.start(env)
+    workers.start(env)  # free processes for the reaper and the duplicates while the jobs run
+    slot = now_slot()
+    start_run(redis_server.url, slot)
+    deadline = time.monotonic() + 120
+    run = None
+    while run is None or run.status == "running":
+        assert time.monotonic() < deadline, "the run did not finish"
+        with db.session_scope() as session:
+            run = session.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == slot))
+        if run is not None and run.status == "running":
+            send(redis_server.url, "consolidation.reap_stale")
+            for job in jobs_of(run.id):  # every job's message delivered again, as a broker may
+                send(redis_server.url, "consolidation.run_project", str(job.id))
+        time.sleep(0.5)
+    events = workers.events()
+    duplicates = sum(e["event"] == "job.already_running" for e in events)
+    jobs = jobs_of(run.id)
+    assert run.status == "completed" and all(j.status == "completed" and j.attempts == 1 for j in jobs)
+    assert not [e for e in events if e["event"] in ("job.worker_lost", "job.superseded")]
+    assert duplicates > 0 and difference(expected, fingerprint()) == (0, 0)
+    report(f"slow-job: {duplicates} duplicate deliveries and the reaper every 0.5 s while it ran: "
+           "never started twice, 0 lost, 0 doubled")
+
+
 def test_redis_restarted_mid_run(pg_database, second_pg_url, redis_server, workers, tmp_path, report):
     expected = clean_reference(second_pg_url)
     plant()
