@@ -3,11 +3,10 @@
 While a job attempt holds its project's lock, one daemon thread per process writes
 ``project_locks.heartbeat_at`` every :data:`INTERVAL`, whatever the job is doing (a
 long similarity phase, a big batch). A worker's main process does the same for the
-jobs whose messages it received but has not started yet (their rows stay
-``pending``, with a ``heartbeat_at``), so a worker that dies holding them is noticed
-too. A lock whose heartbeat is older than
-:data:`LOST_AFTER` belongs to a process that died: the reaper then re-sends the job
-and the next attempt may take the lock over (``docs/reliability.md``).
+jobs whose messages it received but has not started yet: their rows stay
+``pending`` with a ``heartbeat_at``, while a job still in the queue has none. A
+heartbeat older than :data:`LOST_AFTER` belongs to a process that died: the reaper
+re-sends the job, and its next attempt takes the lock over (``docs/reliability.md``).
 
 The job row's ``heartbeat_at`` is refreshed in the same transaction where the row is
 free; a batch transaction holding it refreshes it on commit, so the heartbeat never
@@ -51,6 +50,10 @@ class _Beater:
         self._guard = threading.Lock()
         self._wake = threading.Event()
         self._pid: int | None = None
+
+    def start(self) -> None:
+        with self._guard:
+            self._start()
 
     def add(self, holder: str, job_id: uuid.UUID | None) -> None:
         with self._guard:
@@ -123,8 +126,7 @@ _beater = _Beater()
 def warm() -> None:
     """Start this process's heartbeat thread and open its database connection now, so
     the first received job is marked within milliseconds (a worker's main process)."""
-    with _beater._guard:
-        _beater._start()
+    _beater.start()
     with session_scope() as session:
         session.execute(select(1))
 
