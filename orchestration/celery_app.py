@@ -7,17 +7,22 @@ worker dies is redelivered, so every task must be idempotent (they are).
 
 from __future__ import annotations
 
+import json
+import os
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
+from functools import cached_property
 from typing import Any
 
 import structlog
 from celery import Celery, signals
+from celery.apps.beat import Beat
+from celery.apps.worker import Worker
 from celery.schedules import crontab
 from kombu import Exchange, Queue
 
 from orchestration import db
-from orchestration.logs import configure_logging, task_context
+from orchestration.logs import configure_logging, log_format, task_context
 from orchestration.settings import Settings, SettingsError, get_settings
 
 # Jobs whose worker died are found within heartbeat.LOST_AFTER plus this interval.
@@ -95,8 +100,38 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     }
 
 
+def _json_logs() -> bool:
+    return log_format(get_settings()) == "json"
+
+
+class _Worker(Worker):
+    """``celery worker`` without its banner when the logs are JSON."""
+
+    def on_before_init(self, quiet: bool = False, **kwargs: Any) -> None:
+        super().on_before_init(quiet=quiet or _json_logs(), **kwargs)
+
+
+class _Beat(Beat):
+    """``celery beat`` without its banner when the logs are JSON."""
+
+    def __init__(self, *args: Any, quiet: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, quiet=quiet or _json_logs(), **kwargs)
+
+
+class OrchestrationCelery(Celery):
+    """Celery whose worker and beat programs print only log lines in JSON mode."""
+
+    @cached_property
+    def Worker(self) -> type:  # noqa: N802 - Celery's name
+        return self.subclass_with_self(_Worker)
+
+    @cached_property
+    def Beat(self) -> type:  # noqa: N802 - Celery's name
+        return self.subclass_with_self(_Beat)
+
+
 def create_app(settings: Settings) -> Celery:
-    app = Celery("orchestration", include=["orchestration.tasks"])
+    app = OrchestrationCelery("orchestration", include=["orchestration.tasks"])
     app.conf.update(celery_config(settings))
     return app
 
@@ -104,6 +139,9 @@ def create_app(settings: Settings) -> Celery:
 try:
     _settings = get_settings()
 except SettingsError as exc:  # one line, no traceback, for worker and beat alike
+    if os.environ.get("ORCHESTRATION_LOG_FORMAT", "").strip().lower() == "json":
+        sys.exit(json.dumps({"event": "settings.invalid", "level": "critical", "error": str(exc),
+                             "timestamp": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")}))
     sys.exit(f"orchestration: {exc}")
 
 app = create_app(_settings)
@@ -112,6 +150,12 @@ app = create_app(_settings)
 @signals.setup_logging.connect
 def _setup_logging(**_: Any) -> None:
     # Connecting this signal stops Celery from configuring the root logger itself.
+    configure_logging(get_settings())
+
+
+@signals.celeryd_init.connect
+def _early_logging(**_: Any) -> None:
+    # The worker warns about its privileges before it sets up logging: render that too.
     configure_logging(get_settings())
 
 

@@ -263,6 +263,17 @@ def runs_show(run_id: str, as_json: bool) -> None:
     click.echo(reports.run_text(document))
 
 
+@runs.command("watch")
+@click.argument("run_id")
+@click.option("--timeout", type=click.IntRange(min=1), default=None,
+              help="Seconds to wait at most (default: the run deadline).")
+def runs_watch(run_id: str, timeout: int | None) -> None:
+    """Live progress of a run until it finishes, then its summary."""
+    run = _find(ConsolidationRun, run_id, "run")
+    _watch_and_report(lambda s: s.get(ConsolidationRun, run.id), timeout or get_settings().run_deadline,
+                      f"run {run.id}")
+
+
 # --- running --------------------------------------------------------------------
 
 
@@ -299,7 +310,15 @@ def run_now(wait: bool, slot: str | None, timeout: int | None) -> None:
     if not wait:
         click.echo(f"sent {label} to the broker at {db.mask_url(settings.broker_url)}")
         return
-    run = runs_module.wait_for_finish(finder, timeout or settings.run_deadline)
+    _watch_and_report(finder, timeout or settings.run_deadline, label)
+
+
+def _watch_and_report(finder: Any, timeout: float, label: str) -> None:
+    """Live progress until the run finishes, then its summary; exit 0 completed, 1
+    partial or failed, 2 not finished in time."""
+    from orchestration.progress import watch
+
+    run = watch(finder, timeout, sys.stdout)
     if run is None:
         raise CliError(f"{label} did not finish within the timeout", 2)
     document = reports.run_document(run.id)
@@ -315,7 +334,7 @@ def demo(with_failure: bool, projects: int, memories: int) -> None:
     """Embedded default: fresh SQLite, in-process worker, tonight's run now; prints the summary."""
     from orchestration.embedded import run_demo
 
-    document = run_demo(projects=projects, memories=memories, with_failure=with_failure)
+    document = run_demo(projects=projects, memories=memories, with_failure=with_failure, out=sys.stdout)
     click.echo(reports.run_text(document))
     sys.exit(0 if document["status"] == "completed" else 1)
 

@@ -9,14 +9,16 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
+import click
 from celery import Celery
 from sqlalchemy import select
 
 from orchestration import db, migrate, reports, runs
 from orchestration.dbtypes import utcnow
 from orchestration.models import ConsolidationRun
+from orchestration.progress import watch
 
 DEMO_DB = Path("var/demo.db")
 DEMO_SEED = 42
@@ -46,26 +48,35 @@ def fresh_database(path: Path = DEMO_DB) -> str:
     return url
 
 
-def run_demo(projects: int, memories: int, with_failure: bool = False) -> dict[str, Any]:
-    """Seed, run tonight's scheduled run through the chord, return the run document."""
+def run_demo(projects: int, memories: int, with_failure: bool = False, out: IO[str] | None = None) -> dict[str, Any]:
+    """Seed, run tonight's scheduled run through the chord, return the run document.
+    With ``out``, say what happens there and show the run's progress."""
     from orchestration.celery_app import app
+    from orchestration.logs import log_format
     from orchestration.seed import seed
+    from orchestration.settings import get_settings
     from orchestration.tasks import run_scheduled
 
+    say = (lambda text: click.echo(f"demo: {text}", file=out)) if out is not None else (lambda text: None)
     use_embedded_transport(app)
     # The demo shows our events; Celery's and Alembic's chatter only when it matters.
-    for name in ("celery", "kombu", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    # At a terminal the progress line tells the story: our events only when they warn.
+    quiet = {"celery": logging.WARNING, "alembic": logging.WARNING, "kombu": logging.ERROR}
+    if out is not None and log_format(get_settings()) == "console":
+        quiet["orchestration"] = logging.WARNING
+    for name, level in quiet.items():
+        logging.getLogger(name).setLevel(level)
     db.use_database(fresh_database())
     with db.session_scope() as session:
-        seed(session, projects, memories, DEMO_SEED, failing=with_failure)
+        manifests = seed(session, projects, memories, DEMO_SEED, failing=with_failure)
+    say(f"fresh SQLite database {DEMO_DB}, {len(manifests)} synthetic projects of {memories} memories each")
     slot = utcnow().replace(second=0, microsecond=0)
-    with embedded_worker(app):
+    find = lambda session: session.scalar(  # noqa: E731
+        select(ConsolidationRun).where(ConsolidationRun.scheduled_for == slot))
+    with embedded_worker(app) as worker:
+        say(f"in-process Celery worker ({worker.concurrency} threads) started; running tonight's chord now")
         run_scheduled.apply_async(kwargs={"slot": slot.isoformat()})
-        run = runs.wait_for_finish(
-            lambda session: session.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == slot)),
-            WAIT_S,
-        )
+        run = watch(find, WAIT_S, out, interval=0.1) if out is not None else runs.wait_for_finish(find, WAIT_S)
     if run is None:
         raise TimeoutError(f"the demo run did not finish within {WAIT_S:.0f}s")
     return reports.run_document(run.id)

@@ -1,5 +1,9 @@
 """The one structlog configuration: JSON (or console) lines on stderr for our events
-and for every stdlib logger (Celery, SQLAlchemy, Alembic) alike.
+and for every stdlib logger (Celery, SQLAlchemy, Alembic) and Python warning alike.
+``ORCHESTRATION_LOG_FORMAT=auto`` (the default) picks the console renderer when
+stderr is a terminal and JSON otherwise. In JSON mode nothing else is printed: the
+Celery programs' banners are off (``orchestration.celery_app``) and the few lines
+Celery writes past logging (``worker: Warm shutdown``) go through the renderer.
 
 Context bound with :func:`structlog.contextvars.bind_contextvars` (run, job and
 project ids) is merged first, so every line a task writes carries its ids.
@@ -31,11 +35,21 @@ def _shared_processors() -> list[Callable]:
     ]
 
 
+def log_format(settings: Settings, stream: IO[str] | None = None) -> str:
+    """``json`` or ``console``: the setting, with ``auto`` resolved for ``stream``."""
+    if settings.log_format != "auto":
+        return settings.log_format
+    stream = stream or sys.stderr
+    return "console" if hasattr(stream, "isatty") and stream.isatty() else "json"
+
+
 def configure_logging(settings: Settings, stream: IO[str] | None = None) -> None:
-    """Route structlog and stdlib logging through one renderer on ``stream`` (stderr)."""
+    """Route structlog, stdlib logging and warnings through one renderer on ``stream``
+    (stderr)."""
+    console = log_format(settings, stream) == "console"
     renderer: Callable = (
-        structlog.dev.ConsoleRenderer(colors=False)
-        if settings.log_format == "console"
+        structlog.dev.ConsoleRenderer(colors=bool(console and (stream or sys.stderr).isatty()))
+        if console
         else structlog.processors.JSONRenderer(default=str)
     )
     shared = _shared_processors()
@@ -55,6 +69,9 @@ def configure_logging(settings: Settings, stream: IO[str] | None = None) -> None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
+    logging.captureWarnings(True)
+    if not console:
+        _route_celery_says()
     # SQLAlchemy echoes every statement at INFO; keep it to warnings unless debugging.
     if settings.log_level != "DEBUG":
         logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
@@ -71,3 +88,14 @@ def task_context(run: Callable, args: tuple, kwargs: Mapping[str, Any]) -> dict[
     except TypeError:
         return {}
     return {k: str(v) for k, v in bound.arguments.items() if k in CONTEXT_IDS and v is not None}
+
+
+def _route_celery_says() -> None:
+    """Celery's worker writes a few lines straight to the terminal, past logging
+    (``worker: Warm shutdown (MainProcess)``); in JSON mode they become log lines."""
+    import celery.apps.worker as celery_worker
+
+    def say(message: str, *_: Any) -> None:
+        logging.getLogger("celery.apps.worker").warning(message.strip())
+
+    celery_worker.safe_say = say

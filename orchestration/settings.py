@@ -23,6 +23,8 @@ DATABASE_SCHEMES = ("sqlite", "postgresql")
 BROKER_SCHEMES = ("redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp", "memory")
 BACKEND_SCHEMES = ("redis", "rediss", "sentinel", "cache+memory", "db+sqlite", "db+postgresql")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# auto: console when stderr is a terminal, JSON otherwise (containers, pipes, files).
+LOG_FORMATS = ("auto", "json", "console")
 _RATE_LIMIT = re.compile(r"^\d+(\.\d+)?(/[smh])?$")
 
 
@@ -59,7 +61,7 @@ class Settings:
     run_deadline: int = 21600
     audit_retention_days: int = 90
     notify_url: str | None = None
-    log_format: str = "json"
+    log_format: str = "auto"
     log_level: str = "INFO"
 
     @property
@@ -166,7 +168,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         run_deadline=_int(env, "RUN_DEADLINE", Settings.run_deadline, minimum=1),
         audit_retention_days=_int(env, "AUDIT_RETENTION_DAYS", Settings.audit_retention_days, minimum=1),
         notify_url=_url(env, "NOTIFY_URL", None, ("http", "https")),
-        log_format=_choice(env, "LOG_FORMAT", Settings.log_format, ("json", "console")),
+        log_format=_choice(env, "LOG_FORMAT", Settings.log_format, LOG_FORMATS),
         log_level=_choice(env, "LOG_LEVEL", Settings.log_level, LOG_LEVELS, upper=True),
     )
 

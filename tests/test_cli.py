@@ -164,6 +164,7 @@ def test_run_now_through_the_broker(celery_worker, sqlite_database):
     _seed()
     out = cli("run-now", "--wait", "--timeout", "60")
     assert "manual  status: COMPLETED" in out
+    assert out.splitlines()[0].endswith(" elapsed") and "2/2 jobs done" in out.splitlines()[0]  # progress, then summary
     slot = "2026-11-20T02:00:00Z"
     assert "status: COMPLETED" in cli("run-now", "--slot", slot, "--wait", "--timeout", "60")
     result = CliRunner().invoke(main, ["run-now", "--slot", slot, "--wait", "--timeout", "60"])

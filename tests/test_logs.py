@@ -46,3 +46,41 @@ def test_console_format_and_level():
     text = stream.getvalue()
     assert "hidden" not in text and "run.reaped" in text and "reason=deadline" in text
     assert not text.lstrip().startswith("{")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_auto_is_console_on_a_terminal_and_json_elsewhere():
+    from orchestration.logs import log_format
+
+    auto = load_settings({})
+    assert auto.log_format == "auto"
+    assert log_format(auto, _Terminal()) == "console" and log_format(auto, io.StringIO()) == "json"
+    assert log_format(load_settings({"ORCHESTRATION_LOG_FORMAT": "json"}), _Terminal()) == "json"
+    terminal = _Terminal()
+    configure_logging(auto, stream=terminal)
+    try:
+        get_logger().warning("run.reaped", reason="deadline")
+    finally:
+        configure_logging(get_settings())
+    assert "run.reaped" in terminal.getvalue() and not terminal.getvalue().lstrip().startswith("{")
+
+
+def test_python_warnings_are_log_lines():
+    import logging
+    import warnings
+
+    stream = io.StringIO()
+    logging.captureWarnings(False)  # pytest swapped the warnings hook since an earlier test installed ours
+    configure_logging(load_settings({"ORCHESTRATION_LOG_FORMAT": "json"}), stream=stream)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("something odd", UserWarning, stacklevel=1)
+    finally:
+        configure_logging(get_settings())
+    (line,) = [json.loads(x) for x in stream.getvalue().splitlines()]
+    assert "UserWarning: something odd" in line["event"] and line["level"] == "warning"

@@ -13,7 +13,7 @@ def test_defaults_match_the_contract():
     assert (s.timezone, s.default_threshold, s.max_retries, s.retry_backoff_max) == ("UTC", 1000, 3, 600)
     assert (s.job_time_limit, s.run_deadline, s.audit_retention_days) == (1800, 21600, 90)
     assert s.project_rate_limit is None and s.notify_url is None
-    assert (s.log_format, s.log_level) == ("json", "INFO")
+    assert (s.log_format, s.log_level) == ("auto", "INFO")
 
 
 def test_values_are_read_from_the_environment():
@@ -58,7 +58,7 @@ def test_settings_are_frozen():
         ("BROKER_URL", "redis://h:notaport/0", "malformed URL"),
         ("RESULT_BACKEND", "rpc://", "URL scheme must be one of"),
         ("NOTIFY_URL", "ftp://hooks.example/x", "URL scheme must be one of"),
-        ("LOG_FORMAT", "xml", "must be one of json, console"),
+        ("LOG_FORMAT", "xml", "must be one of auto, json, console"),
         ("LOG_LEVEL", "LOUD", "must be one of"),
     ],
 )
