@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from contextlib import contextmanager
 from datetime import timedelta
@@ -34,6 +35,8 @@ INTERVAL = timedelta(seconds=10)
 # in which case the fence on the job's attempt number stops it at its next write).
 LOST_AFTER = timedelta(seconds=60)
 
+# A receipt is marked within this long (plus one statement).
+RECEIPT_PAUSE_S = 0.1
 # A received job waits in these statuses until it starts.
 WAITING = ("pending", "retrying")
 
@@ -80,7 +83,10 @@ class _Beater:
 
     def _run(self, wake: threading.Event) -> None:
         while True:
-            wake.wait(INTERVAL.total_seconds())
+            if wake.wait(INTERVAL.total_seconds()):
+                # Receipts come in bursts (a chord of a thousand jobs): one statement for
+                # all that arrive within this pause, not one per message.
+                time.sleep(RECEIPT_PAUSE_S)
             wake.clear()
             with self._guard:
                 holders, received = dict(self._holders), set(self._received)
