@@ -4,12 +4,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-slow test-fast test-integration test-faults bench check clean
+.PHONY: demo test test-slow test-fast test-integration test-faults lint bench check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,lint]"
 	touch $(STAMP)
 
 ## demo: embedded default (SQLite, in-process worker, synthetic projects); prints the run summary
@@ -35,6 +35,11 @@ test-integration: $(STAMP)
 ## test-faults: only the fault-injection suite (real processes, injected crashes)
 test-faults: $(STAMP)
 	$(BIN)/python -m pytest -m "faults and not slow" $(PYTEST_ARGS)
+
+## lint: ruff's checks and formatting (configured in pyproject.toml)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 ## bench: the three benchmarks at modest sizes (see docs/benchmarks.md for the large ones)
 bench: $(STAMP)

@@ -29,7 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import scratch_pg_database  # noqa: E402
+from _common import scratch_pg_database
+
 
 def _seed(url: str, size: int) -> None:
     from orchestration import db, migrate
@@ -61,8 +62,12 @@ def _consolidate(url: str, project_id: str) -> None:
 
 
 def _child(*args: str) -> dict:
-    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
-                          env={**os.environ, "ORCHESTRATION_LOG_LEVEL": "WARNING"})
+    done = subprocess.run(
+        [sys.executable, __file__, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ORCHESTRATION_LOG_LEVEL": "WARNING"},
+    )
     if done.returncode != 0:
         raise SystemExit(f"benchmark step {args[0]} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -92,11 +97,14 @@ def main() -> None:
                 rows.append(measure(database, size, Path(tmp)))
                 r = rows[-1]
                 t = r["timings"]
-                print(f"{database:<10} {size:>7} memories  wall {r['wall']:6.2f}s  load {t['load']:5.2f}s  "
-                      f"similarity {t['similarity']:5.2f}s  writes {t.get('write', 0):5.2f}s  "
-                      f"commit {t.get('commit', 0):5.2f}s  peak {r['peak_mb']:6.0f} MB  "
-                      f"clusters {r['clusters_found']} (planted {r['groups']})  archived {r['memories_archived']} "
-                      f"(planted {r['stale']})", flush=True)
+                print(
+                    f"{database:<10} {size:>7} memories  wall {r['wall']:6.2f}s  load {t['load']:5.2f}s  "
+                    f"similarity {t['similarity']:5.2f}s  writes {t.get('write', 0):5.2f}s  "
+                    f"commit {t.get('commit', 0):5.2f}s  peak {r['peak_mb']:6.0f} MB  "
+                    f"clusters {r['clusters_found']} (planted {r['groups']})  archived {r['memories_archived']} "
+                    f"(planted {r['stale']})",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

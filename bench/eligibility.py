@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import scratch_pg_database  # noqa: E402
+from _common import scratch_pg_database
 
 LITERAL = """
 SELECT m.project_id, COUNT(*) AS count
@@ -64,13 +64,18 @@ SELECT gen_random_uuid(), :p, 'learning', 'bulk', '[]', '[]', now() FROM generat
 def build(conn, projects: int, memories: int) -> None:
     from sqlalchemy import text
 
-    conn.execute(text(
-        "INSERT INTO projects (id, name, consolidation_enabled, consolidation_threshold, created_at) "
-        "SELECT gen_random_uuid(), 'p' || g, g % 20 <> 0, CASE WHEN g % 3 = 0 THEN NULL ELSE 40 END, now() "
-        "FROM generate_series(1, :n) g"), {"n": projects})
+    conn.execute(
+        text(
+            "INSERT INTO projects (id, name, consolidation_enabled, consolidation_threshold, created_at) "
+            "SELECT gen_random_uuid(), 'p' || g, g % 20 <> 0, CASE WHEN g % 3 = 0 THEN NULL ELSE 40 END, now() "
+            "FROM generate_series(1, :n) g"
+        ),
+        {"n": projects},
+    )
     # Half the memories in the 5 huge projects, half spread over all the others.
-    conn.execute(text(
-        """
+    conn.execute(
+        text(
+            """
         WITH numbered AS (SELECT id, row_number() OVER (ORDER BY id) AS k FROM projects)
         INSERT INTO task_memories (id, project_id, memory_type, content, tags, file_links, learned_at,
                                    is_duplicate, is_archived)
@@ -78,7 +83,10 @@ def build(conn, projects: int, memories: int) -> None:
         FROM generate_series(1, :m) g
         JOIN numbered ON numbered.k = CASE WHEN g % 2 = 0 THEN 1 + (g / 2) % :huge
                                           ELSE 1 + :huge + g % (:p - :huge) END
-        """), {"m": memories, "p": projects, "huge": HUGE})
+        """
+        ),
+        {"m": memories, "p": projects, "huge": HUGE},
+    )
 
 
 def timed(conn, sql, params, repeat: int) -> tuple[float, int]:
@@ -118,8 +126,12 @@ def timed_check(engine, repeat: int, pending: int) -> dict[str, tuple[float, int
             selected = time.perf_counter()
             session.commit()
             ended = time.perf_counter()
-        for part, seconds in (("fold", folded - started), ("select", selected - folded),
-                              ("commit", ended - selected), ("total", ended - started)):
+        for part, seconds in (
+            ("fold", folded - started),
+            ("select", selected - folded),
+            ("commit", ended - selected),
+            ("total", ended - started),
+        ):
             parts[part].append(seconds)
     return {part: (statistics.median(values), rows) for part, values in parts.items()}
 
@@ -153,9 +165,14 @@ def write_costs(engine, rounds: int, per_round: int, bulk: int) -> dict[str, tup
 
     with engine.connect() as conn:
         projects = conn.execute(text("SELECT id FROM projects ORDER BY id LIMIT 200")).scalars().all()
-        targets = conn.execute(text(
-            "SELECT id FROM task_memories WHERE NOT is_duplicate AND NOT is_archived LIMIT :n"),
-            {"n": 2 * rounds * per_round}).scalars().all()
+        targets = (
+            conn.execute(
+                text("SELECT id FROM task_memories WHERE NOT is_duplicate AND NOT is_archived LIMIT :n"),
+                {"n": 2 * rounds * per_round},
+            )
+            .scalars()
+            .all()
+        )
     totals = {kind: [0.0, 0.0] for kind in ("insert", "concurrent", "archive", "bulk")}
     autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
     for number in range(2 * rounds):
@@ -168,7 +185,7 @@ def write_costs(engine, rounds: int, per_round: int, bulk: int) -> dict[str, tup
             totals["insert"][not triggers] += time.perf_counter() - started
             totals["concurrent"][not triggers] += concurrent_inserts(autocommit, projects[0], per_round)
             started = time.perf_counter()
-            for memory_id in targets[number * per_round:(number + 1) * per_round]:
+            for memory_id in targets[number * per_round : (number + 1) * per_round]:
                 conn.execute(text(ARCHIVE_ONE), {"id": memory_id})
             totals["archive"][not triggers] += time.perf_counter() - started
             started = time.perf_counter()
@@ -184,13 +201,17 @@ def main() -> None:
     parser.add_argument("--projects", type=int, default=10_000)
     parser.add_argument("--memories", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--pending", type=int, default=1000,
-                        help="one-row inserts (so, deltas) before each timed nightly check")
+    parser.add_argument(
+        "--pending", type=int, default=1000, help="one-row inserts (so, deltas) before each timed nightly check"
+    )
     parser.add_argument("--writes", type=int, default=500, help="one-row writes of each kind per round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds with triggers (as many without)")
     parser.add_argument("--bulk", type=int, default=20_000, help="rows of the bulk INSERT per round")
-    parser.add_argument("--serial", action="store_true",
-                        help="SET max_parallel_workers_per_gather = 0 (one core per query, for comparison)")
+    parser.add_argument(
+        "--serial",
+        action="store_true",
+        help="SET max_parallel_workers_per_gather = 0 (one core per query, for comparison)",
+    )
     args = parser.parse_args()
     from sqlalchemy import TextClause, create_engine, text
 
@@ -209,8 +230,10 @@ def main() -> None:
         timed_check(engine, 1, 0)  # the first fold: the build's deltas
         with engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM ANALYZE")
-        print(f"built {args.projects:,} projects and {args.memories:,} memories in "
-              f"{time.perf_counter() - started:.1f}s", flush=True)
+        print(
+            f"built {args.projects:,} projects and {args.memories:,} memories in {time.perf_counter() - started:.1f}s",
+            flush=True,
+        )
         params = {"default_threshold": 1000}
         check = f"nightly check, {args.pending:,} deltas to fold"
         parts = timed_check(engine, args.repeat, args.pending)
@@ -224,8 +247,11 @@ def main() -> None:
         with engine.connect() as conn:
             for name, query in queries.items():
                 timings[name] = timed(conn, query, params, args.repeat)
-                sql = query.text if isinstance(query, TextClause) else str(
-                    query.compile(conn, compile_kwargs={"literal_binds": True}))
+                sql = (
+                    query.text
+                    if isinstance(query, TextClause)
+                    else str(query.compile(conn, compile_kwargs={"literal_binds": True}))
+                )
                 plans[name] = conn.execute(text("EXPLAIN ANALYZE " + sql), params).scalars().all()
         # The literal query again on the schema a plain implementation would have:
         # without the partial index on active memories.
@@ -238,21 +264,33 @@ def main() -> None:
         with engine.begin() as conn:
             conn.exec_driver_sql(
                 "CREATE INDEX ix_task_memories_active_project ON task_memories (project_id) "
-                "WHERE NOT is_duplicate AND NOT is_archived")
+                "WHERE NOT is_duplicate AND NOT is_archived"
+            )
         eligible = {rows for _, rows in timings.values()}
         assert len(eligible) == 1, timings
-        ours, query, literal, plain, partial = (timings[name][0] for name in (
-            check, "eligibility query (deltas folded)", "ticket's literal query", "literal query, no partial index",
-            "count through the partial index"))
+        ours, query, literal, plain, partial = (
+            timings[name][0]
+            for name in (
+                check,
+                "eligibility query (deltas folded)",
+                "ticket's literal query",
+                "literal query, no partial index",
+                "count through the partial index",
+            )
+        )
         for name, (seconds, rows) in timings.items():
             print(f"{name + ':':42} {seconds * 1000:7.1f} ms (median of {args.repeat}, {rows:,} eligible)")
             if name == check:
-                print("    of which " + ", ".join(f"{part} {seconds * 1000:.1f} ms" for part, (seconds, _) in
-                                              parts.items()))
-        print(f"speed-up ratio {literal / ours:.1f}x (nightly check) and {literal / query:.1f}x (query alone) over "
-              f"the literal query on the same schema; {plain / ours:.1f}x and {plain / query:.1f}x over it without "
-              f"the partial index; {partial / ours:.1f}x and {partial / query:.1f}x over counting through the "
-              "partial index")
+                print(
+                    "    of which "
+                    + ", ".join(f"{part} {seconds * 1000:.1f} ms" for part, (seconds, _) in parts.items())
+                )
+        print(
+            f"speed-up ratio {literal / ours:.1f}x (nightly check) and {literal / query:.1f}x (query alone) over "
+            f"the literal query on the same schema; {plain / ours:.1f}x and {plain / query:.1f}x over it without "
+            f"the partial index; {partial / ours:.1f}x and {partial / query:.1f}x over counting through the "
+            "partial index"
+        )
         for name, plan in plans.items():
             print(f"\nEXPLAIN ANALYZE, {name}:")
             print("\n".join("  " + line for line in plan))
@@ -260,13 +298,17 @@ def main() -> None:
         costs = write_costs(engine, args.rounds, args.writes, args.bulk)
         n = args.rounds * args.writes
         print(f"\nwrites with the count triggers vs without ({args.rounds} alternating rounds each):")
-        for kind, label, count in (("insert", "one-row INSERT + commit", n),
-                                   ("concurrent", f"same, {WRITERS} writers, 1 project", n),
-                                   ("archive", "one-row archive UPDATE", n),
-                                   ("bulk", f"INSERT of {args.bulk:,} rows", args.rounds)):
+        for kind, label, count in (
+            ("insert", "one-row INSERT + commit", n),
+            ("concurrent", f"same, {WRITERS} writers, 1 project", n),
+            ("archive", "one-row archive UPDATE", n),
+            ("bulk", f"INSERT of {args.bulk:,} rows", args.rounds),
+        ):
             with_, without = costs[kind]
-            print(f"  {label:26} {with_ / count * 1000:8.3f} ms vs {without / count * 1000:8.3f} ms "
-                  f"per statement, ratio {with_ / without:.2f}")
+            print(
+                f"  {label:26} {with_ / count * 1000:8.3f} ms vs {without / count * 1000:8.3f} ms "
+                f"per statement, ratio {with_ / without:.2f}"
+            )
     finally:
         engine.dispose()
         drop()

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from _common import scratch_pg_database, scratch_redis_db  # noqa: E402
+
 MINIMAL = {"merge": False, "archive": False}
 
 
@@ -50,15 +51,27 @@ def _seed(size: int) -> None:
         session.execute(delete(TaskMemory))
         session.execute(delete(Project))
         ids = [uuid.uuid4() for _ in range(size)]
-        session.execute(insert(Project), [
-            {"id": pid, "name": f"bench-{i}", "consolidation_threshold": 1, "consolidation_options": MINIMAL}
-            for i, pid in enumerate(ids)
-        ])
-        session.execute(insert(TaskMemory), [
-            {"project_id": pid, "memory_type": "learning", "content": f"memory {k} of {pid}", "tags": [],
-             "file_links": []}
-            for pid in ids for k in range(2)
-        ])
+        session.execute(
+            insert(Project),
+            [
+                {"id": pid, "name": f"bench-{i}", "consolidation_threshold": 1, "consolidation_options": MINIMAL}
+                for i, pid in enumerate(ids)
+            ],
+        )
+        session.execute(
+            insert(TaskMemory),
+            [
+                {
+                    "project_id": pid,
+                    "memory_type": "learning",
+                    "content": f"memory {k} of {pid}",
+                    "tags": [],
+                    "file_links": [],
+                }
+                for pid in ids
+                for k in range(2)
+            ],
+        )
 
 
 def _nightly(client, size: int) -> float:
@@ -74,7 +87,8 @@ def _nightly(client, size: int) -> float:
     started = time.perf_counter()
     client.send_task("consolidation.run_scheduled", kwargs={"slot": slot.isoformat()})
     run = runs.wait_for_finish(
-        lambda s: s.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == slot)), 3600, 0.05)
+        lambda s: s.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == slot)), 3600, 0.05
+    )
     elapsed = time.perf_counter() - started
     assert run is not None and run.status == "completed" and run.jobs_completed == size, run and run.status
     return elapsed
@@ -101,13 +115,16 @@ def _round_trips_per_job() -> tuple[float, float]:
 
     with db.session_scope() as session:
         projects = session.scalars(select(Project.id).limit(5)).all()
-        created = [jobs.create_job(session, p, run_id=None, trigger_type="manual", triggered_by="bench",
-                                   options=MINIMAL).id for p in projects]
+        created = [
+            jobs.create_job(session, p, run_id=None, trigger_type="manual", triggered_by="bench", options=MINIMAL).id
+            for p in projects
+        ]
     count = {"before_cursor_execute": 0, "begin": 0}
 
     def counter(name):
         def count_one(*_):
             count[name] += 1
+
         return count_one
 
     engine = db.get_engine()
@@ -135,16 +152,39 @@ def main() -> None:
 
     url, drop = scratch_pg_database()
     broker, redis_client = scratch_redis_db()
-    env = {**os.environ, "ORCHESTRATION_DATABASE_URL": url, "ORCHESTRATION_BROKER_URL": broker,
-           "ORCHESTRATION_RESULT_BACKEND": broker, "ORCHESTRATION_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "ORCHESTRATION_DATABASE_URL": url,
+        "ORCHESTRATION_BROKER_URL": broker,
+        "ORCHESTRATION_RESULT_BACKEND": broker,
+        "ORCHESTRATION_LOG_LEVEL": "WARNING",
+    }
     worker = None
     try:
         migrate.upgrade(url)
         db.use_database(url)
         worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "orchestration.celery_app", "worker", "--pool", "prefork",
-             "--concurrency", "2", "--loglevel", "WARNING", "--without-mingle", "--without-gossip"],
-            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "orchestration.celery_app",
+                "worker",
+                "--pool",
+                "prefork",
+                "--concurrency",
+                "2",
+                "--loglevel",
+                "WARNING",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         client = Celery("bench", broker=broker, backend=broker, set_as_current=False)
         client.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
@@ -155,11 +195,16 @@ def main() -> None:
             bare = _bare(client, size)
             nightly = _nightly(client, size)
             overhead_ms = (nightly - bare) / size * 1000
-            print(f"{size:>6}  {nightly:8.2f}s  {bare:9.2f}s  {nightly / bare:6.2f}  {overhead_ms:9.1f} ms"
-                  f"   ratio {nightly / bare:.2f} at N={size}", flush=True)
+            print(
+                f"{size:>6}  {nightly:8.2f}s  {bare:9.2f}s  {nightly / bare:6.2f}  {overhead_ms:9.1f} ms"
+                f"   ratio {nightly / bare:.2f} at N={size}",
+                flush=True,
+            )
         statements, transactions = _round_trips_per_job()
-        print(f"database round trips per job: {statements + 2 * transactions:.0f} "
-              f"({statements:.0f} statements in {transactions:.0f} transactions)")
+        print(
+            f"database round trips per job: {statements + 2 * transactions:.0f} "
+            f"({statements:.0f} statements in {transactions:.0f} transactions)"
+        )
     finally:
         if worker is not None:
             os.killpg(worker.pid, signal.SIGTERM)

@@ -49,8 +49,9 @@ def _restored_values(previous: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def rollback_job(session: Session, job_id: uuid.UUID, retention_days: int, changed_by: str = "rollback",
-                 now: datetime | None = None) -> RollbackResult:
+def rollback_job(
+    session: Session, job_id: uuid.UUID, retention_days: int, changed_by: str = "rollback", now: datetime | None = None
+) -> RollbackResult:
     """Undo every merge and archive of ``job_id``, or raise :class:`RollbackRefused`."""
     now = now or utcnow()
     job = session.get(ConsolidationJob, job_id)
@@ -99,12 +100,18 @@ def rollback_job(session: Session, job_id: uuid.UUID, retention_days: int, chang
         before, after = versions[change.memory_id], versions[change.memory_id] + 1
         values = _restored_values(change.previous_state)
         session.execute(update(TaskMemory).where(TaskMemory.id == change.memory_id).values(version=after, **values))
-        session.add(ConsolidationChange(
-            job_id=job_id, operation="rollback", memory_id=change.memory_id,
-            previous_state={**{k: change.new_state.get(k) for k in values}, "version": before},
-            new_state={**change.previous_state, "version": after},
-            reason=f"rollback of {change.operation}", changed_at=now, changed_by=changed_by,
-        ))
+        session.add(
+            ConsolidationChange(
+                job_id=job_id,
+                operation="rollback",
+                memory_id=change.memory_id,
+                previous_state={**{k: change.new_state.get(k) for k in values}, "version": before},
+                new_state={**change.previous_state, "version": after},
+                reason=f"rollback of {change.operation}",
+                changed_at=now,
+                changed_by=changed_by,
+            )
+        )
         versions[change.memory_id] = after
         restored += 1
     session.flush()
@@ -113,8 +120,9 @@ def rollback_job(session: Session, job_id: uuid.UUID, retention_days: int, chang
     return RollbackResult(job_id=str(job_id), restored=restored, removed=len(created))
 
 
-def prune_audit(session_factory, retention_days: int, now: datetime | None = None,
-                batch_size: int = PRUNE_BATCH) -> int:
+def prune_audit(
+    session_factory, retention_days: int, now: datetime | None = None, batch_size: int = PRUNE_BATCH
+) -> int:
     """Delete audit rows older than the retention period, ``batch_size`` per transaction.
 
     ``session_factory`` is a context manager factory such as ``db.session_scope``.

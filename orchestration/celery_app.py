@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any
 
@@ -49,8 +49,12 @@ def task_queues(settings: Settings) -> list[Queue]:
     while a delivery is legitimately unacknowledged (the same bound as Redis's
     visibility timeout). Other transports ignore consumer arguments."""
     return [
-        Queue("celery", Exchange("celery", type="direct"), routing_key="celery",
-              consumer_arguments={"x-consumer-timeout": visibility_timeout(settings) * 1000})
+        Queue(
+            "celery",
+            Exchange("celery", type="direct"),
+            routing_key="celery",
+            consumer_arguments={"x-consumer-timeout": visibility_timeout(settings) * 1000},
+        )
     ]
 
 
@@ -140,8 +144,16 @@ try:
     _settings = get_settings()
 except SettingsError as exc:  # one line, no traceback, for worker and beat alike
     if os.environ.get("ORCHESTRATION_LOG_FORMAT", "").strip().lower() == "json":
-        sys.exit(json.dumps({"event": "settings.invalid", "level": "critical", "error": str(exc),
-                             "timestamp": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")}))
+        sys.exit(
+            json.dumps(
+                {
+                    "event": "settings.invalid",
+                    "level": "critical",
+                    "error": str(exc),
+                    "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+                }
+            )
+        )
     sys.exit(f"orchestration: {exc}")
 
 app = create_app(_settings)
@@ -187,10 +199,12 @@ def consumer_timeout_warning(broker_version: str, settings: Settings) -> str | N
     if version >= CONSUMER_TIMEOUT_SINCE:
         return None
     needed = visibility_timeout(settings) * 1000
-    return (f"RabbitMQ {broker_version} ignores per-consumer timeouts: its global consumer_timeout must be at "
-            f"least {needed} ms (job hard limit + longest retry backoff + 10 min), or it closes the channel of a "
-            f"long job and redelivers it (the duplicate does nothing, but the worker reconnects). Set "
-            f"consumer_timeout = {needed} in rabbitmq.conf (docs/reliability.md, 'RabbitMQ')")
+    return (
+        f"RabbitMQ {broker_version} ignores per-consumer timeouts: its global consumer_timeout must be at "
+        f"least {needed} ms (job hard limit + longest retry backoff + 10 min), or it closes the channel of a "
+        f"long job and redelivers it (the duplicate does nothing, but the worker reconnects). Set "
+        f"consumer_timeout = {needed} in rabbitmq.conf (docs/reliability.md, 'RabbitMQ')"
+    )
 
 
 @signals.worker_ready.connect
@@ -222,4 +236,5 @@ def warn_consumer_timeout(broker_version: str, settings: Settings) -> None:
     warning = consumer_timeout_warning(broker_version, settings)
     if warning:
         structlog.get_logger("orchestration.celery_app").warning(
-            "broker.consumer_timeout", broker_version=broker_version, warning=warning)
+            "broker.consumer_timeout", broker_version=broker_version, warning=warning
+        )

@@ -18,7 +18,6 @@ from sqlalchemy import String, cast, func, select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from orchestration import db, migrate, reports
-from orchestration import runs as runs_module
 from orchestration.dbtypes import utcnow
 from orchestration.logs import configure_logging
 from orchestration.models import RUN_STATUSES, ConsolidationJob, ConsolidationRun, Project
@@ -117,10 +116,12 @@ def seed(projects: int, memories: int, seed_value: int, dim: int, as_json: bool)
     if as_json:
         _echo_json([m.as_dict() for m in manifests])
         return
-    click.echo(reports.table(
-        ["project", "name", "kind", "memories", "dup groups", "stale"],
-        [(m.id, m.name, m.kind, m.memories, len(m.groups), len(m.stale)) for m in manifests],
-    ))
+    click.echo(
+        reports.table(
+            ["project", "name", "kind", "memories", "dup groups", "stale"],
+            [(m.id, m.name, m.kind, m.memories, len(m.groups), len(m.stale)) for m in manifests],
+        )
+    )
 
 
 @main.command()
@@ -149,8 +150,14 @@ def consolidate(project_id: str, dry_run: bool, force: bool, as_json: bool) -> N
     else:
         user = _user()
         with db.session_scope() as session:
-            job = jobs.create_job(session, project.id, run_id=None, trigger_type="manual", triggered_by=user,
-                                  options=project.consolidation_options)
+            job = jobs.create_job(
+                session,
+                project.id,
+                run_id=None,
+                trigger_type="manual",
+                triggered_by=user,
+                options=project.consolidation_options,
+            )
         attempt = jobs.begin_attempt(job.id, get_settings(), force=force)
         try:
             outcome = jobs.execute(attempt, changed_by=user)
@@ -218,8 +225,10 @@ def jobs_rollback(job_id: str) -> None:
             result = rollback_job(session, job.id, get_settings().audit_retention_days, changed_by=_user())
     except RollbackRefused as exc:
         raise CliError(f"rollback refused: {exc}") from None
-    click.echo(f"rolled back job {result.job_id}: restored {result.restored} memory changes, "
-               f"removed {result.removed} consolidated memories")
+    click.echo(
+        f"rolled back job {result.job_id}: restored {result.restored} memory changes, "
+        f"removed {result.removed} consolidated memories"
+    )
 
 
 # --- runs -----------------------------------------------------------------------
@@ -265,13 +274,15 @@ def runs_show(run_id: str, as_json: bool) -> None:
 
 @runs.command("watch")
 @click.argument("run_id")
-@click.option("--timeout", type=click.IntRange(min=1), default=None,
-              help="Seconds to wait at most (default: the run deadline).")
+@click.option(
+    "--timeout", type=click.IntRange(min=1), default=None, help="Seconds to wait at most (default: the run deadline)."
+)
 def runs_watch(run_id: str, timeout: int | None) -> None:
     """Live progress of a run until it finishes, then its summary."""
     run = _find(ConsolidationRun, run_id, "run")
-    _watch_and_report(lambda s: s.get(ConsolidationRun, run.id), timeout or get_settings().run_deadline,
-                      f"run {run.id}")
+    _watch_and_report(
+        lambda s: s.get(ConsolidationRun, run.id), timeout or get_settings().run_deadline, f"run {run.id}"
+    )
 
 
 # --- running --------------------------------------------------------------------
@@ -280,8 +291,9 @@ def runs_watch(run_id: str, timeout: int | None) -> None:
 @main.command("run-now")
 @click.option("--wait", is_flag=True, help="Wait for the run to finish and print its summary.")
 @click.option("--slot", help="Start the scheduled run of this slot (ISO 8601) instead of a manual run.")
-@click.option("--timeout", type=click.IntRange(min=1), default=None,
-              help="Seconds to wait at most (default: the run deadline).")
+@click.option(
+    "--timeout", type=click.IntRange(min=1), default=None, help="Seconds to wait at most (default: the run deadline)."
+)
 def run_now(wait: bool, slot: str | None, timeout: int | None) -> None:
     """Start a run through the broker."""
     from orchestration.schedule import parse_slot
@@ -296,8 +308,10 @@ def run_now(wait: bool, slot: str | None, timeout: int | None) -> None:
         with db.session_scope() as session:
             existing = session.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == slot_at))
         if existing is not None:
-            click.echo(f"slot {slot_at.isoformat()} already has run {existing.id} ({existing.status}); "
-                       "nothing started", err=True)
+            click.echo(
+                f"slot {slot_at.isoformat()} already has run {existing.id} ({existing.status}); nothing started",
+                err=True,
+            )
         else:
             run_scheduled.apply_async(kwargs={"slot": slot_at.isoformat()})
         finder = lambda s: s.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == slot_at))  # noqa: E731
@@ -340,8 +354,13 @@ def demo(with_failure: bool, projects: int, memories: int) -> None:
 
 
 @main.command()
-@click.option("--max-age", type=click.FloatRange(min=0, min_open=True), default=26.0, show_default=True,
-              help="Hours the latest scheduled run may be old.")
+@click.option(
+    "--max-age",
+    type=click.FloatRange(min=0, min_open=True),
+    default=26.0,
+    show_default=True,
+    help="Hours the latest scheduled run may be old.",
+)
 @click.option("--json", "as_json", is_flag=True)
 def health(max_age: float, as_json: bool) -> None:
     """Exit 0 if the latest scheduled run completed in time, 1 if partial or failed, 2 otherwise."""
@@ -358,5 +377,7 @@ def health(max_age: float, as_json: bool) -> None:
     else:
         click.echo(f"{document['status'].upper()}: {document['message']}")
     sys.exit(result.code)
+
+
 if __name__ == "__main__":
     main()

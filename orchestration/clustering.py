@@ -18,7 +18,7 @@ block: peak memory is one ``block x n`` float32 matrix, never ``n x n``.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -36,7 +36,7 @@ def similar_pairs(vectors: np.ndarray, threshold: float, block: int = DEFAULT_BL
         rows, cols = np.nonzero(sims >= threshold)
         above_diagonal = cols > rows  # column c is row start + c: keep j > i only
         rows, cols = rows[above_diagonal], cols[above_diagonal]
-        for r, c, s in zip(rows.tolist(), cols.tolist(), sims[rows, cols].tolist()):
+        for r, c, s in zip(rows.tolist(), cols.tolist(), sims[rows, cols].tolist(), strict=True):
             i, j = start + r, start + c
             neighbours[i][j] = s
             neighbours[j][i] = s

@@ -19,10 +19,11 @@ import re
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from sqlalchemy import and_, bindparam, case, insert, select, update
@@ -191,20 +192,24 @@ def plan_project(session: Session, project_id: uuid.UUID, options: Consolidation
     """Read the project's active memories and decide what to merge and archive."""
     started = time.perf_counter()
     # Plain Core rows: the ORM adds nothing to a column select but per-row overhead.
-    rows = session.connection().execute(
-        select(
-            TaskMemory.id,
-            TaskMemory.memory_type,
-            TaskMemory.embedding,
-            # Text is only needed where a lexical embedding must be computed.
-            case((TaskMemory.embedding.is_(None), TaskMemory.content), else_=None).label("lexical_text"),
-            TaskMemory.reused_count,
-            TaskMemory.last_reused_at,
-            TaskMemory.learned_at,
-            TaskMemory.version,
-            TaskMemory.consolidated_from,
-        ).where(TaskMemory.project_id == project_id, active_filter())
-    ).all()
+    rows = (
+        session.connection()
+        .execute(
+            select(
+                TaskMemory.id,
+                TaskMemory.memory_type,
+                TaskMemory.embedding,
+                # Text is only needed where a lexical embedding must be computed.
+                case((TaskMemory.embedding.is_(None), TaskMemory.content), else_=None).label("lexical_text"),
+                TaskMemory.reused_count,
+                TaskMemory.last_reused_at,
+                TaskMemory.learned_at,
+                TaskMemory.version,
+                TaskMemory.consolidated_from,
+            ).where(TaskMemory.project_id == project_id, active_filter())
+        )
+        .all()
+    )
     plan = Plan(project_id=project_id, memories_before=len(rows), versions={r.id: r.version for r in rows})
     spaces, vectors, plan.skipped_invalid = _vectors(rows)
     plan.timings["load"] = time.perf_counter() - started
@@ -223,7 +228,7 @@ def plan_project(session: Session, project_id: uuid.UUID, options: Consolidation
         cutoff = now - timedelta(days=options.archive_stale_days)
         plan.archive = [
             r.id
-            for r, v in zip(rows, vectors)
+            for r, v in zip(rows, vectors, strict=True)
             if v is not None
             and r.id not in in_cluster
             and r.reused_count < options.archive_min_reuse
@@ -304,8 +309,16 @@ class _Batch:
     changes: list[dict[str, Any]] = field(default_factory=list)
 
 
-_STATE = (TaskMemory.id, TaskMemory.version, TaskMemory.is_duplicate, TaskMemory.is_archived,
-          TaskMemory.memory_type, TaskMemory.reused_count, TaskMemory.last_reused_at, TaskMemory.learned_at)
+_STATE = (
+    TaskMemory.id,
+    TaskMemory.version,
+    TaskMemory.is_duplicate,
+    TaskMemory.is_archived,
+    TaskMemory.memory_type,
+    TaskMemory.reused_count,
+    TaskMemory.last_reused_at,
+    TaskMemory.learned_at,
+)
 _MERGED = (TaskMemory.content, TaskMemory.tags, TaskMemory.file_links)
 
 
@@ -324,8 +337,17 @@ def _unchanged(row: Any, version: int | None) -> bool:
     return row is not None and row.version == version and not row.is_duplicate and not row.is_archived
 
 
-def _change(job_id: uuid.UUID, operation: str, memory_id: uuid.UUID, previous: Any, new: Any, reason: str,
-            confidence: float | None, now: datetime, changed_by: str) -> dict[str, Any]:
+def _change(
+    job_id: uuid.UUID,
+    operation: str,
+    memory_id: uuid.UUID,
+    previous: Any,
+    new: Any,
+    reason: str,
+    confidence: float | None,
+    now: datetime,
+    changed_by: str,
+) -> dict[str, Any]:
     return {
         "id": uuid.uuid4(),
         "job_id": job_id,
@@ -340,8 +362,9 @@ def _change(job_id: uuid.UUID, operation: str, memory_id: uuid.UUID, previous: A
     }
 
 
-def _merge_batch(session: Session, plan: Plan, clusters: Sequence[Cluster], job_id: uuid.UUID,
-                 now: datetime, changed_by: str) -> tuple[int, int, int]:
+def _merge_batch(
+    session: Session, plan: Plan, clusters: Sequence[Cluster], job_id: uuid.UUID, now: datetime, changed_by: str
+) -> tuple[int, int, int]:
     """Apply one batch of clusters; returns (clusters merged, sources merged, conflicts)."""
     rows = _lock_rows(session, [m for c in clusters for m in c.source_ids], *_MERGED)
     batch = _Batch()
@@ -374,22 +397,46 @@ def _merge_batch(session: Session, plan: Plan, clusters: Sequence[Cluster], job_
             }
         )
         batch.changes.append(
-            _change(job_id, "merge", new_id, None,
-                    {"created": True, "version": 1, "consolidated_from": [str(s.id) for s in sources],
-                     "content_sha256": hashlib.sha256(content.encode()).hexdigest()},
-                    f"consolidated {len(sources)} similar memories", None, now, changed_by)
+            _change(
+                job_id,
+                "merge",
+                new_id,
+                None,
+                {
+                    "created": True,
+                    "version": 1,
+                    "consolidated_from": [str(s.id) for s in sources],
+                    "content_sha256": hashlib.sha256(content.encode()).hexdigest(),
+                },
+                f"consolidated {len(sources)} similar memories",
+                None,
+                now,
+                changed_by,
+            )
         )
         similarity = {cluster.representative: 1.0, **dict(cluster.members)}
         for source in sources:
             batch.updates.append(
-                {"b_id": source.id, "b_version": source.version, "is_duplicate": True, "duplicate_of": new_id,
-                 "version": source.version + 1}
+                {
+                    "b_id": source.id,
+                    "b_version": source.version,
+                    "is_duplicate": True,
+                    "duplicate_of": new_id,
+                    "version": source.version + 1,
+                }
             )
             batch.changes.append(
-                _change(job_id, "merge", source.id,
-                        {"is_duplicate": False, "duplicate_of": None, "version": source.version},
-                        {"is_duplicate": True, "duplicate_of": str(new_id), "version": source.version + 1},
-                        f"duplicate of consolidated memory {new_id}", similarity[source.id], now, changed_by)
+                _change(
+                    job_id,
+                    "merge",
+                    source.id,
+                    {"is_duplicate": False, "duplicate_of": None, "version": source.version},
+                    {"is_duplicate": True, "duplicate_of": str(new_id), "version": source.version + 1},
+                    f"duplicate of consolidated memory {new_id}",
+                    similarity[source.id],
+                    now,
+                    changed_by,
+                )
             )
             if source.memory_type == "consolidated":
                 replaced[source.id] = new_id
@@ -403,8 +450,14 @@ def _merge_batch(session: Session, plan: Plan, clusters: Sequence[Cluster], job_
     return merged_clusters, merged_sources, conflicts
 
 
-def _repoint(session: Session, replaced: dict[uuid.UUID, uuid.UUID], batch: _Batch, job_id: uuid.UUID,
-             now: datetime, changed_by: str) -> None:
+def _repoint(
+    session: Session,
+    replaced: dict[uuid.UUID, uuid.UUID],
+    batch: _Batch,
+    job_id: uuid.UUID,
+    now: datetime,
+    changed_by: str,
+) -> None:
     """Duplicates of a memory that is now itself a duplicate point at its replacement,
     so ``duplicate_of`` never leads through a chain."""
     for chunk in chunks(list(replaced)):
@@ -415,14 +468,26 @@ def _repoint(session: Session, replaced: dict[uuid.UUID, uuid.UUID], batch: _Bat
         ):
             target = replaced[row.duplicate_of]
             batch.updates.append(
-                {"b_id": row.id, "b_version": row.version, "is_duplicate": True, "duplicate_of": target,
-                 "version": row.version + 1}
+                {
+                    "b_id": row.id,
+                    "b_version": row.version,
+                    "is_duplicate": True,
+                    "duplicate_of": target,
+                    "version": row.version + 1,
+                }
             )
             batch.changes.append(
-                _change(job_id, "merge", row.id,
-                        {"duplicate_of": str(row.duplicate_of), "version": row.version},
-                        {"duplicate_of": str(target), "version": row.version + 1},
-                        f"re-pointed from {row.duplicate_of} to {target}", None, now, changed_by)
+                _change(
+                    job_id,
+                    "merge",
+                    row.id,
+                    {"duplicate_of": str(row.duplicate_of), "version": row.version},
+                    {"duplicate_of": str(target), "version": row.version + 1},
+                    f"re-pointed from {row.duplicate_of} to {target}",
+                    None,
+                    now,
+                    changed_by,
+                )
             )
 
 
@@ -440,8 +505,15 @@ def _write(session: Session, batch: _Batch) -> None:
         session.execute(insert(ConsolidationChange), batch.changes)
 
 
-def _archive_batch(session: Session, plan: Plan, ids: Sequence[uuid.UUID], options: ConsolidationOptions,
-                   job_id: uuid.UUID, now: datetime, changed_by: str) -> tuple[int, int]:
+def _archive_batch(
+    session: Session,
+    plan: Plan,
+    ids: Sequence[uuid.UUID],
+    options: ConsolidationOptions,
+    job_id: uuid.UUID,
+    now: datetime,
+    changed_by: str,
+) -> tuple[int, int]:
     rows = _lock_rows(session, ids)
     cutoff = now - timedelta(days=options.archive_stale_days)
     batch = _Batch()
@@ -455,16 +527,32 @@ def _archive_batch(session: Session, plan: Plan, ids: Sequence[uuid.UUID], optio
         if not (_unchanged(row, plan.versions.get(memory_id)) and still_stale):
             continue
         batch.updates.append(
-            {"b_id": row.id, "b_version": row.version, "is_archived": True, "archived_at": now,
-             "archive_reason": "staleness", "version": row.version + 1}
+            {
+                "b_id": row.id,
+                "b_version": row.version,
+                "is_archived": True,
+                "archived_at": now,
+                "archive_reason": "staleness",
+                "version": row.version + 1,
+            }
         )
         batch.changes.append(
-            _change(job_id, "archive", row.id,
-                    {"is_archived": False, "archived_at": None, "archive_reason": None, "version": row.version},
-                    {"is_archived": True, "archived_at": now.isoformat(), "archive_reason": "staleness",
-                     "version": row.version + 1},
-                    f"not reused for {options.archive_stale_days} days and reused {row.reused_count} times",
-                    None, now, changed_by)
+            _change(
+                job_id,
+                "archive",
+                row.id,
+                {"is_archived": False, "archived_at": None, "archive_reason": None, "version": row.version},
+                {
+                    "is_archived": True,
+                    "archived_at": now.isoformat(),
+                    "archive_reason": "staleness",
+                    "version": row.version + 1,
+                },
+                f"not reused for {options.archive_stale_days} days and reused {row.reused_count} times",
+                None,
+                now,
+                changed_by,
+            )
         )
     _write(session, batch)
     archived = len(batch.updates)
@@ -552,14 +640,22 @@ def consolidate_project(
                 locks.release(session, project_id, holder)
 
 
-def _apply(plan: Plan, options: ConsolidationOptions, job_id: uuid.UUID, attempt: int | None,
-           result: ConsolidationResult, report: Progress, changed_by: str, clock: Callable[[], datetime]) -> None:
+def _apply(
+    plan: Plan,
+    options: ConsolidationOptions,
+    job_id: uuid.UUID,
+    attempt: int | None,
+    result: ConsolidationResult,
+    report: Progress,
+    changed_by: str,
+    clock: Callable[[], datetime],
+) -> None:
     merge_batches = list(chunks(plan.clusters, MERGE_BATCH))
     archive_batches = list(chunks(plan.archive, ARCHIVE_BATCH))
     total = max(1, len(merge_batches) + len(archive_batches))
-    done = 0
     timings = result.timings
-    for kind, items in [*(("merge", c) for c in merge_batches), *(("archive", a) for a in archive_batches)]:
+    batches = [*(("merge", c) for c in merge_batches), *(("archive", a) for a in archive_batches)]
+    for done, (kind, items) in enumerate(batches, start=1):
         now = clock()
         with session_scope() as session:
             started = time.perf_counter()
@@ -576,7 +672,6 @@ def _apply(plan: Plan, options: ConsolidationOptions, job_id: uuid.UUID, attempt
         timings["write"] = timings.get("write", 0.0) + written - started
         timings["commit"] = timings.get("commit", 0.0) + time.perf_counter() - written
         result.conflicts += conflicts
-        done += 1
         report(kind, 0.4 + 0.55 * done / total)
 
 
@@ -584,7 +679,9 @@ def _dry_run_report(plan: Plan, result: ConsolidationResult) -> ConsolidationRes
     result.clusters_found = len(plan.clusters)
     result.memories_merged = sum(len(c.source_ids) for c in plan.clusters)
     result.memories_archived = len(plan.archive)
-    result.memories_after = plan.memories_before - result.memories_merged + result.clusters_found - result.memories_archived
+    result.memories_after = (
+        plan.memories_before - result.memories_merged + result.clusters_found - result.memories_archived
+    )
     result.clusters = [
         {"representative": str(c.representative), "members": [{"id": str(m), "similarity": s} for m, s in c.members]}
         for c in plan.clusters

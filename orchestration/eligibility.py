@@ -36,7 +36,9 @@ def eligible_query(default_threshold: int) -> Select:
         select(Project.id, Project.consolidation_options)
         .join(kept, kept.project_id == Project.id)
         .outerjoin(pending, pending.c.project_id == Project.id)
-        .where(Project.consolidation_enabled, active > func.coalesce(Project.consolidation_threshold, default_threshold))
+        .where(
+            Project.consolidation_enabled, active > func.coalesce(Project.consolidation_threshold, default_threshold)
+        )
         .order_by(Project.id)
     )
 

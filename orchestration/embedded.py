@@ -7,9 +7,10 @@ nightly chord exactly as production does.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 import click
 from celery import Celery
@@ -35,8 +36,9 @@ def embedded_worker(app: Celery, concurrency: int = 4) -> Iterator[Any]:
     """A real worker in a thread of this process."""
     from celery.contrib.testing.worker import start_worker
 
-    with start_worker(app, pool="threads", concurrency=concurrency, perform_ping_check=False,
-                      loglevel="WARNING", shutdown_timeout=30) as worker:
+    with start_worker(
+        app, pool="threads", concurrency=concurrency, perform_ping_check=False, loglevel="WARNING", shutdown_timeout=30
+    ) as worker:
         yield worker
 
 
@@ -72,7 +74,8 @@ def run_demo(projects: int, memories: int, with_failure: bool = False, out: IO[s
     say(f"fresh SQLite database {DEMO_DB}, {len(manifests)} synthetic projects of {memories} memories each")
     slot = utcnow().replace(second=0, microsecond=0)
     find = lambda session: session.scalar(  # noqa: E731
-        select(ConsolidationRun).where(ConsolidationRun.scheduled_for == slot))
+        select(ConsolidationRun).where(ConsolidationRun.scheduled_for == slot)
+    )
     with embedded_worker(app) as worker:
         say(f"in-process Celery worker ({worker.concurrency} threads) started; running tonight's chord now")
         run_scheduled.apply_async(kwargs={"slot": slot.isoformat()})

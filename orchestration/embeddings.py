@@ -35,7 +35,7 @@ def _bucket(token: str) -> tuple[int, float]:
 def lexical_embedding(text: str) -> np.ndarray:
     """Hashed unigram + bigram vector of ``text``, unit length (zero for empty text)."""
     words = _WORD.findall(text.lower())
-    tokens = words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+    tokens = words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]
     vector = np.zeros(LEXICAL_DIM, dtype=np.float32)
     for token in tokens:
         index, sign = _bucket(token)

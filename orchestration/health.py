@@ -53,8 +53,12 @@ def check_health(session: Session, settings: Settings, now: datetime, max_age: t
     if run is None:
         return Health(2, "no scheduled run has ever been recorded", None, expected)
     if run.scheduled_for < expected:
-        return Health(2, f"missed slot {expected.isoformat()}: no run since {run.scheduled_for.isoformat()} "
-                         "(is beat running?)", run, expected)
+        return Health(
+            2,
+            f"missed slot {expected.isoformat()}: no run since {run.scheduled_for.isoformat()} (is beat running?)",
+            run,
+            expected,
+        )
     if run.status == "running":
         if now - run.started_at > timedelta(seconds=settings.run_deadline):
             return Health(2, f"run {run.id} still running past the deadline of {settings.run_deadline}s", run, expected)
@@ -65,4 +69,6 @@ def check_health(session: Session, settings: Settings, now: datetime, max_age: t
         return Health(2, f"latest scheduled run {run.id} finished more than {max_age} ago", run, expected)
     if run.status == "completed":
         return Health(0, f"run {run.id} for {run.scheduled_for.isoformat()} completed", run, expected)
-    return Health(1, f"run {run.id} for {run.scheduled_for.isoformat()} {run.status}: {run.error_message}", run, expected)
+    return Health(
+        1, f"run {run.id} for {run.scheduled_for.isoformat()} {run.status}: {run.error_message}", run, expected
+    )

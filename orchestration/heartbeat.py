@@ -19,9 +19,9 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Iterator
 
 from sqlalchemy import select, update
 
@@ -78,8 +78,7 @@ class _Beater:
             self._pid = os.getpid()
             self._holders, self._received = {}, set()  # a child does not beat for its parent
             self._wake = threading.Event()
-            threading.Thread(target=self._run, args=(self._wake,), name="orchestration-heartbeat",
-                             daemon=True).start()
+            threading.Thread(target=self._run, args=(self._wake,), name="orchestration-heartbeat", daemon=True).start()
 
     def _run(self, wake: threading.Event) -> None:
         while True:
@@ -119,10 +118,14 @@ def beat(holders: dict[str, uuid.UUID | None], received: set[uuid.UUID] = frozen
             )
             session.execute(update(jobs).where(jobs.c.id.in_(free)).values(heartbeat_at=now))
         if received:
-            waiting = set(session.scalars(
-                update(jobs).where(jobs.c.id.in_(list(received)), jobs.c.status.in_(WAITING))
-                .values(heartbeat_at=now).returning(jobs.c.id)
-            ))
+            waiting = set(
+                session.scalars(
+                    update(jobs)
+                    .where(jobs.c.id.in_(list(received)), jobs.c.status.in_(WAITING))
+                    .values(heartbeat_at=now)
+                    .returning(jobs.c.id)
+                )
+            )
     return waiting
 
 

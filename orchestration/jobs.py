@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 import structlog
 from sqlalchemy import select, update
@@ -43,8 +44,10 @@ class AlreadyRunning(RuntimeError):
     delivery is a duplicate and must do nothing."""
 
     def __init__(self, job: ConsolidationJob, holder: str, beat: datetime):
-        super().__init__(f"attempt {holder.partition('#')[2] or '?'} of job {job.id} is alive "
-                         f"(heartbeat {beat.isoformat()}); this delivery does nothing")
+        super().__init__(
+            f"attempt {holder.partition('#')[2] or '?'} of job {job.id} is alive "
+            f"(heartbeat {beat.isoformat()}); this delivery does nothing"
+        )
         self.run_id, self.project_id = job.run_id, job.project_id
 
 
@@ -82,10 +85,23 @@ class Attempt:
     busy: locks.ProjectBusy | None = None  # another job holds the project: retry later
 
 
-def create_job(session: Session, project_id: uuid.UUID, *, run_id: uuid.UUID | None, trigger_type: str,
-               triggered_by: str, options: dict[str, Any] | None) -> ConsolidationJob:
-    job = ConsolidationJob(project_id=project_id, run_id=run_id, status="pending", trigger_type=trigger_type,
-                           triggered_by=triggered_by, options=effective_options(options))
+def create_job(
+    session: Session,
+    project_id: uuid.UUID,
+    *,
+    run_id: uuid.UUID | None,
+    trigger_type: str,
+    triggered_by: str,
+    options: dict[str, Any] | None,
+) -> ConsolidationJob:
+    job = ConsolidationJob(
+        project_id=project_id,
+        run_id=run_id,
+        status="pending",
+        trigger_type=trigger_type,
+        triggered_by=triggered_by,
+        options=effective_options(options),
+    )
     session.add(job)
     session.flush()
     return job
@@ -100,8 +116,9 @@ def effective_options(overrides: dict[str, Any] | None) -> dict[str, Any] | None
         return overrides
 
 
-def begin_attempt(job_id: uuid.UUID, settings: Settings, celery_task_id: str | None = None,
-                  force: bool = False) -> Attempt | None:
+def begin_attempt(
+    job_id: uuid.UUID, settings: Settings, celery_task_id: str | None = None, force: bool = False
+) -> Attempt | None:
     """Start one more attempt of the job in one transaction: mark it running, check its
     project (it may be gone or disabled since the check), resolve its options, take
     the project lock for this attempt. ``None`` if the job already finished (a
@@ -124,16 +141,25 @@ def begin_attempt(job_id: uuid.UUID, settings: Settings, celery_task_id: str | N
         if job.status in FINISHED:
             return None
         lock = row.ProjectLock
-        if lock is not None and locks.job_of(lock.holder) == str(job.id) and \
-                lock.heartbeat_at >= now - heartbeat.LOST_AFTER:
+        if (
+            lock is not None
+            and locks.job_of(lock.holder) == str(job.id)
+            and lock.heartbeat_at >= now - heartbeat.LOST_AFTER
+        ):
             raise AlreadyRunning(job, lock.holder, lock.heartbeat_at)
         if job.attempts >= settings.max_retries + 1:
             # Every start counts, and an attempt that ended normally never leaves the
             # job unfinished with no attempts left: the last one died with its worker.
             error = lost_error(job.attempts, settings)
             close_unfinished(session, job, "failed", error, now)
-            return Attempt(job.id, job.project_id, job.run_id, job.attempts, time.monotonic(),
-                           ended=JobOutcome(str(job.id), "failed", error))
+            return Attempt(
+                job.id,
+                job.project_id,
+                job.run_id,
+                job.attempts,
+                time.monotonic(),
+                ended=JobOutcome(str(job.id), "failed", error),
+            )
         first = job.started_at is None
         job.attempts += 1
         job.status = "running"
@@ -180,7 +206,7 @@ class ProgressRecorder:
             return
         self.last_value = fraction
         log.info("job.progress", progress=round(fraction, 3), stage=stage)
-        if 0.0 < fraction and not final:
+        if fraction > 0.0 and not final:
             self.last_write = now
             with session_scope() as session:
                 session.execute(
@@ -190,8 +216,9 @@ class ProgressRecorder:
                 )
 
 
-def execute(attempt: Attempt, *, progress: Callable[[str, float], None] | None = None,
-            changed_by: str = "system") -> JobOutcome:
+def execute(
+    attempt: Attempt, *, progress: Callable[[str, float], None] | None = None, changed_by: str = "system"
+) -> JobOutcome:
     """Consolidate the job's project (its lock is held since :func:`begin_attempt`).
     Transient errors propagate, with the lock released, so the caller can retry."""
     if attempt.ended is not None:
@@ -207,11 +234,21 @@ def execute(attempt: Attempt, *, progress: Callable[[str, float], None] | None =
         row = session.execute(
             update(ConsolidationJob)
             .where(ConsolidationJob.id == attempt.job_id, ConsolidationJob.attempts == attempt.number)
-            .values(status="completed", progress=1.0, memories_after=counts.active_count(attempt.project_id),
-                    completed_at=utcnow(), heartbeat_at=utcnow(), error_message=None)
-            .returning(ConsolidationJob.memories_before, ConsolidationJob.memories_after,
-                       ConsolidationJob.clusters_found, ConsolidationJob.memories_merged,
-                       ConsolidationJob.memories_archived)
+            .values(
+                status="completed",
+                progress=1.0,
+                memories_after=counts.active_count(attempt.project_id),
+                completed_at=utcnow(),
+                heartbeat_at=utcnow(),
+                error_message=None,
+            )
+            .returning(
+                ConsolidationJob.memories_before,
+                ConsolidationJob.memories_after,
+                ConsolidationJob.clusters_found,
+                ConsolidationJob.memories_merged,
+                ConsolidationJob.memories_archived,
+            )
         ).one_or_none()
         if row is None:
             raise consolidation.Superseded(f"job {attempt.job_id}: attempt {attempt.number} was superseded")
@@ -221,17 +258,27 @@ def execute(attempt: Attempt, *, progress: Callable[[str, float], None] | None =
     assert attempt.project_id is not None and attempt.options is not None
     try:
         result = consolidation.consolidate_project(
-            attempt.project_id, attempt.options, job_id=attempt.job_id, attempt=attempt.number, lock_held=True,
+            attempt.project_id,
+            attempt.options,
+            job_id=attempt.job_id,
+            attempt=attempt.number,
+            lock_held=True,
             on_finish=complete,
-            progress=progress or ProgressRecorder(attempt.job_id), changed_by=changed_by,
+            progress=progress or ProgressRecorder(attempt.job_id),
+            changed_by=changed_by,
         )
     except (ProjectGone, ProjectDisabled) as exc:
         return skip(attempt, str(exc))
     except consolidation.Superseded as exc:
         log.warning("job.superseded", attempt=attempt.number, reason=str(exc))
         raise
-    log.info("job.completed", duration_s=round(time.monotonic() - attempt.started, 3),
-             skipped_invalid=result.skipped_invalid, conflicts=result.conflicts, **counters)
+    log.info(
+        "job.completed",
+        duration_s=round(time.monotonic() - attempt.started, 3),
+        skipped_invalid=result.skipped_invalid,
+        conflicts=result.conflicts,
+        **counters,
+    )
     return JobOutcome(str(attempt.job_id), "completed")
 
 
@@ -313,8 +360,9 @@ def worker_lost(job_id: uuid.UUID, settings: Settings, reason: str) -> None:
 def hard_time_limit(job_id: uuid.UUID, settings: Settings, reason: str) -> None:
     """Called by the worker's main process when it killed this job's child at the hard
     time limit (the soft limit did not stop it): the job fails now."""
-    error = (f"{reason} (ORCHESTRATION_JOB_TIME_LIMIT={settings.job_time_limit} + 60 s); "
-             "changes committed so far are kept")
+    error = (
+        f"{reason} (ORCHESTRATION_JOB_TIME_LIMIT={settings.job_time_limit} + 60 s); changes committed so far are kept"
+    )
     with session_scope() as session:
         job = _running(session, job_id)
         if job is None:
@@ -332,8 +380,11 @@ def _running(session: Session, job_id: uuid.UUID) -> ConsolidationJob | None:
 
 def job_ids(job: ConsolidationJob) -> dict[str, str | None]:
     """The ids a job's log lines carry."""
-    return {"run_id": str(job.run_id) if job.run_id else None, "job_id": str(job.id),
-            "project_id": str(job.project_id) if job.project_id else None}
+    return {
+        "run_id": str(job.run_id) if job.run_id else None,
+        "job_id": str(job.id),
+        "project_id": str(job.project_id) if job.project_id else None,
+    }
 
 
 def log_lost(ids: dict[str, str | None], attempt: int, error: str, status: str, final_error: str | None) -> None:

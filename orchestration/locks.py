@@ -55,6 +55,4 @@ def acquire(session: Session, project_id: uuid.UUID, holder: str, now: datetime,
 
 
 def release(session: Session, project_id: uuid.UUID, holder: str) -> None:
-    session.execute(
-        delete(ProjectLock).where(ProjectLock.project_id == project_id, ProjectLock.holder == holder)
-    )
+    session.execute(delete(ProjectLock).where(ProjectLock.project_id == project_id, ProjectLock.holder == holder))

@@ -14,7 +14,8 @@ from __future__ import annotations
 import inspect
 import logging
 import sys
-from typing import IO, Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import IO, Any
 
 import structlog
 

@@ -113,15 +113,11 @@ class TaskMemory(Base):
     reused_count: Mapped[int] = _counter()
     last_reused_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     learned_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
-    is_duplicate: Mapped[bool] = mapped_column(
-        Boolean, nullable=False, default=False, server_default=text("false")
-    )
+    is_duplicate: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default=text("false"))
     duplicate_of: Mapped[uuid.UUID | None] = mapped_column(
         GUID(), ForeignKey("task_memories.id", ondelete="SET NULL"), index=True
     )
-    is_archived: Mapped[bool] = mapped_column(
-        Boolean, nullable=False, default=False, server_default=text("false")
-    )
+    is_archived: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default=text("false"))
     archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     archive_reason: Mapped[str | None] = mapped_column(String(16))
     consolidated_from: Mapped[list[str] | None] = mapped_column(JSONType)
@@ -155,9 +151,7 @@ class ConsolidationRun(Base):
     memories_after: Mapped[int] = _counter()
     memories_merged: Mapped[int] = _counter()
     memories_archived: Mapped[int] = _counter()
-    started_at: Mapped[datetime] = mapped_column(
-        UTCDateTime(), nullable=False, default=utcnow, index=True
-    )
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow, index=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     error_message: Mapped[str | None] = mapped_column(Text)
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
@@ -174,9 +168,7 @@ class ConsolidationJob(Base):
     )
 
     id: Mapped[uuid.UUID] = _pk()
-    run_id: Mapped[uuid.UUID | None] = mapped_column(
-        GUID(), ForeignKey("consolidation_runs.id", ondelete="CASCADE")
-    )
+    run_id: Mapped[uuid.UUID | None] = mapped_column(GUID(), ForeignKey("consolidation_runs.id", ondelete="CASCADE"))
     # SET NULL: a job outlives its project so the run can report it as skipped.
     project_id: Mapped[uuid.UUID | None] = mapped_column(
         GUID(), ForeignKey("projects.id", ondelete="SET NULL"), index=True

@@ -27,7 +27,7 @@ def post_summary(url: str, summary: dict[str, Any], attempts: int = 2) -> bool:
     error = ""
     for attempt in range(1, attempts + 1):
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:  # noqa: S310 - scheme validated
+            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
                 response.read()
             return True
         except (urllib.error.URLError, OSError, ValueError) as exc:

@@ -7,8 +7,9 @@ instead of retrying, because a retry cannot fix it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 
 class InvalidOptions(ValueError):

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Callable
+from typing import IO
 
 import click
 from sqlalchemy import func, select
@@ -46,16 +47,25 @@ class RunProgress:
 
 def read_progress(session: Session, run: ConsolidationRun) -> RunProgress:
     rows = session.execute(
-        select(ConsolidationJob.status, func.count(), func.coalesce(func.sum(ConsolidationJob.memories_merged), 0),
-               func.coalesce(func.sum(ConsolidationJob.memories_archived), 0))
+        select(
+            ConsolidationJob.status,
+            func.count(),
+            func.coalesce(func.sum(ConsolidationJob.memories_merged), 0),
+            func.coalesce(func.sum(ConsolidationJob.memories_archived), 0),
+        )
         .where(ConsolidationJob.run_id == run.id)
         .group_by(ConsolidationJob.status)
     ).all()
     by_status = {status: count for status, count, _, _ in rows}
     return RunProgress(
-        run.id, run.status, total=sum(by_status.values()), completed=by_status.get("completed", 0),
-        failed=by_status.get("failed", 0), skipped=by_status.get("skipped", 0),
-        merged=sum(merged for _, _, merged, _ in rows), archived=sum(archived for _, _, _, archived in rows),
+        run.id,
+        run.status,
+        total=sum(by_status.values()),
+        completed=by_status.get("completed", 0),
+        failed=by_status.get("failed", 0),
+        skipped=by_status.get("skipped", 0),
+        merged=sum(merged for _, _, merged, _ in rows),
+        archived=sum(archived for _, _, _, archived in rows),
     )
 
 
@@ -69,12 +79,15 @@ def plain_line(progress: RunProgress, elapsed: float) -> str:
     left = ""
     if 0 < progress.done < progress.total:
         left = f", about {_clock(elapsed / progress.done * (progress.total - progress.done))} left"
-    return (f"run {str(progress.run_id)[:8]}: {progress.done}/{progress.total} jobs done, {progress.counters()}, "
-            f"{_clock(elapsed)} elapsed{left}")
+    return (
+        f"run {str(progress.run_id)[:8]}: {progress.done}/{progress.total} jobs done, {progress.counters()}, "
+        f"{_clock(elapsed)} elapsed{left}"
+    )
 
 
-def watch(find: Finder, timeout: float, out: IO[str], interval: float = 1.0,
-          plain_every: float = PLAIN_EVERY_S) -> ConsolidationRun | None:
+def watch(
+    find: Finder, timeout: float, out: IO[str], interval: float = 1.0, plain_every: float = PLAIN_EVERY_S
+) -> ConsolidationRun | None:
     """Show the run's progress on ``out`` until it finishes; the finished run, or
     ``None`` when ``timeout`` passes first."""
     started = time.monotonic()
@@ -90,9 +103,14 @@ def watch(find: Finder, timeout: float, out: IO[str], interval: float = 1.0,
             elapsed = time.monotonic() - started
             if progress is not None:
                 if terminal and bar is None and progress.total:
-                    bar = click.progressbar(length=progress.total, label=f"run {str(progress.run_id)[:8]}",
-                                            show_eta=True, show_pos=True, file=out,
-                                            item_show_func=lambda text: text)
+                    bar = click.progressbar(
+                        length=progress.total,
+                        label=f"run {str(progress.run_id)[:8]}",
+                        show_eta=True,
+                        show_pos=True,
+                        file=out,
+                        item_show_func=lambda text: text,
+                    )
                 if bar is not None:
                     bar.update(progress.done - bar.pos, f"{progress.counters()}, {_clock(elapsed)} elapsed")
                 elif not terminal and (run.status != "running" or time.monotonic() - last_plain >= plain_every):

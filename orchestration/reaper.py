@@ -57,8 +57,14 @@ def reap(session: Session, settings: Settings, now: datetime) -> Reaped:
         select(ConsolidationRun.id).where(ConsolidationRun.status == "running", ConsolidationRun.started_at < deadline)
     ).all()
     for run_id in overdue:
-        _finalize(session, reaped, run_id, now, "deadline",
-                  f"run deadline of {settings.run_deadline}s passed before the job finished")
+        _finalize(
+            session,
+            reaped,
+            run_id,
+            now,
+            "deadline",
+            f"run deadline of {settings.run_deadline}s passed before the job finished",
+        )
     for job in lost_jobs(session, settings, now):
         _recover(session, reaped, job, settings, now)
     session.flush()
@@ -105,6 +111,7 @@ def lost_jobs(session: Session, settings: Settings, now: datetime) -> list[Conso
             select(ProjectLock).where(ProjectLock.project_id.in_({j.project_id for j in candidates if j.project_id}))
         )
     }
+
     def alive(job: ConsolidationJob) -> bool:
         beat = beats.get(locks.holder_for(job.id, job.attempts))
         return job.status == "running" and beat is not None and beat >= cutoff
@@ -114,11 +121,15 @@ def lost_jobs(session: Session, settings: Settings, now: datetime) -> list[Conso
 
 def _recover(session: Session, reaped: Reaped, job: ConsolidationJob, settings: Settings, now: datetime) -> None:
     if job.status == "retrying":
-        error = f"the retry of attempt {job.attempts} did not start within {settings.retry_backoff_max}s " \
-                "of its backoff (the worker holding it died)"
+        error = (
+            f"the retry of attempt {job.attempts} did not start within {settings.retry_backoff_max}s "
+            "of its backoff (the worker holding it died)"
+        )
     elif job.status == "pending":
-        error = f"worker lost before the job started: it received the job, then stopped (no heartbeat since " \
-                f"{job.heartbeat_at.isoformat()})"
+        error = (
+            f"worker lost before the job started: it received the job, then stopped (no heartbeat since "
+            f"{job.heartbeat_at.isoformat()})"
+        )
     else:
         error = f"worker lost during attempt {job.attempts}: no heartbeat since {job.heartbeat_at.isoformat()}"
     if job.run_id is None:  # started by hand (orchestration consolidate): nothing to re-send it
@@ -126,7 +137,11 @@ def _recover(session: Session, reaped: Reaped, job: ConsolidationJob, settings: 
     else:
         jobs.record_lost(session, job, settings, now, error)
     lost = LostJob(
-        ids=jobs.job_ids(job), attempt=job.attempts, error=error, status=job.status, final_error=job.error_message,
+        ids=jobs.job_ids(job),
+        attempt=job.attempts,
+        error=error,
+        status=job.status,
+        final_error=job.error_message,
     )
     if lost.status == "retrying":
         siblings = session.scalars(select(ConsolidationJob.id).where(ConsolidationJob.run_id == job.run_id))
@@ -134,8 +149,9 @@ def _recover(session: Session, reaped: Reaped, job: ConsolidationJob, settings: 
     reaped.lost.append(lost)
 
 
-def _finalize(session: Session, reaped: Reaped, run_id: uuid.UUID, now: datetime, reason: str,
-              error: str | None) -> None:
+def _finalize(
+    session: Session, reaped: Reaped, run_id: uuid.UUID, now: datetime, reason: str, error: str | None
+) -> None:
     run = runs.finalize(session, run_id, now, unfinished_error=error)
     if run is not None:
         reaped.runs.append((run, reason))

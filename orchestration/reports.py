@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from sqlalchemy import case, select
 from sqlalchemy import inspect as sa_inspect
@@ -39,7 +40,7 @@ def dumps(document: Any) -> str:
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -74,9 +75,15 @@ def runs_table(runs: Sequence[Any]) -> str:
     return table(
         ["run", "slot", "status", "ok/fail/all", "merged", "archived", "took"],
         [
-            (short(r.id), when(r.scheduled_for) if r.scheduled_for else r.trigger_type, r.status,
-             f"{r.jobs_completed}/{r.jobs_failed}/{r.jobs_total}", r.memories_merged, r.memories_archived,
-             duration(r.started_at, r.finished_at))
+            (
+                short(r.id),
+                when(r.scheduled_for) if r.scheduled_for else r.trigger_type,
+                r.status,
+                f"{r.jobs_completed}/{r.jobs_failed}/{r.jobs_total}",
+                r.memories_merged,
+                r.memories_archived,
+                duration(r.started_at, r.finished_at),
+            )
             for r in runs
         ],
     )
@@ -123,14 +130,24 @@ def run_text(doc: dict[str, Any]) -> str:
         lines.append(f"  error: {_first_line(doc['error_message'], 71)}")
     jobs = doc.get("jobs") or []
     if jobs:
-        lines += ["", table(
-            ["project", "status", "tries", "took", "merged", "archived", "progress"],
-            [
-                (_project(j), j["status"], j["attempts"], duration(_parse(j["started_at"]), _parse(j["completed_at"])),
-                 j["memories_merged"], j["memories_archived"], f"{j['progress']:.0%}")
-                for j in jobs
-            ],
-        )]
+        lines += [
+            "",
+            table(
+                ["project", "status", "tries", "took", "merged", "archived", "progress"],
+                [
+                    (
+                        _project(j),
+                        j["status"],
+                        j["attempts"],
+                        duration(_parse(j["started_at"]), _parse(j["completed_at"])),
+                        j["memories_merged"],
+                        j["memories_archived"],
+                        f"{j['progress']:.0%}",
+                    )
+                    for j in jobs
+                ],
+            ),
+        ]
         problems = [j for j in jobs if j["error_message"] and j["status"] in ("failed", "skipped")]
         if problems:
             lines += ["", "errors:"]

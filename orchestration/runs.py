@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -38,8 +39,9 @@ class StartedRun:
     skipped: int = 0
 
 
-def claim_run(session: Session, trigger_type: str, slot: datetime | None, now: datetime,
-              run_id: uuid.UUID | None = None) -> uuid.UUID | None:
+def claim_run(
+    session: Session, trigger_type: str, slot: datetime | None, now: datetime, run_id: uuid.UUID | None = None
+) -> uuid.UUID | None:
     """Insert the run row; ``None`` when a scheduled run already owns ``slot``."""
     run_id = run_id or uuid.uuid4()
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
@@ -52,8 +54,14 @@ def claim_run(session: Session, trigger_type: str, slot: datetime | None, now: d
     return session.execute(stmt).scalar_one_or_none()
 
 
-def start_run(session: Session, trigger_type: str, slot: datetime | None, default_threshold: int,
-              now: datetime | None = None, run_id: uuid.UUID | None = None) -> StartedRun | None:
+def start_run(
+    session: Session,
+    trigger_type: str,
+    slot: datetime | None,
+    default_threshold: int,
+    now: datetime | None = None,
+    run_id: uuid.UUID | None = None,
+) -> StartedRun | None:
     """Claim the run, pick the eligible projects and create one pending job for each.
     The caller commits before dispatching the jobs."""
     now = now or utcnow()
@@ -61,11 +69,13 @@ def start_run(session: Session, trigger_type: str, slot: datetime | None, defaul
     if claimed is None:
         return None
     eligibility = check_projects(session, default_threshold)
-    started = StartedRun(claimed, checked=eligibility.checked, eligible=len(eligibility.eligible),
-                         skipped=eligibility.skipped)
+    started = StartedRun(
+        claimed, checked=eligibility.checked, eligible=len(eligibility.eligible), skipped=eligibility.skipped
+    )
     for project_id, options in eligibility.eligible:
-        job = jobs.create_job(session, project_id, run_id=claimed, trigger_type=trigger_type,
-                              triggered_by="system", options=options)
+        job = jobs.create_job(
+            session, project_id, run_id=claimed, trigger_type=trigger_type, triggered_by="system", options=options
+        )
         started.job_ids.append(job.id)
     run = session.get(ConsolidationRun, claimed)
     run.projects_checked = started.checked
@@ -96,11 +106,13 @@ def undispatched_jobs(session: Session, run: ConsolidationRun, now: datetime) ->
     may still be) sent."""
     if run.status != "running" or (run.summary or {}).get("dispatched_at") or now - run.started_at < DISPATCH_GRACE:
         return None
-    return list(session.scalars(
-        select(ConsolidationJob.id)
-        .where(ConsolidationJob.run_id == run.id, ConsolidationJob.status == "pending")
-        .order_by(ConsolidationJob.created_at, ConsolidationJob.id)
-    ))
+    return list(
+        session.scalars(
+            select(ConsolidationJob.id)
+            .where(ConsolidationJob.run_id == run.id, ConsolidationJob.status == "pending")
+            .order_by(ConsolidationJob.created_at, ConsolidationJob.id)
+        )
+    )
 
 
 def chord_order(job_ids: Iterable[uuid.UUID]) -> list[str]:
@@ -121,13 +133,19 @@ def waiting_for_jobs(session: Session, run_id: uuid.UUID, now: datetime, deadlin
     run = session.get(ConsolidationRun, run_id)
     if run is None or run.status != "running" or now - run.started_at > timedelta(seconds=deadline_s):
         return False
-    return session.scalar(
-        select(func.count()).select_from(ConsolidationJob).where(
-            ConsolidationJob.run_id == run_id, ConsolidationJob.status.in_(UNFINISHED_JOB_STATUSES))
-    ) > 0
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(ConsolidationJob)
+            .where(ConsolidationJob.run_id == run_id, ConsolidationJob.status.in_(UNFINISHED_JOB_STATUSES))
+        )
+        > 0
+    )
 
 
-def mark_failed(session: Session, run_id: uuid.UUID, error: str, now: datetime | None = None) -> ConsolidationRun | None:
+def mark_failed(
+    session: Session, run_id: uuid.UUID, error: str, now: datetime | None = None
+) -> ConsolidationRun | None:
     """Last resort when the summary cannot be computed: close the run as ``failed``."""
     run = session.get(ConsolidationRun, run_id, with_for_update=True)
     if run is None or run.status != "running":
@@ -136,8 +154,13 @@ def mark_failed(session: Session, run_id: uuid.UUID, error: str, now: datetime |
     return run
 
 
-def finalize(session: Session, run_id: uuid.UUID, now: datetime | None = None,
-             unfinished_error: str | None = None, callback_error: str | None = None) -> ConsolidationRun | None:
+def finalize(
+    session: Session,
+    run_id: uuid.UUID,
+    now: datetime | None = None,
+    unfinished_error: str | None = None,
+    callback_error: str | None = None,
+) -> ConsolidationRun | None:
     """Write the summary from the job rows and close the run. Returns the run if this
     call finished it, ``None`` if it was already finished (idempotent).
 
@@ -157,8 +180,13 @@ def finalize(session: Session, run_id: uuid.UUID, now: datetime | None = None,
     ).all()
     for job, _ in rows:
         if job.status in UNFINISHED_JOB_STATUSES:
-            jobs.close_unfinished(session, job, "failed",
-                                  unfinished_error or f"job was still {job.status} when the run was finalized", now)
+            jobs.close_unfinished(
+                session,
+                job,
+                "failed",
+                unfinished_error or f"job was still {job.status} when the run was finalized",
+                now,
+            )
     statuses = [job.status for job, _ in rows]
     run.jobs_total = len(rows)
     run.jobs_completed = statuses.count("completed")
@@ -216,8 +244,9 @@ def finished_fields(run: ConsolidationRun) -> dict[str, Any]:
     }
 
 
-def wait_for_finish(find: Callable[[Session], ConsolidationRun | None], timeout: float,
-                    interval: float = 0.2) -> ConsolidationRun | None:
+def wait_for_finish(
+    find: Callable[[Session], ConsolidationRun | None], timeout: float, interval: float = 0.2
+) -> ConsolidationRun | None:
     """Poll until ``find(session)`` returns a run that is no longer running; ``None`` on timeout."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

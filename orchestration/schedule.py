@@ -13,7 +13,7 @@ first occurrence.
 
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from celery.schedules import crontab
@@ -24,17 +24,13 @@ MAX_LOOKBACK_DAYS = 366 * 8
 
 def _exists(local: datetime) -> bool:
     """False for a wall time inside a daylight-saving gap."""
-    roundtrip = local.astimezone(timezone.utc).astimezone(local.tzinfo)
+    roundtrip = local.astimezone(UTC).astimezone(local.tzinfo)
     return roundtrip.replace(tzinfo=None) == local.replace(tzinfo=None)
 
 
 def _day_matches(cron: crontab, day: date) -> bool:
     cron_weekday = day.isoweekday() % 7  # cron: 0 = Sunday
-    return (
-        day.month in cron.month_of_year
-        and day.day in cron.day_of_month
-        and cron_weekday in cron.day_of_week
-    )
+    return day.month in cron.month_of_year and day.day in cron.day_of_month and cron_weekday in cron.day_of_week
 
 
 def previous_slot(cron: crontab, now: datetime, tz: ZoneInfo) -> datetime:
@@ -51,7 +47,7 @@ def previous_slot(cron: crontab, now: datetime, tz: ZoneInfo) -> datetime:
             candidate = datetime.combine(day, time(hour, minute), tzinfo=tz)
             if not _exists(candidate):
                 continue
-            slot = candidate.astimezone(timezone.utc)
+            slot = candidate.astimezone(UTC)
             if slot <= now:
                 return slot
     raise ValueError("the schedule has no slot in the last eight years")
@@ -61,5 +57,5 @@ def parse_slot(value: str) -> datetime:
     """Parse an ISO 8601 slot; a naive value is taken as UTC. Raises ValueError."""
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc).replace(second=0, microsecond=0)
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC).replace(second=0, microsecond=0)

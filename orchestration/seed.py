@@ -28,11 +28,42 @@ from orchestration.embeddings import to_bytes
 from orchestration.models import Project, TaskMemory
 
 BASE_TYPES = ("error_fix", "discovery", "decision", "learning", "warning", "codebase_knowledge")
-WORDS = (
-    "cache index retry timeout schema migration worker queue lock batch token parser "
-    "request response handler config deploy build test fixture session commit rollback "
-    "query cursor pool thread signal event buffer stream socket header payload"
-).split()
+WORDS = [
+    "cache",
+    "index",
+    "retry",
+    "timeout",
+    "schema",
+    "migration",
+    "worker",
+    "queue",
+    "lock",
+    "batch",
+    "token",
+    "parser",
+    "request",
+    "response",
+    "handler",
+    "config",
+    "deploy",
+    "build",
+    "test",
+    "fixture",
+    "session",
+    "commit",
+    "rollback",
+    "query",
+    "cursor",
+    "pool",
+    "thread",
+    "signal",
+    "event",
+    "buffer",
+    "stream",
+    "socket",
+    "header",
+    "payload",
+]
 NEAR_MISS_SIMILARITY = 0.85
 STALE_DAYS = 200
 
@@ -148,31 +179,54 @@ def _seed_project(session: Session, gen: _Generator, number: int, kind: str, cou
         rows.append(row)
         return str(memory_id)
 
-    budget = {"groups": max(2, count // 10), "near": max(1, count // 50) * 2, "stale": max(1, count // 10),
-              "stale_reused": max(1, count // 50)}
+    budget = {
+        "groups": max(2, count // 10),
+        "near": max(1, count // 50) * 2,
+        "stale": max(1, count // 10),
+        "stale_reused": max(1, count // 50),
+    }
     while sum(len(g) for g in manifest.groups) < budget["groups"]:
         size = int(gen.rng.integers(2, 5))
         base, memory_type = gen.unit(), str(gen.rng.choice(BASE_TYPES))
         shared = [gen.sentence(f"Shared {len(manifest.groups)}") for _ in range(2)]
-        manifest.groups.append([
-            add(gen.near(base), memory_type, " ".join([*shared, gen.sentence(f"Detail {len(rows)}")]),
-                reused_count=10 - k)
-            for k in range(size)
-        ])
+        manifest.groups.append(
+            [
+                add(
+                    gen.near(base),
+                    memory_type,
+                    " ".join([*shared, gen.sentence(f"Detail {len(rows)}")]),
+                    reused_count=10 - k,
+                )
+                for k in range(size)
+            ]
+        )
     for _ in range(budget["near"] // 2):
         a, memory_type = gen.unit(), str(gen.rng.choice(BASE_TYPES))
         b = gen.at_similarity(a, NEAR_MISS_SIMILARITY)
-        manifest.near_miss.append([
-            add(v, memory_type, gen.sentence(f"Near miss {len(rows)}")) for v in (a, b)
-        ])
+        manifest.near_miss.append([add(v, memory_type, gen.sentence(f"Near miss {len(rows)}")) for v in (a, b)])
     old = gen.now - timedelta(days=STALE_DAYS)
     for _ in range(budget["stale"]):
-        manifest.stale.append(add(gen.unit(), str(gen.rng.choice(BASE_TYPES)), gen.sentence(f"Stale {len(rows)}"),
-                                  reused_count=int(gen.rng.integers(0, 3)), last_reused_at=None, learned_at=old))
+        manifest.stale.append(
+            add(
+                gen.unit(),
+                str(gen.rng.choice(BASE_TYPES)),
+                gen.sentence(f"Stale {len(rows)}"),
+                reused_count=int(gen.rng.integers(0, 3)),
+                last_reused_at=None,
+                learned_at=old,
+            )
+        )
     for _ in range(budget["stale_reused"]):
-        manifest.stale_reused.append(add(gen.unit(), str(gen.rng.choice(BASE_TYPES)),
-                                         gen.sentence(f"Old but used {len(rows)}"), reused_count=5,
-                                         last_reused_at=old, learned_at=old))
+        manifest.stale_reused.append(
+            add(
+                gen.unit(),
+                str(gen.rng.choice(BASE_TYPES)),
+                gen.sentence(f"Old but used {len(rows)}"),
+                reused_count=5,
+                last_reused_at=old,
+                learned_at=old,
+            )
+        )
     while len(rows) < count:
         add(gen.unit(), str(gen.rng.choice(BASE_TYPES)), gen.sentence(f"Unique {len(rows)}"))
     session.execute(insert(TaskMemory), rows)

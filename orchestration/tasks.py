@@ -58,8 +58,14 @@ def run_scheduled(slot: str | None = None, trigger: str = "scheduled", run_id: s
     if trigger == "scheduled":
         slot_at = parse_slot(slot) if slot else previous_slot(settings.crontab, now, settings.tz)
     with session_scope() as session:
-        started = runs.start_run(session, trigger, slot_at, settings.default_threshold, now,
-                                 run_id=_uuid(run_id, "run_id") if run_id else None)
+        started = runs.start_run(
+            session,
+            trigger,
+            slot_at,
+            settings.default_threshold,
+            now,
+            run_id=_uuid(run_id, "run_id") if run_id else None,
+        )
         existing = None if started else runs.existing_run_for_slot(session, slot_at) if slot_at else None
         orphaned = runs.undispatched_jobs(session, existing, now) if existing else None
     if started is None:
@@ -70,14 +76,21 @@ def run_scheduled(slot: str | None = None, trigger: str = "scheduled", run_id: s
             log.warning("run.redispatched", jobs=len(orphaned))
             _dispatch(existing.id, orphaned)
             return {"status": "redispatched", "run_id": str(existing.id)}
-        log.info("run.duplicate_skipped", scheduled_for=slot_at.isoformat() if slot_at else None,
-                 run_id=str(existing.id) if existing else run_id)
+        log.info(
+            "run.duplicate_skipped",
+            scheduled_for=slot_at.isoformat() if slot_at else None,
+            run_id=str(existing.id) if existing else run_id,
+        )
         return {"status": "duplicate", "run_id": str(existing.id) if existing else run_id}
     run_key = str(started.run_id)
     structlog.contextvars.bind_contextvars(run_id=run_key)
     log.info("run.started", trigger_type=trigger, scheduled_for=slot_at.isoformat() if slot_at else None)
-    log.info("run.eligible", projects_checked=started.checked, projects_eligible=started.eligible,
-             projects_skipped=started.skipped)
+    log.info(
+        "run.eligible",
+        projects_checked=started.checked,
+        projects_eligible=started.eligible,
+        projects_skipped=started.skipped,
+    )
     _dispatch(started.run_id, started.job_ids)
     return {"status": "started", "run_id": run_key, "jobs": len(started.job_ids)}
 
@@ -152,8 +165,12 @@ class JobRequest(Request):
         try:
             function(job_id, get_settings(), detail)
         except Exception as exc:  # noqa: BLE001 - never keep Celery from requeueing; the reaper acts later
-            log.error("worker.record_failed", detail=detail, error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300],
-                      job_id=str(job_id))
+            log.error(
+                "worker.record_failed",
+                detail=detail,
+                error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300],
+                job_id=str(job_id),
+            )
 
 
 @app.task(
@@ -192,9 +209,11 @@ def run_project(self, job_id: str) -> dict[str, Any]:
     except Ignore:
         raise  # Celery's own control flow, not an error to retry
     except SoftTimeLimitExceeded:
-        error = (f"exceeded the soft time limit of {settings.job_time_limit}s (ORCHESTRATION_JOB_TIME_LIMIT); "
-                 "changes committed so far are kept")
-    except Exception as exc:  # noqa: BLE001 - anything else may be transient: retry, then fail
+        error = (
+            f"exceeded the soft time limit of {settings.job_time_limit}s (ORCHESTRATION_JOB_TIME_LIMIT); "
+            "changes committed so far are kept"
+        )
+    except Exception as exc:
         error = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
         # Every start counts, starts whose worker died too; a start that was never
         # recorded (the database was unreachable) counts by Celery's retries.
@@ -313,7 +332,9 @@ def reap_stale() -> dict[str, Any]:
     """Re-send or fail jobs whose worker died; finalize runs past the deadline."""
     with session_scope() as session:
         reaped = reaper.reap(session, get_settings(), utcnow())
-        closed = [(run.id, reason, runs.finished_fields(run), runs.summary_document(run)) for run, reason in reaped.runs]
+        closed = [
+            (run.id, reason, runs.finished_fields(run), runs.summary_document(run)) for run, reason in reaped.runs
+        ]
     for lost in reaped.lost:
         jobs.log_lost(lost.ids, lost.attempt, lost.error, lost.status, lost.final_error)
     for lost in reaped.resend:

@@ -13,9 +13,9 @@ import os
 import shutil
 import subprocess
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlsplit
 
 # In-process tests use the embedded transport; set before orchestration is imported.
@@ -23,13 +23,13 @@ os.environ["ORCHESTRATION_BROKER_URL"] = "memory://"
 os.environ["ORCHESTRATION_RESULT_BACKEND"] = "cache+memory://"
 os.environ.setdefault("ORCHESTRATION_LOG_LEVEL", "INFO")
 
-import pytest  # noqa: E402
-from sqlalchemy import create_engine, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
-from orchestration import db, migrate  # noqa: E402
-from orchestration.settings import mask_url  # noqa: E402
-from support import unavailable  # noqa: E402
+from orchestration import db, migrate
+from orchestration.settings import mask_url
+from support import unavailable
 
 PG_ADMIN_URL = os.environ.get("ORCHESTRATION_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("ORCHESTRATION_TEST_REDIS_URL", "redis://127.0.0.1:6379")

@@ -24,13 +24,12 @@ import os
 import signal
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
-from datetime import timedelta
-
-from orchestration import consolidation, heartbeat, locks
-from orchestration.celery_app import app  # noqa: F401 - the app celery -A finds
 import orchestration.tasks  # noqa: F401
+from orchestration import consolidation, heartbeat, locks
+from orchestration.celery_app import app
 
 _env = os.environ.get
 
@@ -48,8 +47,11 @@ def _kill_once(point: str) -> None:
 if _env("FAULT_VISIBILITY_TIMEOUT"):
     timeout = int(_env("FAULT_VISIBILITY_TIMEOUT"))
     # kombu looks for expired unacked messages every 10 checks of this interval.
-    app.conf.broker_transport_options = {**app.conf.broker_transport_options, "visibility_timeout": timeout,
-                                         "unacked_restore_interval": 0.3}
+    app.conf.broker_transport_options = {
+        **app.conf.broker_transport_options,
+        "visibility_timeout": timeout,
+        "unacked_restore_interval": 0.3,
+    }
 if _env("FAULT_LOST_AFTER"):
     heartbeat.LOST_AFTER = timedelta(seconds=float(_env("FAULT_LOST_AFTER")))
     heartbeat.INTERVAL = heartbeat.LOST_AFTER / 6

@@ -7,7 +7,6 @@ import os
 from collections import Counter
 
 import pytest
-
 from sqlalchemy import select
 
 from orchestration import db
@@ -27,12 +26,22 @@ def fingerprint() -> list[tuple]:
     memories are named by their sorted sources."""
     with db.session_scope() as session:
         memories = {m.id: m for m in session.scalars(select(TaskMemory))}
-    key = {m.id: "consolidated:" + ",".join(sorted(m.consolidated_from)) if m.consolidated_from else str(m.id)
-           for m in memories.values()}
+    key = {
+        m.id: "consolidated:" + ",".join(sorted(m.consolidated_from)) if m.consolidated_from else str(m.id)
+        for m in memories.values()
+    }
     return sorted(
         (
-            key[m.id], m.memory_type, m.content, m.is_duplicate, key.get(m.duplicate_of, ""), m.is_archived,
-            m.archive_reason or "", m.reused_count, tuple(m.tags), tuple(m.file_links),
+            key[m.id],
+            m.memory_type,
+            m.content,
+            m.is_duplicate,
+            key.get(m.duplicate_of, ""),
+            m.is_archived,
+            m.archive_reason or "",
+            m.reused_count,
+            tuple(m.tags),
+            tuple(m.file_links),
         )
         for m in memories.values()
     )

@@ -18,14 +18,16 @@ from orchestration.seed import seed
 def _consolidated_job(status="completed"):
     with db.session_scope() as session:
         (manifest,) = seed(session, 1, 80, seed=11, dim=32)
-        job = ConsolidationJob(project_id=uuid.UUID(manifest.id), trigger_type="manual", triggered_by="t",
-                               status="running")
+        job = ConsolidationJob(
+            project_id=uuid.UUID(manifest.id), trigger_type="manual", triggered_by="t", status="running"
+        )
         session.add(job)
     before = _rows()
     consolidate_project(job.project_id, resolve_options(None), job_id=job.id)
     with db.session_scope() as session:
-        session.execute(update(ConsolidationJob).where(ConsolidationJob.id == job.id)
-                        .values(status=status, completed_at=utcnow()))
+        session.execute(
+            update(ConsolidationJob).where(ConsolidationJob.id == job.id).values(status=status, completed_at=utcnow())
+        )
     return manifest, job.id, before
 
 
@@ -66,7 +68,7 @@ def test_audit_rows_are_small_and_never_copy_embeddings_or_content(database):
     assert changes
     for change in changes:
         blob = json.dumps([change.previous_state, change.new_state])
-        assert "embedding" not in blob and "content\"" not in blob
+        assert "embedding" not in blob and 'content"' not in blob
         assert len(blob) < 1024
 
 

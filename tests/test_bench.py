@@ -15,15 +15,31 @@ pytestmark = pytest.mark.integration
 
 
 def _bench(name: str, *args: str) -> str:
-    done = subprocess.run([sys.executable, str(Path(ROOT) / "bench" / name), *args], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, str(Path(ROOT) / "bench" / name), *args], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
 
 def test_eligibility_benchmark(pg_template):
-    out = _bench("eligibility.py", "--projects", "300", "--memories", "20000", "--repeat", "2", "--pending", "20",
-                 "--rounds", "1", "--writes", "10", "--bulk", "100")
+    out = _bench(
+        "eligibility.py",
+        "--projects",
+        "300",
+        "--memories",
+        "20000",
+        "--repeat",
+        "2",
+        "--pending",
+        "20",
+        "--rounds",
+        "1",
+        "--writes",
+        "10",
+        "--bulk",
+        "100",
+    )
     eligible = set(re.findall(r"median of 2, ([\d,]+) eligible", out))
     assert len(eligible) == 1 and eligible != {"0"}  # five queries, one answer
     assert re.search(r"speed-up ratio [\d.]+x", out) and "one-row INSERT + commit" in out

@@ -1,9 +1,8 @@
 import time
 import uuid
+from datetime import timedelta
 
 from kombu import Connection
-
-from datetime import timedelta
 
 from orchestration import heartbeat
 from orchestration.celery_app import app, celery_config, consumer_timeout_warning, visibility_timeout
@@ -75,8 +74,13 @@ def test_beat_schedule_comes_from_the_settings():
 def test_task_names_are_registered():
     import orchestration.tasks  # noqa: F401
 
-    for name in ("consolidation.run_scheduled", "consolidation.run_project", "consolidation.finalize_run",
-                 "consolidation.reap_stale", "consolidation.prune_audit"):
+    for name in (
+        "consolidation.run_scheduled",
+        "consolidation.run_project",
+        "consolidation.finalize_run",
+        "consolidation.reap_stale",
+        "consolidation.prune_audit",
+    ):
         assert name in app.tasks
 
 
@@ -92,9 +96,16 @@ def test_a_pickle_message_is_refused_by_a_real_worker(celery_worker, sqlite_data
         producer = conn.Producer(serializer="pickle")
         producer.publish(
             [[Exploit()], {}, {}],
-            exchange="", routing_key="celery", serializer="pickle",
-            headers={"lang": "py", "task": "consolidation.run_project", "id": str(uuid.uuid4()), "argsrepr": "",
-                     "kwargsrepr": ""},
+            exchange="",
+            routing_key="celery",
+            serializer="pickle",
+            headers={
+                "lang": "py",
+                "task": "consolidation.run_project",
+                "id": str(uuid.uuid4()),
+                "argsrepr": "",
+                "kwargsrepr": "",
+            },
             declare=[app.amqp.queues["celery"]],
         )
     # A JSON task sent after it runs, proving the worker went past the pickle message.
@@ -111,9 +122,15 @@ def test_run_project_limits_come_from_the_settings():
 
     env = {**os.environ, "ORCHESTRATION_PROJECT_RATE_LIMIT": "30/m", "ORCHESTRATION_JOB_TIME_LIMIT": "120"}
     out = subprocess.run(
-        [sys.executable, "-c", "import orchestration.tasks as t; r = t.run_project; "
-                               "print(r.rate_limit, r.soft_time_limit, r.time_limit)"],
-        env=env, capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-c",
+            "import orchestration.tasks as t; r = t.run_project; print(r.rate_limit, r.soft_time_limit, r.time_limit)",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     assert out == ["30/m", "120", "180"]
 
@@ -126,9 +143,12 @@ def test_a_bad_setting_stops_the_worker_with_one_line():
     done = subprocess.run(
         [sys.executable, "-m", "celery", "-A", "orchestration.celery_app", "worker"],
         env={**os.environ, "ORCHESTRATION_DATABASE_URL": "postgresql://orch:s3cret@db:notaport/x"},
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1] == (
         "orchestration: ORCHESTRATION_DATABASE_URL='postgresql://orch:***@db:notaport/x': "
-        "malformed URL (Port could not be cast to integer value as 'notaport')")
+        "malformed URL (Port could not be cast to integer value as 'notaport')"
+    )

@@ -2,7 +2,7 @@ import json
 import subprocess
 import sys
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from click.testing import CliRunner
@@ -53,7 +53,10 @@ def test_consolidate_dry_run_then_real_then_rollback(sqlite_database):
     job = json.loads(cli("consolidate", project["id"], "--json"))
     assert job["status"] == "completed" and job["trigger_type"] == "manual" and job["run_id"] is None
     assert (job["clusters_found"], job["memories_merged"], job["memories_archived"]) == (
-        dry["clusters_found"], dry["memories_merged"], dry["memories_archived"])
+        dry["clusters_found"],
+        dry["memories_merged"],
+        dry["memories_archived"],
+    )
     shown = json.loads(cli("jobs", "show", job["id"][:8], "--json"))
     assert shown["changes"]["merge"] > 0 and shown["changes"]["archive"] == len(project["stale"])
     assert "audit rows: archive" in cli("jobs", "show", job["id"])
@@ -71,15 +74,23 @@ def test_consolidate_text_output(sqlite_database):
 @pytest.mark.parametrize("case", ["unknown", "disabled", "malformed", "not-an-id"])
 def test_consolidate_refuses_bad_input_with_one_line(sqlite_database, case):
     manifests = _seed()
-    target = {"unknown": str(uuid.uuid4()), "disabled": manifests[2]["id"], "malformed": manifests[0]["id"],
-              "not-an-id": "xyz"}[case]
+    target = {
+        "unknown": str(uuid.uuid4()),
+        "disabled": manifests[2]["id"],
+        "malformed": manifests[0]["id"],
+        "not-an-id": "xyz",
+    }[case]
     if case == "malformed":
         with db.session_scope() as session:
             session.execute(update(Project).values(consolidation_options={"similarity_threshold": 7}))
     out = cli("consolidate", target, code=1)
     assert len(out.strip().splitlines()) == 1
-    assert {"unknown": "no project with id", "disabled": "use --force",
-            "malformed": "consolidation_options.similarity_threshold", "not-an-id": "at least 4 characters"}[case] in out
+    assert {
+        "unknown": "no project with id",
+        "disabled": "use --force",
+        "malformed": "consolidation_options.similarity_threshold",
+        "not-an-id": "at least 4 characters",
+    }[case] in out
     with db.session_scope() as session:
         assert session.scalar(select(ConsolidationJob)) is None  # nothing recorded, nothing changed
 
@@ -90,11 +101,11 @@ def test_disabled_project_with_force(sqlite_database):
 
 
 def _finished_run(slot, statuses=("completed",), age=timedelta(hours=1)):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with db.session_scope() as session:
         started = runs.start_run(session, "scheduled", slot, 10, now=now - age)
         jobs = session.scalars(select(ConsolidationJob).where(ConsolidationJob.run_id == started.run_id)).all()
-        for job, status in zip(jobs, statuses):
+        for job, status in zip(jobs, statuses, strict=True):
             job.status = status
             job.error_message = "boom" if status == "failed" else None
         session.flush()
@@ -103,7 +114,7 @@ def _finished_run(slot, statuses=("completed",), age=timedelta(hours=1)):
 
 def test_runs_list_and_show(sqlite_database):
     _seed()
-    slot = datetime(2026, 11, 26, 2, tzinfo=timezone.utc)
+    slot = datetime(2026, 11, 26, 2, tzinfo=UTC)
     run_id = _finished_run(slot, statuses=("failed", "completed"))
     listed = json.loads(cli("runs", "list", "--json"))
     assert [r["id"] for r in listed] == [str(run_id)] and listed[0]["status"] == "partial"
@@ -121,13 +132,13 @@ def test_health_exit_codes(sqlite_database, settings_env):
     _seed()
     assert cli("health", code=2).startswith("CRITICAL: no scheduled run")
     with freeze_time("2026-11-27 09:00:00"):
-        slot = datetime(2026, 11, 27, 2, tzinfo=timezone.utc)
+        slot = datetime(2026, 11, 27, 2, tzinfo=UTC)
         with db.session_scope() as session:
-            run_id = runs.start_run(session, "scheduled", slot, 10, now=datetime(2026, 11, 27, 2, 1, tzinfo=timezone.utc)).run_id
+            run_id = runs.start_run(session, "scheduled", slot, 10, now=datetime(2026, 11, 27, 2, 1, tzinfo=UTC)).run_id
             for job in session.scalars(select(ConsolidationJob)):
                 job.status = "completed"
             session.flush()
-            runs.finalize(session, run_id, datetime(2026, 11, 27, 2, 5, tzinfo=timezone.utc))
+            runs.finalize(session, run_id, datetime(2026, 11, 27, 2, 5, tzinfo=UTC))
         doc = json.loads(cli("health", "--json"))
         assert doc["code"] == 0 and doc["run_id"] == str(run_id)
         assert cli("health", "--max-age", "2", code=2).startswith("CRITICAL")
@@ -177,8 +188,13 @@ def test_run_now_through_the_broker(celery_worker, sqlite_database):
 
 @pytest.mark.parametrize(("flags", "code", "status"), [((), 0, "COMPLETED"), (("--with-failure",), 1, "PARTIAL")])
 def test_demo(tmp_path, flags, code, status):
-    done = subprocess.run([sys.executable, "-m", "orchestration.cli", "demo", *flags], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestration.cli", "demo", *flags],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == code, done.stderr[-2000:]
     assert f"status: {status}" in done.stdout
     assert (tmp_path / "var" / "demo.db").exists()
@@ -203,21 +219,32 @@ def test_consolidate_reports_a_busy_project_as_one_line(sqlite_database):
 
 def _run_in_state(state: str, run_id: uuid.UUID | None = None) -> uuid.UUID:
     """A run with two jobs, in one of the states an operator can meet."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with db.session_scope() as session:
         if session.scalar(select(Project)) is None:
-            session.add_all([Project(name="alpha", consolidation_threshold=0), Project(name="beta",
-                                                                                      consolidation_threshold=0)])
+            session.add_all(
+                [Project(name="alpha", consolidation_threshold=0), Project(name="beta", consolidation_threshold=0)]
+            )
             session.flush()
         started = runs.start_run(session, "manual", None, 0, now=now - timedelta(hours=7), run_id=run_id)
         projects = session.scalars(select(Project).order_by(Project.name)).all()
         for index, project in enumerate(projects):
-            job = ConsolidationJob(run_id=started.run_id, project_id=project.id, trigger_type="manual",
-                                   status="pending", attempts=1, started_at=now - timedelta(hours=7))
+            job = ConsolidationJob(
+                run_id=started.run_id,
+                project_id=project.id,
+                trigger_type="manual",
+                status="pending",
+                attempts=1,
+                started_at=now - timedelta(hours=7),
+            )
             session.add(job)
-            job.status = {"completed": "completed", "partial": ("failed", "completed")[index],
-                          "failed": "failed", "running": ("running", "completed")[index],
-                          "reaped": ("running", "completed")[index]}[state]
+            job.status = {
+                "completed": "completed",
+                "partial": ("failed", "completed")[index],
+                "failed": "failed",
+                "running": ("running", "completed")[index],
+                "reaped": ("running", "completed")[index],
+            }[state]
             job.progress = 0.5 if job.status == "running" else 1.0
             job.error_message = "OperationalError: connection refused\nsecond line" if job.status == "failed" else None
         session.flush()
@@ -234,7 +261,9 @@ def test_runs_show_and_list_in_every_state(sqlite_database, state):
     status = {"reaped": "partial"}.get(state, state)
     doc = json.loads(cli("runs", "show", str(run_id), "--json"))
     assert doc["status"] == status and len(doc["jobs"]) == 2
-    assert [j["status"] for j in doc["jobs"]][0] == ("failed" if status in ("partial", "failed") else doc["jobs"][0]["status"])
+    assert [j["status"] for j in doc["jobs"]][0] == (
+        "failed" if status in ("partial", "failed") else doc["jobs"][0]["status"]
+    )
     text = cli("runs", "show", str(run_id))
     assert f"status: {status.upper()}" in text
     assert all(len(line) <= 80 for line in text.splitlines())
@@ -252,6 +281,7 @@ def test_an_ambiguous_prefix_is_one_line(sqlite_database):
     _run_in_state("completed", uuid.UUID("abcd1111-0000-0000-0000-000000000000"))
     _run_in_state("completed", uuid.UUID("abcd2222-0000-0000-0000-000000000000"))
     assert cli("runs", "show", "abcd", code=1).strip() == (
-        "Error: run id prefix 'abcd' is ambiguous; give more characters")
+        "Error: run id prefix 'abcd' is ambiguous; give more characters"
+    )
     assert "abcd1111" in cli("runs", "show", "abcd1")
     assert cli("jobs", "show", "0000", code=1).strip() == "Error: no job with id '0000'"

@@ -46,14 +46,21 @@ def test_services_share_settings_that_pass_validation():
     from orchestration.settings import load_settings
 
     env = _compose()["services"]["worker"]["environment"]
-    resolved = {k: v.replace("${POSTGRES_PASSWORD:-orchestration}", "pw")
-                .replace("${ORCHESTRATION_SCHEDULE:-0 2 * * *}", "0 2 * * *")
-                .replace("${ORCHESTRATION_TIMEZONE:-UTC}", "UTC")
-                .replace("${ORCHESTRATION_NOTIFY_URL:-}", "") for k, v in env.items()}
+    resolved = {
+        k: v.replace("${POSTGRES_PASSWORD:-orchestration}", "pw")
+        .replace("${ORCHESTRATION_SCHEDULE:-0 2 * * *}", "0 2 * * *")
+        .replace("${ORCHESTRATION_TIMEZONE:-UTC}", "UTC")
+        .replace("${ORCHESTRATION_NOTIFY_URL:-}", "")
+        for k, v in env.items()
+    }
     for broker, expected in ((None, "redis://redis:6379/0"), ("amqp://o:pw@rabbitmq:5672//", "amqp://o:pw@rabbitmq")):
         default = "redis://redis:6379/0" if broker is None else broker
-        chosen = {**resolved, "ORCHESTRATION_BROKER_URL": resolved["ORCHESTRATION_BROKER_URL"].replace(
-            "${ORCHESTRATION_BROKER_URL:-redis://redis:6379/0}", default)}
+        chosen = {
+            **resolved,
+            "ORCHESTRATION_BROKER_URL": resolved["ORCHESTRATION_BROKER_URL"].replace(
+                "${ORCHESTRATION_BROKER_URL:-redis://redis:6379/0}", default
+            ),
+        }
         settings = load_settings(chosen)
         assert settings.database_url.startswith("postgresql+psycopg://")
         assert settings.broker_url.startswith(expected)

@@ -163,8 +163,17 @@ def test_a_concurrent_writer_is_never_overwritten(database):
                 memory.reused_count += 1
                 memory.last_reused_at = utcnow()
             copy = session.get(TaskMemory, uuid.UUID(manifest.groups[1][0]))
-            session.add(TaskMemory(id=new_id, project_id=pid, memory_type=copy.memory_type, content=copy.content,
-                                   embedding=copy.embedding, tags=[], file_links=[]))
+            session.add(
+                TaskMemory(
+                    id=new_id,
+                    project_id=pid,
+                    memory_type=copy.memory_type,
+                    content=copy.content,
+                    embedding=copy.embedding,
+                    tags=[],
+                    file_links=[],
+                )
+            )
 
     before = _memories(pid)
     result = _run(pid, progress=agent_writes)
@@ -188,8 +197,18 @@ def test_a_later_night_merges_consolidated_memories_without_chains(database):
     source_type = _memories(pid)[uuid.UUID(first.consolidated_from[0])].memory_type
     newcomer = uuid.uuid4()
     with db.session_scope() as session:
-        session.add(TaskMemory(id=newcomer, project_id=pid, memory_type=source_type, content="A brand new insight.",
-                               embedding=first.embedding, tags=["new"], file_links=[], reused_count=50))
+        session.add(
+            TaskMemory(
+                id=newcomer,
+                project_id=pid,
+                memory_type=source_type,
+                content="A brand new insight.",
+                embedding=first.embedding,
+                tags=["new"],
+                file_links=[],
+                reused_count=50,
+            )
+        )
     result = _run(pid)
     assert result.clusters_found == 1
     memories = _memories(pid)
@@ -206,8 +225,9 @@ def test_bad_embeddings_are_skipped_and_counted(database):
     pid = uuid.UUID(manifest.id)
     nan_id, short_id = uuid.UUID(manifest.groups[0][0]), uuid.UUID(manifest.groups[1][0])
     with db.session_scope() as session:
-        session.execute(update(TaskMemory).where(TaskMemory.id == nan_id)
-                        .values(embedding=to_bytes([float("nan")] * 32)))
+        session.execute(
+            update(TaskMemory).where(TaskMemory.id == nan_id).values(embedding=to_bytes([float("nan")] * 32))
+        )
         session.execute(update(TaskMemory).where(TaskMemory.id == short_id).values(embedding=to_bytes([1.0] * 7)))
     result = _run(pid)
     memories = _memories(pid)
@@ -223,8 +243,9 @@ def test_memories_without_embeddings_use_the_lexical_fallback(database):
         session.flush()
         text = "Retry the flaky upload with exponential backoff. The S3 client times out after 30 seconds."
         for content in (text, text + " Seen on the staging cluster.", "Completely unrelated note about fonts."):
-            session.add(TaskMemory(project_id=project.id, memory_type="learning", content=content, tags=[],
-                                   file_links=[]))
+            session.add(
+                TaskMemory(project_id=project.id, memory_type="learning", content=content, tags=[], file_links=[])
+            )
     result = _run(project.id, resolve_options({"similarity_threshold": 0.8}))
     assert result.clusters_found == 1 and result.memories_merged == 2
     merged = next(m for m in _memories(project.id).values() if m.consolidated_from)
@@ -271,4 +292,7 @@ def test_disabled_and_missing_projects(database):
 def test_merge_content_keeps_unique_sentences_once():
     merged = merge_content(["Use a retry. Keep it short!", "use a retry.  Then log it?", "Keep it short"])
     assert merged == "Use a retry. Keep it short! Then log it?"
-    assert merge_content(["Émigré café: naïve façade. 日本語の文。", "日本語の文。"]) == "Émigré café: naïve façade. 日本語の文。"
+    assert (
+        merge_content(["Émigré café: naïve façade. 日本語の文。", "日本語の文。"])
+        == "Émigré café: naïve façade. 日本語の文。"
+    )

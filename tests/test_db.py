@@ -1,5 +1,5 @@
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from alembic.util.exc import CommandError
@@ -8,8 +8,17 @@ from sqlalchemy import create_engine, inspect, text
 from orchestration import db, migrate
 from orchestration.models import Base, Project
 
-TABLES = {"projects", "task_memories", "consolidation_runs", "consolidation_jobs", "consolidation_changes",
-          "project_locks", "project_memory_counts", "project_memory_count_deltas", "alembic_version"}
+TABLES = {
+    "projects",
+    "task_memories",
+    "consolidation_runs",
+    "consolidation_jobs",
+    "consolidation_changes",
+    "project_locks",
+    "project_memory_counts",
+    "project_memory_count_deltas",
+    "alembic_version",
+}
 
 
 def _tables(url: str) -> set[str]:
@@ -64,17 +73,16 @@ def test_constraint_names_follow_the_convention(database_url):
 def test_session_scope_commits_and_rolls_back(database):
     with db.session_scope() as session:
         session.add(Project(name="kept"))
-    with pytest.raises(RuntimeError):
-        with db.session_scope() as session:
-            session.add(Project(name="rolled back"))
-            session.flush()
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), db.session_scope() as session:
+        session.add(Project(name="rolled back"))
+        session.flush()
+        raise RuntimeError("boom")
     with db.session_scope() as session:
         assert [p.name for p in session.query(Project)] == ["kept"]
 
 
 def test_uuid_and_timestamps_round_trip(database):
-    stamp = datetime(2026, 3, 29, 1, 30, tzinfo=timezone.utc)
+    stamp = datetime(2026, 3, 29, 1, 30, tzinfo=UTC)
     with db.session_scope() as session:
         project = Project(name="p", created_at=stamp)
         session.add(project)
@@ -88,9 +96,8 @@ def test_uuid_and_timestamps_round_trip(database):
 
 
 def test_naive_timestamps_are_refused(database):
-    with pytest.raises(Exception, match="timezone-aware"):
-        with db.session_scope() as session:
-            session.add(Project(name="p", created_at=datetime(2026, 1, 1)))
+    with pytest.raises(Exception, match="timezone-aware"), db.session_scope() as session:
+        session.add(Project(name="p", created_at=datetime(2026, 1, 1)))
 
 
 def test_sqlite_is_set_up_for_concurrent_workers(sqlite_database):

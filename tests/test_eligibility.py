@@ -10,9 +10,17 @@ def _project(session, name, active, threshold=None, enabled=True, duplicates=0, 
     session.add(project)
     session.flush()
     for i in range(active + duplicates + archived):
-        session.add(TaskMemory(project_id=project.id, memory_type="learning", content=f"m{i}", tags=[], file_links=[],
-                               is_duplicate=i >= active and i < active + duplicates,
-                               is_archived=i >= active + duplicates))
+        session.add(
+            TaskMemory(
+                project_id=project.id,
+                memory_type="learning",
+                content=f"m{i}",
+                tags=[],
+                file_links=[],
+                is_duplicate=i >= active and i < active + duplicates,
+                is_archived=i >= active + duplicates,
+            )
+        )
     return project.id
 
 
@@ -34,10 +42,14 @@ def test_the_eligibility_query_reads_the_kept_counts_not_the_memories(pg_databas
     with db.session_scope() as session:
         project_id = _project(session, "p", 0, threshold=1)
         # 20,000 memories, nine in ten of them archived or duplicate.
-        session.execute(text(
-            "INSERT INTO task_memories (id, project_id, memory_type, content, tags, file_links, learned_at, "
-            "is_duplicate, is_archived) SELECT gen_random_uuid(), :p, 'learning', 'm', '[]', '[]', now(), "
-            "g % 10 = 1, g % 10 > 1 FROM generate_series(1, 20000) g"), {"p": project_id})
+        session.execute(
+            text(
+                "INSERT INTO task_memories (id, project_id, memory_type, content, tags, file_links, learned_at, "
+                "is_duplicate, is_archived) SELECT gen_random_uuid(), :p, 'learning', 'm', '[]', '[]', now(), "
+                "g % 10 = 1, g % 10 > 1 FROM generate_series(1, 20000) g"
+            ),
+            {"p": project_id},
+        )
     with db.get_engine().connect() as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM ANALYZE")
         compiled = eligible_query(1000).compile(conn, compile_kwargs={"literal_binds": True})

@@ -1,5 +1,6 @@
 """docs/events.md against what a real run emits, in both directions."""
 
+import contextlib
 import io
 import json
 import re
@@ -12,7 +13,6 @@ from pathlib import Path
 import structlog
 from sqlalchemy import select, update
 
-from support import wait_for_run
 from orchestration import consolidation, db, runs
 from orchestration.consolidation import ProjectDisabled
 from orchestration.dbtypes import utcnow
@@ -22,6 +22,7 @@ from orchestration.schedule import parse_slot
 from orchestration.seed import seed
 from orchestration.settings import get_settings
 from orchestration.tasks import prune_audit, reap_stale, run_project, run_scheduled
+from support import wait_for_run
 
 CATALOGUE = Path(__file__).resolve().parent.parent / "docs" / "events.md"
 COMMON = {"event", "level", "logger", "timestamp", "task_id", "task", "run_id", "job_id", "project_id"}
@@ -64,11 +65,11 @@ def _crash_recovery_events(project_id) -> None:
     with db.session_scope() as session:  # the live attempt froze; a new one takes over
         session.execute(update(ProjectLock).values(heartbeat_at=utcnow() - heartbeat.LOST_AFTER * 2))
     newer = jobs.begin_attempt(job_id, settings)
-    with structlog.contextvars.bound_contextvars(**jobs.job_ids(_job(job_id))):
-        try:
-            jobs.execute(live)
-        except consolidation.Superseded:
-            pass
+    with (
+        structlog.contextvars.bound_contextvars(**jobs.job_ids(_job(job_id))),
+        contextlib.suppress(consolidation.Superseded),
+    ):
+        jobs.execute(live)
     jobs.worker_lost(job_id, settings, "Worker exited prematurely: signal 9 (SIGKILL)")
     assert newer is not None and _job(job_id).status == "failed"  # ORCHESTRATION_MAX_RETRIES=1 here: 2 of 2 died
 
@@ -113,8 +114,9 @@ def test_the_catalogue_matches_what_a_run_emits(celery_worker, sqlite_database, 
         monkeypatch.setattr(consolidation, "consolidate_project", faults)
         run_scheduled.apply_async(kwargs={"slot": SLOT}).get(timeout=30)
         run_scheduled.apply_async(kwargs={"slot": SLOT}).get(timeout=30)
-        run = wait_for_run(lambda s: s.scalar(select(ConsolidationRun).where(
-            ConsolidationRun.scheduled_for == parse_slot(SLOT))))
+        run = wait_for_run(
+            lambda s: s.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == parse_slot(SLOT)))
+        )
         with db.session_scope() as session:
             job_id = session.scalar(select(ConsolidationJob.id).where(ConsolidationJob.project_id == flaky))
         run_project.apply_async(args=[str(job_id)]).get(timeout=30)
@@ -124,14 +126,16 @@ def test_the_catalogue_matches_what_a_run_emits(celery_worker, sqlite_database, 
         with db.session_scope() as session:
             runs.start_run(session, "scheduled", orphan_slot, 10, now=utcnow() - timedelta(minutes=10))
         run_scheduled.apply_async(kwargs={"slot": orphan_slot.isoformat()}).get(timeout=30)
-        wait_for_run(lambda s: s.scalar(select(ConsolidationRun).where(
-            ConsolidationRun.scheduled_for == orphan_slot)))
+        wait_for_run(lambda s: s.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == orphan_slot)))
         # A run whose worker vanished long ago, for the reaper.
         long_ago = utcnow() - timedelta(days=2)
         with db.session_scope() as session:
             stale = runs.start_run(session, "manual", None, 10, now=long_ago)
-            session.execute(update(ConsolidationJob).where(ConsolidationJob.run_id == stale.run_id)
-                            .values(status="running", heartbeat_at=long_ago))
+            session.execute(
+                update(ConsolidationJob)
+                .where(ConsolidationJob.run_id == stale.run_id)
+                .values(status="running", heartbeat_at=long_ago)
+            )
         reap_stale.apply_async().get(timeout=60)
         _crash_recovery_events(flaky)
         with db.session_scope() as session:

@@ -19,8 +19,14 @@ def _running_job_with_lock() -> tuple[uuid.UUID, str]:
     with db.session_scope() as session:
         (manifest,) = seed(session, 1, 20, seed=1, dim=8)
         project_id = uuid.UUID(manifest.id)
-        job = ConsolidationJob(project_id=project_id, trigger_type="manual", triggered_by="test", status="running",
-                               attempts=1, heartbeat_at=utcnow() - timedelta(minutes=5))
+        job = ConsolidationJob(
+            project_id=project_id,
+            trigger_type="manual",
+            triggered_by="test",
+            status="running",
+            attempts=1,
+            heartbeat_at=utcnow() - timedelta(minutes=5),
+        )
         session.add(job)
         session.flush()
         holder = locks.holder_for(job.id, 1)

@@ -17,10 +17,10 @@ import pytest
 from celery import Celery
 from sqlalchemy import select
 
-from support import wait_for_run
 from orchestration import db
 from orchestration.models import ConsolidationJob, ConsolidationRun
 from orchestration.seed import seed
+from support import wait_for_run
 
 pytestmark = pytest.mark.integration
 SLOT = "2026-11-27T02:00:00+00:00"
@@ -50,9 +50,26 @@ def worker_process(env, log: Path, app: str = "orchestration.celery_app"):
     """``celery -A <app> worker`` (prefork, 2 processes) as a subprocess."""
     with log.open("w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", app, "worker", "--pool", "prefork", "--concurrency", "2",
-             "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
-            env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                app,
+                "worker",
+                "--pool",
+                "prefork",
+                "--concurrency",
+                "2",
+                "--loglevel",
+                "INFO",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            env={**env, "PYTHONPATH": str(ROOT)},
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         yield log
@@ -72,8 +89,12 @@ def worker(stack, tmp_path):
 
 
 def _client(env) -> Celery:
-    client = Celery("client", broker=env["ORCHESTRATION_BROKER_URL"], backend=env["ORCHESTRATION_RESULT_BACKEND"],
-                    set_as_current=False)
+    client = Celery(
+        "client",
+        broker=env["ORCHESTRATION_BROKER_URL"],
+        backend=env["ORCHESTRATION_RESULT_BACKEND"],
+        set_as_current=False,
+    )
     client.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
     return client
 
@@ -87,8 +108,10 @@ def test_full_chord_with_a_worker_subprocess(stack, worker):
     slot = SLOT.replace("+00:00", "")
     from orchestration.schedule import parse_slot
 
-    run = wait_for_run(lambda s: s.scalar(select(ConsolidationRun).where(
-        ConsolidationRun.scheduled_for == parse_slot(slot))), timeout=120)
+    run = wait_for_run(
+        lambda s: s.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == parse_slot(slot))),
+        timeout=120,
+    )
     with db.session_scope() as session:
         jobs = {str(j.project_id): j for j in session.scalars(select(ConsolidationJob))}
         runs = session.scalars(select(ConsolidationRun)).all()
@@ -112,8 +135,13 @@ def test_full_chord_with_a_worker_subprocess(stack, worker):
 def test_run_now_wait_through_redis(stack, worker):
     with db.session_scope() as session:
         seed(session, 3, 40, seed=4, dim=16)
-    done = subprocess.run([sys.executable, "-m", "orchestration.cli", "run-now", "--wait", "--timeout", "120"],
-                          env=stack, capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestration.cli", "run-now", "--wait", "--timeout", "120"],
+        env=stack,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "manual  status: COMPLETED" in done.stdout
     with db.session_scope() as session:
@@ -130,8 +158,10 @@ def test_a_job_past_its_soft_time_limit_fails_cleanly(stack, tmp_path):
         _client(env).send_task("consolidation.run_scheduled", kwargs={"slot": SLOT})
         from orchestration.schedule import parse_slot
 
-        run = wait_for_run(lambda s: s.scalar(select(ConsolidationRun).where(
-            ConsolidationRun.scheduled_for == parse_slot(SLOT))), timeout=60)
+        run = wait_for_run(
+            lambda s: s.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == parse_slot(SLOT))),
+            timeout=60,
+        )
     with db.session_scope() as session:
         job = session.scalar(select(ConsolidationJob))
     assert job.status == "failed" and job.attempts == 1
@@ -151,8 +181,7 @@ def test_the_worker_sends_celery_task_events(stack, worker):
     received: list[dict] = []
     with client.connection() as conn:
         receiver = client.events.Receiver(conn, handlers={"*": received.append})
-        thread = threading.Thread(target=lambda: receiver.capture(limit=None, timeout=None, wakeup=True),
-                                  daemon=True)
+        thread = threading.Thread(target=lambda: receiver.capture(limit=None, timeout=None, wakeup=True), daemon=True)
         thread.start()
         import time
 
@@ -160,11 +189,14 @@ def test_the_worker_sends_celery_task_events(stack, worker):
         client.send_task("consolidation.run_scheduled", kwargs={"slot": SLOT})
         from orchestration.schedule import parse_slot
 
-        wait_for_run(lambda s: s.scalar(select(ConsolidationRun).where(
-            ConsolidationRun.scheduled_for == parse_slot(SLOT))), timeout=120)
+        wait_for_run(
+            lambda s: s.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == parse_slot(SLOT))),
+            timeout=120,
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not any(
-                e.get("name") == "consolidation.finalize_run" for e in received if e["type"] == "task-received"):
+            e.get("name") == "consolidation.finalize_run" for e in received if e["type"] == "task-received"
+        ):
             time.sleep(0.2)
         receiver.should_stop = True
     names = {e.get("name") for e in received if e["type"] == "task-received"}

@@ -2,7 +2,6 @@
 process, the fence that stops an attempt superseded by a newer one, the hard limit."""
 
 import uuid
-from datetime import timedelta
 
 import pytest
 from sqlalchemy import select, update

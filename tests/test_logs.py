@@ -36,8 +36,9 @@ def test_json_lines_carry_bound_ids_and_stdlib_lines_share_the_renderer():
 
 def test_console_format_and_level():
     stream = io.StringIO()
-    configure_logging(load_settings({"ORCHESTRATION_LOG_FORMAT": "console", "ORCHESTRATION_LOG_LEVEL": "WARNING"}),
-                      stream=stream)
+    configure_logging(
+        load_settings({"ORCHESTRATION_LOG_FORMAT": "console", "ORCHESTRATION_LOG_LEVEL": "WARNING"}), stream=stream
+    )
     try:
         get_logger().info("hidden")
         get_logger().warning("run.reaped", reason="deadline")

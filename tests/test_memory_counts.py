@@ -21,8 +21,11 @@ from orchestration.seed import seed
 
 def _drift(session) -> dict[uuid.UUID, tuple[int, int]]:
     """Projects whose kept count differs from a literal count: {id: (kept, literal)}."""
-    literal = dict(session.execute(
-        select(TaskMemory.project_id, func.count()).where(active_filter()).group_by(TaskMemory.project_id)).all())
+    literal = dict(
+        session.execute(
+            select(TaskMemory.project_id, func.count()).where(active_filter()).group_by(TaskMemory.project_id)
+        ).all()
+    )
     kept = {p: count_active(session, p) for p in session.scalars(select(Project.id))}
     return {p: (n, literal.get(p, 0)) for p, n in kept.items() if n != literal.get(p, 0)}
 
@@ -39,8 +42,16 @@ def _assert_exact() -> None:
 
 
 def _memory(project_id, duplicate=False, archived=False) -> dict:
-    return {"id": uuid.uuid4(), "project_id": project_id, "memory_type": "learning", "content": "m",
-            "tags": [], "file_links": [], "is_duplicate": duplicate, "is_archived": archived}
+    return {
+        "id": uuid.uuid4(),
+        "project_id": project_id,
+        "memory_type": "learning",
+        "content": "m",
+        "tags": [],
+        "file_links": [],
+        "is_duplicate": duplicate,
+        "is_archived": archived,
+    }
 
 
 def _project_with(active: int) -> uuid.UUID:
@@ -67,10 +78,14 @@ def test_every_kind_of_write_keeps_the_counts_exact(database):
     _assert_exact()
 
     steps = [
-        lambda s: s.execute(update(TaskMemory).where(TaskMemory.content == "m", TaskMemory.project_id == ids[1])
-                            .values(is_archived=True)),
-        lambda s: s.execute(update(TaskMemory).where(TaskMemory.project_id == ids[0])
-                            .values(project_id=ids[2])),  # move between projects
+        lambda s: s.execute(
+            update(TaskMemory)
+            .where(TaskMemory.content == "m", TaskMemory.project_id == ids[1])
+            .values(is_archived=True)
+        ),
+        lambda s: s.execute(
+            update(TaskMemory).where(TaskMemory.project_id == ids[0]).values(project_id=ids[2])
+        ),  # move between projects
         lambda s: s.execute(update(TaskMemory).values(is_duplicate=~TaskMemory.is_duplicate)),
         lambda s: s.execute(update(TaskMemory).values(reused_count=TaskMemory.reused_count + 1)),  # not activity
         lambda s: s.execute(delete(TaskMemory).where(TaskMemory.is_duplicate)),
@@ -91,13 +106,16 @@ def test_every_kind_of_write_keeps_the_counts_exact(database):
 def test_consolidation_and_its_rollback_keep_the_counts_exact(database):
     with db.session_scope() as session:
         (manifest,) = seed(session, 1, 120, seed=3, dim=32)
-        job = ConsolidationJob(project_id=uuid.UUID(manifest.id), trigger_type="manual", triggered_by="t",
-                               status="running")
+        job = ConsolidationJob(
+            project_id=uuid.UUID(manifest.id), trigger_type="manual", triggered_by="t", status="running"
+        )
         session.add(job)
     result = consolidate_project(job.project_id, resolve_options(None), job_id=job.id)
     assert result.memories_merged and result.memories_archived
-    assert result.memories_after == result.memories_before - result.memories_merged - result.memories_archived \
-        + result.clusters_found
+    assert (
+        result.memories_after
+        == result.memories_before - result.memories_merged - result.memories_archived + result.clusters_found
+    )
     _assert_exact()
     with db.session_scope() as session:
         session.execute(update(ConsolidationJob).where(ConsolidationJob.id == job.id).values(status="completed"))
@@ -190,8 +208,9 @@ def test_the_deltas_of_a_deleted_project_are_dropped_by_the_next_fold(pg_databas
     with db.session_scope() as session:
         session.execute(delete(Project).where(Project.id == project_id))  # its memories go with it
     with db.session_scope() as session:
-        deltas = session.scalars(select(ProjectMemoryCountDelta.delta)
-                                 .where(ProjectMemoryCountDelta.project_id == project_id)).all()
+        deltas = session.scalars(
+            select(ProjectMemoryCountDelta.delta).where(ProjectMemoryCountDelta.project_id == project_id)
+        ).all()
         assert sum(d for d in deltas if d > 0) == 3 and -3 in deltas  # the delete: one statement
         counts.fold(session)
     with db.session_scope() as session:

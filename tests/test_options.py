@@ -6,8 +6,13 @@ from orchestration.options import ConsolidationOptions, InvalidOptions, resolve_
 def test_defaults():
     assert resolve_options(None) == resolve_options({}) == ConsolidationOptions()
     assert resolve_options(None).as_dict() == {
-        "merge": True, "archive": True, "similarity_threshold": 0.90, "min_cluster_size": 2,
-        "same_type_only": True, "archive_stale_days": 90, "archive_min_reuse": 3,
+        "merge": True,
+        "archive": True,
+        "similarity_threshold": 0.90,
+        "min_cluster_size": 2,
+        "same_type_only": True,
+        "archive_stale_days": 90,
+        "archive_min_reuse": 3,
     }
 
 

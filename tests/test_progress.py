@@ -31,8 +31,11 @@ def _finish_jobs_one_by_one(started: runs.StartedRun, pause: float) -> threading
         for n, job_id in enumerate(started.job_ids):
             time.sleep(pause)
             with db.session_scope() as session:
-                session.execute(update(ConsolidationJob).where(ConsolidationJob.id == job_id).values(
-                    status="failed" if n == 0 else "completed", memories_merged=10, memories_archived=2))
+                session.execute(
+                    update(ConsolidationJob)
+                    .where(ConsolidationJob.id == job_id)
+                    .values(status="failed" if n == 0 else "completed", memories_merged=10, memories_archived=2)
+                )
         with db.session_scope() as session:
             runs.finalize(session, started.run_id)
 
@@ -44,10 +47,14 @@ def _finish_jobs_one_by_one(started: runs.StartedRun, pause: float) -> threading
 def test_progress_sums_the_jobs_of_the_run(database):
     started = _run()
     with db.session_scope() as session:
-        session.execute(update(ConsolidationJob).where(ConsolidationJob.id == started.job_ids[0])
-                        .values(status="completed", memories_merged=7, memories_archived=3))
-        session.execute(update(ConsolidationJob).where(ConsolidationJob.id == started.job_ids[1])
-                        .values(status="failed"))
+        session.execute(
+            update(ConsolidationJob)
+            .where(ConsolidationJob.id == started.job_ids[0])
+            .values(status="completed", memories_merged=7, memories_archived=3)
+        )
+        session.execute(
+            update(ConsolidationJob).where(ConsolidationJob.id == started.job_ids[1]).values(status="failed")
+        )
         progress = read_progress(session, session.get(ConsolidationRun, started.run_id))
     total = len(started.job_ids)
     assert (progress.total, progress.done, progress.completed, progress.failed) == (total, 2, 1, 1)
@@ -55,10 +62,18 @@ def test_progress_sums_the_jobs_of_the_run(database):
 
 
 def test_a_plain_line_says_where_the_run_stands_and_what_is_left():
-    progress = RunProgress(run_id=__import__("uuid").UUID(int=7), status="running", total=40, completed=9,
-                           failed=1, merged=300, archived=120)
+    progress = RunProgress(
+        run_id=__import__("uuid").UUID(int=7),
+        status="running",
+        total=40,
+        completed=9,
+        failed=1,
+        merged=300,
+        archived=120,
+    )
     assert plain_line(progress, 125.0) == (
-        "run 00000000: 10/40 jobs done, 300 merged, 120 archived, 1 failed, 02:05 elapsed, about 06:15 left")
+        "run 00000000: 10/40 jobs done, 300 merged, 120 archived, 1 failed, 02:05 elapsed, about 06:15 left"
+    )
 
 
 def test_off_a_terminal_plain_lines_every_few_seconds(sqlite_database):
@@ -71,8 +86,9 @@ def test_off_a_terminal_plain_lines_every_few_seconds(sqlite_database):
     total = len(started.job_ids)
     assert run.status == "partial" and "\r" not in out.getvalue()
     assert 2 <= len(lines) <= 4 * total  # a line every 0.25 s, not one per poll
-    assert lines[-1].startswith(f"run {str(started.run_id)[:8]}: {total}/{total} jobs done, "
-                                f"{10 * total} merged, {2 * total} archived, 1 failed")
+    assert lines[-1].startswith(
+        f"run {str(started.run_id)[:8]}: {total}/{total} jobs done, {10 * total} merged, {2 * total} archived, 1 failed"
+    )
 
 
 def test_on_a_terminal_one_updating_line(sqlite_database):

@@ -27,11 +27,15 @@ def _run_with_attempts(projects: int = 5) -> runs.StartedRun:
 def _age(job_id: uuid.UUID, job_beat: timedelta, lock_beat: timedelta | None = None) -> None:
     now = utcnow()
     with db.session_scope() as session:
-        session.execute(update(ConsolidationJob).where(ConsolidationJob.id == job_id)
-                        .values(heartbeat_at=now - job_beat))
+        session.execute(
+            update(ConsolidationJob).where(ConsolidationJob.id == job_id).values(heartbeat_at=now - job_beat)
+        )
         if lock_beat is not None:
-            session.execute(update(ProjectLock).where(ProjectLock.holder.startswith(str(job_id)))
-                            .values(heartbeat_at=now - lock_beat))
+            session.execute(
+                update(ProjectLock)
+                .where(ProjectLock.holder.startswith(str(job_id)))
+                .values(heartbeat_at=now - lock_beat)
+            )
 
 
 def _reap() -> reaper.Reaped:
@@ -71,8 +75,7 @@ def test_a_lost_job_without_attempts_left_or_run_fails(database):
     last, by_hand = started.job_ids[:2]
     with db.session_scope() as session:
         session.execute(update(ConsolidationJob).where(ConsolidationJob.id == last).values(attempts=4))
-        session.execute(update(ProjectLock).where(ProjectLock.holder.startswith(str(last)))
-                        .values(holder=f"{last}#4"))
+        session.execute(update(ProjectLock).where(ProjectLock.holder.startswith(str(last))).values(holder=f"{last}#4"))
         session.execute(update(ConsolidationJob).where(ConsolidationJob.id == by_hand).values(run_id=None))
     _age(last, STALE, STALE)
     _age(by_hand, STALE, STALE)

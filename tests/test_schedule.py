@@ -1,4 +1,4 @@
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -8,7 +8,7 @@ from freezegun import freeze_time
 from orchestration.schedule import parse_slot, previous_slot
 from orchestration.settings import load_settings, parse_cron
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def at(*args, tz=UTC):

@@ -17,16 +17,18 @@ def test_defaults_match_the_contract():
 
 
 def test_values_are_read_from_the_environment():
-    s = load_settings({
-        "ORCHESTRATION_DATABASE_URL": "postgresql+psycopg://u:p@db:5432/x",
-        "ORCHESTRATION_SCHEDULE": "30 3 * * 1-5",
-        "ORCHESTRATION_TIMEZONE": "Europe/Berlin",
-        "ORCHESTRATION_DEFAULT_THRESHOLD": "50",
-        "ORCHESTRATION_PROJECT_RATE_LIMIT": "30/m",
-        "ORCHESTRATION_NOTIFY_URL": "https://hooks.example/x",
-        "ORCHESTRATION_LOG_FORMAT": "console",
-        "ORCHESTRATION_LOG_LEVEL": "debug",
-    })
+    s = load_settings(
+        {
+            "ORCHESTRATION_DATABASE_URL": "postgresql+psycopg://u:p@db:5432/x",
+            "ORCHESTRATION_SCHEDULE": "30 3 * * 1-5",
+            "ORCHESTRATION_TIMEZONE": "Europe/Berlin",
+            "ORCHESTRATION_DEFAULT_THRESHOLD": "50",
+            "ORCHESTRATION_PROJECT_RATE_LIMIT": "30/m",
+            "ORCHESTRATION_NOTIFY_URL": "https://hooks.example/x",
+            "ORCHESTRATION_LOG_FORMAT": "console",
+            "ORCHESTRATION_LOG_LEVEL": "debug",
+        }
+    )
     assert s.default_threshold == 50 and s.project_rate_limit == "30/m"
     assert s.crontab.hour == {3} and s.crontab.minute == {30} and s.crontab.day_of_week == {1, 2, 3, 4, 5}
     assert s.tz.key == "Europe/Berlin"
@@ -98,5 +100,6 @@ def test_a_bad_setting_stops_the_cli_with_one_line(monkeypatch):
         get_settings.cache_clear()
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
-        "Error: ORCHESTRATION_TIMEZONE='Nowhere/Special': unknown time zone (use an IANA name such as UTC or Europe/Berlin)"
+        "Error: ORCHESTRATION_TIMEZONE='Nowhere/Special': unknown time zone "
+        "(use an IANA name such as UTC or Europe/Berlin)"
     ]

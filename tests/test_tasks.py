@@ -12,7 +12,6 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 
-from support import wait_for_run
 from orchestration import consolidation, db
 from orchestration.dbtypes import utcnow
 from orchestration.logs import configure_logging
@@ -20,6 +19,7 @@ from orchestration.models import ConsolidationChange, ConsolidationJob, Consolid
 from orchestration.seed import seed
 from orchestration.settings import get_settings
 from orchestration.tasks import finalize_run, reap_stale, run_project, run_scheduled
+from support import wait_for_run
 
 SLOT = "2026-11-27T02:00:00+00:00"
 
@@ -53,7 +53,9 @@ def _run_for_slot(slot=SLOT):
 
 def _jobs(run_id):
     with db.session_scope() as session:
-        return {j.project_id: j for j in session.scalars(select(ConsolidationJob).where(ConsolidationJob.run_id == run_id))}
+        return {
+            j.project_id: j for j in session.scalars(select(ConsolidationJob).where(ConsolidationJob.run_id == run_id))
+        }
 
 
 def test_full_chord_on_seeded_data(celery_worker, database, captured_logs):
@@ -99,8 +101,9 @@ def test_full_chord_on_seeded_data(celery_worker, database, captured_logs):
     # Progress moves forward only, through named stages, and ends at 1.0 "done".
     stages = ["load", "similarity", "merge", "archive", "done"]
     for job in jobs.values():
-        steps = [(e["progress"], e["stage"]) for e in events
-                 if e["event"] == "job.progress" and e["job_id"] == str(job.id)]
+        steps = [
+            (e["progress"], e["stage"]) for e in events if e["event"] == "job.progress" and e["job_id"] == str(job.id)
+        ]
         assert steps[0] == (0.0, "load") and steps[-1] == (1.0, "done")
         assert [p for p, _ in steps] == sorted(p for p, _ in steps)
         assert [stages.index(s) for _, s in steps] == sorted(stages.index(s) for _, s in steps)
@@ -131,8 +134,9 @@ def test_duplicate_run_scheduled_for_one_slot_starts_one_run(celery_worker, sqli
     assert len(skipped) == 2 and all(e["run_id"] == str(run.id) for e in skipped)
 
 
-def test_transient_failures_retry_then_succeed(celery_worker, sqlite_database, settings_env, monkeypatch,
-                                               captured_logs):
+def test_transient_failures_retry_then_succeed(
+    celery_worker, sqlite_database, settings_env, monkeypatch, captured_logs
+):
     settings_env(retry_backoff_max="1", max_retries="3")
     manifests = _seed(projects=3)
     target = uuid.UUID(manifests[0].id)
@@ -158,8 +162,9 @@ def test_transient_failures_retry_then_succeed(celery_worker, sqlite_database, s
     assert all(e["job_id"] == str(job.id) and e["run_id"] == str(run.id) for e in retrying)
 
 
-def test_retries_are_capped_then_the_job_fails_and_the_run_is_partial(celery_worker, sqlite_database,
-                                                                      settings_env, monkeypatch, captured_logs):
+def test_retries_are_capped_then_the_job_fails_and_the_run_is_partial(
+    celery_worker, sqlite_database, settings_env, monkeypatch, captured_logs
+):
     settings_env(retry_backoff_max="1", max_retries="2")
     manifests = _seed(projects=4)
     target = uuid.UUID(manifests[0].id)
@@ -210,8 +215,8 @@ def test_all_jobs_failing_fails_the_run(celery_worker, sqlite_database, settings
 
 def test_project_deleted_after_the_check_is_skipped(celery_worker, sqlite_database):
     manifests = _seed(projects=4)
-    from orchestration.models import Project
     from orchestration import runs
+    from orchestration.models import Project
 
     with db.session_scope() as session:
         started = runs.start_run(session, "manual", None, 1000)
@@ -227,8 +232,7 @@ def test_project_deleted_after_the_check_is_skipped(celery_worker, sqlite_databa
     assert run.status == "completed" and run.summary["jobs_skipped"] == 1
 
 
-def test_a_claim_that_died_before_sending_its_chord_is_redispatched(celery_worker, sqlite_database,
-                                                                    captured_logs):
+def test_a_claim_that_died_before_sending_its_chord_is_redispatched(celery_worker, sqlite_database, captured_logs):
     from orchestration import runs
     from orchestration.schedule import parse_slot
 
@@ -328,8 +332,9 @@ def _vanish_once(monkeypatch, project_id):
             dead = utcnow() - LOST_AFTER - timedelta(seconds=1)
             with db.session_scope() as session:
                 session.execute(update(ProjectLock).values(heartbeat_at=dead))
-                session.execute(update(ConsolidationJob).where(ConsolidationJob.id == attempt.job_id)
-                                .values(heartbeat_at=dead))
+                session.execute(
+                    update(ConsolidationJob).where(ConsolidationJob.id == attempt.job_id).values(heartbeat_at=dead)
+                )
             raise Ignore()
         return real(attempt, **kwargs)
 
@@ -422,7 +427,7 @@ def _jobs_of_slot():
 class _Receiver(BaseHTTPRequestHandler):
     received: list = []
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         _Receiver.received.append((self.headers["Content-Type"], json.loads(body)))
         self.send_response(204)
@@ -450,8 +455,9 @@ def test_the_summary_is_posted_to_the_notify_url(celery_worker, sqlite_database,
     assert body["memories_merged"] == run.memories_merged
 
 
-def test_an_unreachable_notify_url_is_logged_and_the_run_still_completes(celery_worker, sqlite_database,
-                                                                         settings_env, captured_logs):
+def test_an_unreachable_notify_url_is_logged_and_the_run_still_completes(
+    celery_worker, sqlite_database, settings_env, captured_logs
+):
     import socket
 
     with socket.socket() as s:
@@ -470,8 +476,7 @@ def test_an_unreachable_notify_url_is_logged_and_the_run_still_completes(celery_
     assert "secret" not in json.dumps(failed[0])
 
 
-def test_a_broken_callback_is_retried_from_the_job_rows(celery_worker, sqlite_database, monkeypatch,
-                                                         captured_logs):
+def test_a_broken_callback_is_retried_from_the_job_rows(celery_worker, sqlite_database, monkeypatch, captured_logs):
     from orchestration import runs
 
     real = runs.finalize
@@ -504,8 +509,9 @@ def test_a_callback_that_can_never_run_marks_the_run_failed(celery_worker, sqlit
     run_scheduled.apply_async(kwargs={"slot": SLOT})
     run = _run_for_slot()
     assert run.status == "failed"
-    assert run.error_message.startswith("run callback failed: ValueError: summary could not be written; "
-                                        "finalizing again failed")
+    assert run.error_message.startswith(
+        "run callback failed: ValueError: summary could not be written; finalizing again failed"
+    )
 
 
 def test_the_callback_waits_for_a_job_that_is_still_running(celery_worker, sqlite_database, monkeypatch):
@@ -535,5 +541,7 @@ def test_a_failed_job_reports_what_is_active_now(celery_worker, sqlite_database,
     run = _run_for_slot()
     failing = _jobs(run.id)[uuid.UUID(next(m.id for m in manifests if m.kind == "failing"))]
     assert failing.status == "failed" and failing.memories_after == failing.memories_before > 0
-    assert run.memories_before - run.memories_after == run.memories_merged - sum(
-        j.clusters_found for j in _jobs(run.id).values()) + run.memories_archived
+    assert (
+        run.memories_before - run.memories_after
+        == run.memories_merged - sum(j.clusters_found for j in _jobs(run.id).values()) + run.memories_archived
+    )

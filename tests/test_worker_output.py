@@ -45,8 +45,14 @@ def start(name: str, addresses: dict[str, str], tmp_path: Path) -> tuple[subproc
         command[command.index("--schedule") + 1] = str(tmp_path / "celerybeat-schedule")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATION_")}
     log = tmp_path / f"{name}.log"
-    process = subprocess.Popen(command, env={**clean, **env, **addresses}, cwd=ROOT, stdout=log.open("w"),
-                               stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        env={**clean, **env, **addresses},
+        cwd=ROOT,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     return process, log
 
 
@@ -57,15 +63,22 @@ def stop(process: subprocess.Popen) -> None:
 
 def recipes() -> list[str]:
     text = (ROOT / "docs" / "events.md").read_text()
-    return [line for block in re.findall(r"```sh\n(.*?)```", text, re.S) for line in block.splitlines()
-            if line.startswith("jq ")]
+    return [
+        line
+        for block in re.findall(r"```sh\n(.*?)```", text, re.S)
+        for line in block.splitlines()
+        if line.startswith("jq ")
+    ]
 
 
 def test_worker_and_beat_print_only_json_that_the_recipes_read(pg_database, redis_url, tmp_path):
     with db.session_scope() as session:
         manifests = seed(session, 5, 60, seed=9, dim=32, failing=True)
-    addresses = {"ORCHESTRATION_DATABASE_URL": pg_database, "ORCHESTRATION_BROKER_URL": redis_url,
-                 "ORCHESTRATION_RESULT_BACKEND": redis_url}
+    addresses = {
+        "ORCHESTRATION_DATABASE_URL": pg_database,
+        "ORCHESTRATION_BROKER_URL": redis_url,
+        "ORCHESTRATION_RESULT_BACKEND": redis_url,
+    }
     worker, worker_log = start("worker", addresses, tmp_path)
     beat, beat_log = start("beat", addresses, tmp_path)
     try:
@@ -76,8 +89,10 @@ def test_worker_and_beat_print_only_json_that_the_recipes_read(pg_database, redi
         client = Celery("client", broker=redis_url, set_as_current=False)
         client.conf.update(task_serializer="json", accept_content=["json"])
         client.send_task("consolidation.run_scheduled", kwargs={"slot": SLOT}, ignore_result=True)
-        run = wait_for_run(lambda s: s.scalar(select(ConsolidationRun).where(
-            ConsolidationRun.scheduled_for == parse_slot(SLOT))), timeout=120)
+        run = wait_for_run(
+            lambda s: s.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == parse_slot(SLOT))),
+            timeout=120,
+        )
     finally:
         stop(worker)
         stop(beat)
@@ -103,24 +118,32 @@ def test_worker_and_beat_print_only_json_that_the_recipes_read(pg_database, redi
     failing_project = next(m.id for m in manifests if m.kind == "failing")
     outputs = {}
     for recipe in recipes():
-        done = subprocess.run(recipe.replace("worker.log", str(worker_log)), shell=True, capture_output=True,
-                              text=True, timeout=30)
+        done = subprocess.run(
+            recipe.replace("worker.log", str(worker_log)), shell=True, capture_output=True, text=True, timeout=30
+        )
         assert done.returncode == 0, (recipe, done.stderr)
         outputs[recipe] = done.stdout.splitlines()
     summary, failures = outputs.values()
-    assert [json.loads(line) for line in summary] == [{
-        "run_id": str(run.id), "status": "partial", "jobs_completed": 3, "jobs_failed": 1,
-        "memories_merged": run.memories_merged, "memories_archived": run.memories_archived,
-        "duration_s": run.summary["duration_s"]}]
+    assert [json.loads(line) for line in summary] == [
+        {
+            "run_id": str(run.id),
+            "status": "partial",
+            "jobs_completed": 3,
+            "jobs_failed": 1,
+            "memories_merged": run.memories_merged,
+            "memories_archived": run.memories_archived,
+            "duration_s": run.summary["duration_s"],
+        }
+    ]
     assert len(failures) == 1 and failures[0].split()[1:3] == [str(run.id), failing_project]
     assert failed.error_message in failures[0]
 
     # The LogQL and Elasticsearch recipes name fields that these lines carry.
-    finished = next(json.loads(line) for line in worker_log.read_text().splitlines()
-                    if json.loads(line)["event"] == "run.finished")
+    finished = next(
+        json.loads(line) for line in worker_log.read_text().splitlines() if json.loads(line)["event"] == "run.finished"
+    )
     text = (ROOT / "docs" / "events.md").read_text()
     logql = set(re.findall(r"\| (\w+)!?=", "\n".join(re.findall(r"```(?:logql|yaml)\n(.*?)```", text, re.S))))
-    elastic = set(re.findall(r'\{"(?:term|range)": \{"(\w+)"', "\n".join(re.findall(r"```json\n(.*?)```", text,
-                                                                                      re.S))))
+    elastic = set(re.findall(r'\{"(?:term|range)": \{"(\w+)"', "\n".join(re.findall(r"```json\n(.*?)```", text, re.S))))
     assert logql == {"event", "status"} and elastic == {"event", "status", "timestamp"}
     assert (logql | elastic) <= set(finished)

@@ -20,17 +20,17 @@ Revises: 0001
 Create Date: 2026-11-28
 """
 
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
 
 import orchestration.dbtypes
 
-revision: str = '0002'
-down_revision: Union[str, None] = '0001'
-branch_labels: Union[str, Sequence[str], None] = None
-depends_on: Union[str, Sequence[str], None] = None
+revision: str = "0002"
+down_revision: str | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
 
 def _delta_per_statement(event: str, transition: str, rows: str, sign: str) -> list[str]:
@@ -173,20 +173,27 @@ def _statements(postgresql: list[str], sqlite: list[str]) -> list[str]:
 
 
 def upgrade() -> None:
-    op.create_table('project_memory_count_deltas',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-    sa.Column('project_id', orchestration.dbtypes.GUID(length=36), nullable=False),
-    sa.Column('delta', sa.Integer(), nullable=False),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_project_memory_count_deltas'))
+    op.create_table(
+        "project_memory_count_deltas",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("project_id", orchestration.dbtypes.GUID(length=36), nullable=False),
+        sa.Column("delta", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_project_memory_count_deltas")),
     )
-    with op.batch_alter_table('project_memory_count_deltas', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_project_memory_count_deltas_project_id'), ['project_id'], unique=False)
+    with op.batch_alter_table("project_memory_count_deltas", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_project_memory_count_deltas_project_id"), ["project_id"], unique=False)
 
-    op.create_table('project_memory_counts',
-    sa.Column('project_id', orchestration.dbtypes.GUID(length=36), nullable=False),
-    sa.Column('active_count', sa.Integer(), server_default=sa.text('0'), nullable=False),
-    sa.ForeignKeyConstraint(['project_id'], ['projects.id'], name=op.f('fk_project_memory_counts_project_id_projects'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('project_id', name=op.f('pk_project_memory_counts'))
+    op.create_table(
+        "project_memory_counts",
+        sa.Column("project_id", orchestration.dbtypes.GUID(length=36), nullable=False),
+        sa.Column("active_count", sa.Integer(), server_default=sa.text("0"), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["project_id"],
+            ["projects.id"],
+            name=op.f("fk_project_memory_counts_project_id_projects"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("project_id", name=op.f("pk_project_memory_counts")),
     )
     if op.get_bind().dialect.name == "postgresql":
         # Writers wait from here to the commit, so no write falls between the
@@ -200,8 +207,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     for statement in _statements(POSTGRESQL_DOWN, SQLITE_DOWN):
         op.execute(statement)
-    op.drop_table('project_memory_counts')
-    with op.batch_alter_table('project_memory_count_deltas', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_project_memory_count_deltas_project_id'))
+    op.drop_table("project_memory_counts")
+    with op.batch_alter_table("project_memory_count_deltas", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_project_memory_count_deltas_project_id"))
 
-    op.drop_table('project_memory_count_deltas')
+    op.drop_table("project_memory_count_deltas")

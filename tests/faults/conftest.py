@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -18,10 +19,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+
 from support import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,9 +82,23 @@ class RedisServer:
         if binary is None:
             unavailable("redis-server (the fault suite starts its own Redis)", FileNotFoundError("not on PATH"))
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-             "--appendfsync", "always", "--dir", str(self.directory)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_port(self.port)
 
@@ -133,10 +149,8 @@ class TcpProxy:
             if listener is not None:
                 listener.close()
             for conn in self.connections:
-                try:
+                with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 conn.close()
             self.connections.clear()
 
@@ -165,10 +179,8 @@ class TcpProxy:
             pass
         finally:
             for sock in (source, target):
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
 
 @pytest.fixture
@@ -195,11 +207,29 @@ class Workers:
     def start(self, env: dict[str, str]) -> subprocess.Popen:
         log = self.log_dir / f"worker-{len(self.processes)}.log"
         process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tests.fault_worker", "worker", "--pool", "prefork",
-             "--concurrency", "2", "--loglevel", "INFO", "--without-mingle", "--without-gossip",
-             "-n", f"fault{len(self.processes)}@%h"],
-            env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, cwd=ROOT, start_new_session=True,
-            stdout=log.open("w"), stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tests.fault_worker",
+                "worker",
+                "--pool",
+                "prefork",
+                "--concurrency",
+                "2",
+                "--loglevel",
+                "INFO",
+                "--without-mingle",
+                "--without-gossip",
+                "-n",
+                f"fault{len(self.processes)}@%h",
+            ],
+            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+            cwd=ROOT,
+            start_new_session=True,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
         )
         process.log = log  # type: ignore[attr-defined]
         self.processes.append(process)
@@ -222,10 +252,8 @@ class Workers:
         for process in self.processes:
             for line in process.log.read_text(errors="replace").splitlines():  # type: ignore[attr-defined]
                 if line.startswith("{"):
-                    try:
+                    with contextlib.suppress(ValueError):
                         lines.append(json.loads(line))
-                    except ValueError:
-                        pass
         return lines
 
 

@@ -10,14 +10,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from kombu import Connection
+from test_faults import clean_reference, finished_run, jobs_of, now_slot, plant, start_run, wait_dead
 
 from support import difference, fingerprint
-from test_faults import clean_reference, finished_run, jobs_of, now_slot, plant, start_run, wait_dead
 
 ROOT = Path(__file__).resolve().parents[2]
 # The issue's target: within 5 minutes of a worker's death its job runs again and the run completes.
@@ -28,9 +28,15 @@ def production_env(database_url: str, broker_url: str, backend_url: str, tmp_pat
     """The defaults of every ORCHESTRATION_* setting but the addresses; only the
     injected fault differs from production."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("ORCHESTRATION_", "FAULT_"))}
-    return {**clean, "ORCHESTRATION_DATABASE_URL": database_url, "ORCHESTRATION_BROKER_URL": broker_url,
-            "ORCHESTRATION_RESULT_BACKEND": backend_url, "ORCHESTRATION_LOG_FORMAT": "json",
-            "FAULT_MARKER": str(tmp_path / "fault-marker"), **faults}
+    return {
+        **clean,
+        "ORCHESTRATION_DATABASE_URL": database_url,
+        "ORCHESTRATION_BROKER_URL": broker_url,
+        "ORCHESTRATION_RESULT_BACKEND": backend_url,
+        "ORCHESTRATION_LOG_FORMAT": "json",
+        "FAULT_MARKER": str(tmp_path / "fault-marker"),
+        **faults,
+    }
 
 
 @pytest.fixture
@@ -40,10 +46,24 @@ def beat(tmp_path) -> Iterator[callable]:
 
     def start(env: dict) -> subprocess.Popen:
         process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "orchestration.celery_app", "beat", "--loglevel", "INFO",
-             "--schedule", str(tmp_path / "celerybeat-schedule")],
-            env=env, cwd=ROOT, start_new_session=True, stdout=(tmp_path / "beat.log").open("w"),
-            stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "orchestration.celery_app",
+                "beat",
+                "--loglevel",
+                "INFO",
+                "--schedule",
+                str(tmp_path / "celerybeat-schedule"),
+            ],
+            env=env,
+            cwd=ROOT,
+            start_new_session=True,
+            stdout=(tmp_path / "beat.log").open("w"),
+            stderr=subprocess.STDOUT,
+        )
         processes.append(process)
         return process
 
@@ -71,13 +91,21 @@ def restore_unacked(redis_url: str) -> int:
 
 
 @pytest.mark.slow
-def test_killed_worker_recovers_within_minutes(broker, redis_server, pg_database, second_pg_url, workers, beat,
-                                               tmp_path, report):
+def test_killed_worker_recovers_within_minutes(
+    broker, redis_server, pg_database, second_pg_url, workers, beat, tmp_path, report
+):
     expected = clean_reference(second_pg_url)
     plant()
     # Killed a second into the first job (each batch first sleeps half a second).
-    env = production_env(pg_database, broker, redis_server.url, tmp_path,
-                         FAULT_KILL_AT="between_batches", FAULT_MERGE_BATCH="2", FAULT_BATCH_SLEEP_S="0.5")
+    env = production_env(
+        pg_database,
+        broker,
+        redis_server.url,
+        tmp_path,
+        FAULT_KILL_AT="between_batches",
+        FAULT_MERGE_BATCH="2",
+        FAULT_BATCH_SLEEP_S="0.5",
+    )
     beat(env)
     first = workers.start(env)
     slot = now_slot()
@@ -101,8 +129,7 @@ def test_killed_worker_recovers_within_minutes(broker, redis_server, pg_database
         # An hour later Redis redelivers the dead worker's messages: they find their jobs finished.
         assert restore_unacked(broker) >= 1
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not any(
-                e["event"] == "job.already_finished" for e in workers.events()):
+        while time.monotonic() < deadline and not any(e["event"] == "job.already_finished" for e in workers.events()):
             time.sleep(0.2)
         again = finished_run(slot, timeout=5)
         assert any(e["event"] == "job.already_finished" for e in workers.events())
@@ -111,8 +138,10 @@ def test_killed_worker_recovers_within_minutes(broker, redis_server, pg_database
         assert difference(expected, fingerprint()) == (0, 0)
         late = "; the hour-late redelivery found the jobs finished"
     name = "redis" if broker.startswith("redis") else "rabbitmq"
-    report(f"defaults[{name}] killed worker: {len(lost)} job(s) lost and re-sent, run {run.status} "
-           f"{recovered_s:.0f}s after the kill, 0 lost, 0 doubled{late}")
+    report(
+        f"defaults[{name}] killed worker: {len(lost)} job(s) lost and re-sent, run {run.status} "
+        f"{recovered_s:.0f}s after the kill, 0 lost, 0 doubled{late}"
+    )
 
 
 def test_a_project_that_kills_its_worker_every_time(broker, redis_server, pg_database, workers, tmp_path, report):
@@ -134,5 +163,7 @@ def test_a_project_that_kills_its_worker_every_time(broker, redis_server, pg_dat
     assert [e["attempt"] for e in lost] == [1, 2, 3, 4]
     assert all(e["job_id"] == str(jobs[crashing].id) and e["run_id"] == str(run.id) for e in lost)
     name = "redis" if broker.startswith("redis") else "rabbitmq"
-    report(f"defaults[{name}] project that kills its worker: {len(lost)} attempts died, job failed, "
-           f"others completed, run {run.status} in {took:.0f}s")
+    report(
+        f"defaults[{name}] project that kills its worker: {len(lost)} attempts died, job failed, "
+        f"others completed, run {run.status} in {took:.0f}s"
+    )

@@ -20,7 +20,6 @@ from celery import Celery
 from kombu import Connection
 from sqlalchemy import func, select, update
 
-from support import difference, fingerprint
 from orchestration import db, heartbeat, reaper
 from orchestration.consolidation import consolidate_project
 from orchestration.dbtypes import utcnow
@@ -31,6 +30,7 @@ from orchestration.runs import wait_for_finish
 from orchestration.schedule import previous_slot
 from orchestration.seed import seed
 from orchestration.settings import load_settings
+from support import difference, fingerprint
 
 SEED, PROJECTS, MEMORIES = 21, 4, 200  # two eligible projects of ~7 duplicate groups each
 
@@ -72,7 +72,8 @@ def start_run(broker_url: str, slot) -> None:
 
 def finished_run(slot, timeout: float = 120.0) -> ConsolidationRun:
     run = wait_for_finish(
-        lambda s: s.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == slot)), timeout, 0.2)
+        lambda s: s.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == slot)), timeout, 0.2
+    )
     assert run is not None, f"the run for {slot} did not finish within {timeout}s"
     return run
 
@@ -92,8 +93,9 @@ def clean_reference(url: str, skip: tuple[str, ...] = ()) -> list[tuple]:
         for manifest in (m for m in manifests if m.kind == "eligible" and m.id not in skip):
             pid = uuid.UUID(manifest.id)
             with db.session_scope() as session:
-                job = ConsolidationJob(project_id=pid, trigger_type="manual", triggered_by="reference",
-                                       status="running")
+                job = ConsolidationJob(
+                    project_id=pid, trigger_type="manual", triggered_by="reference", status="running"
+                )
                 session.add(job)
             consolidate_project(pid, resolve_options(None), job_id=job.id)
         return fingerprint()
@@ -114,8 +116,7 @@ def wait_dead(process: subprocess.Popen, timeout: float = 60.0) -> None:
 
 
 @pytest.mark.parametrize("kill_point", ["before_first_commit", "between_batches", "before_complete"])
-def test_kill_whole_worker_mid_job(kill_point, pg_database, second_pg_url, redis_server, workers, tmp_path,
-                                   report):
+def test_kill_whole_worker_mid_job(kill_point, pg_database, second_pg_url, redis_server, workers, tmp_path, report):
     expected = clean_reference(second_pg_url)
     plant()
     env = env_for(pg_database, redis_server.url, tmp_path, FAULT_KILL_AT=kill_point, FAULT_MERGE_BATCH="2")
@@ -137,8 +138,14 @@ def test_kill_whole_worker_mid_job(kill_point, pg_database, second_pg_url, redis
 def test_kill_one_prefork_child(pg_database, second_pg_url, redis_server, workers, tmp_path, report):
     expected = clean_reference(second_pg_url)
     plant()
-    env = env_for(pg_database, redis_server.url, tmp_path, FAULT_KILL_AT="between_batches",
-                  FAULT_KILL_SCOPE="child", FAULT_MERGE_BATCH="2")
+    env = env_for(
+        pg_database,
+        redis_server.url,
+        tmp_path,
+        FAULT_KILL_AT="between_batches",
+        FAULT_KILL_SCOPE="child",
+        FAULT_MERGE_BATCH="2",
+    )
     slot = now_slot()
     workers.start(env)
     start_run(redis_server.url, slot)
@@ -178,8 +185,10 @@ def test_a_slow_job_is_never_started_twice(pg_database, second_pg_url, redis_ser
     assert run.status == "completed" and all(j.status == "completed" and j.attempts == 1 for j in jobs)
     assert not [e for e in events if e["event"] in ("job.worker_lost", "job.superseded")]
     assert duplicates > 0 and difference(expected, fingerprint()) == (0, 0)
-    report(f"slow-job: {duplicates} duplicate deliveries and the reaper every 0.5 s while it ran: "
-           "never started twice, 0 lost, 0 doubled")
+    report(
+        f"slow-job: {duplicates} duplicate deliveries and the reaper every 0.5 s while it ran: "
+        "never started twice, 0 lost, 0 doubled"
+    )
 
 
 def test_redis_restarted_mid_run(pg_database, second_pg_url, redis_server, workers, tmp_path, report):
@@ -197,8 +206,9 @@ def test_redis_restarted_mid_run(pg_database, second_pg_url, redis_server, worke
     report(f"redis-restart-mid-run: worker reconnected, run {run.status}, {lost} lost, {doubled} doubled")
 
 
-def test_postgres_unreachable_longer_than_a_retry(pg_proxy, pg_database, second_pg_url, redis_server, workers,
-                                                  tmp_path, report):
+def test_postgres_unreachable_longer_than_a_retry(
+    pg_proxy, pg_database, second_pg_url, redis_server, workers, tmp_path, report
+):
     proxy, proxied_url = pg_proxy
     expected = clean_reference(second_pg_url)
     plant()
@@ -221,8 +231,9 @@ def test_postgres_unreachable_longer_than_a_retry(pg_proxy, pg_database, second_
     report(f"postgres-unreachable-5s: {len(retries)} retries, run {run.status}, {lost} lost, {doubled} doubled")
 
 
-def test_concurrent_claims_and_two_beats_make_one_run(pg_database, second_pg_url, redis_server, workers, tmp_path,
-                                                      report):
+def test_concurrent_claims_and_two_beats_make_one_run(
+    pg_database, second_pg_url, redis_server, workers, tmp_path, report
+):
     expected = clean_reference(second_pg_url)
     plant()
     env = env_for(pg_database, redis_server.url, tmp_path, ORCHESTRATION_SCHEDULE="* * * * *")
@@ -234,19 +245,35 @@ def test_concurrent_claims_and_two_beats_make_one_run(pg_database, second_pg_url
         start_run(redis_server.url, slot)
     finished_run(slot)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and sum(
-            e["event"] == "run.duplicate_skipped" for e in workers.events()) < 3:
+    while time.monotonic() < deadline and sum(e["event"] == "run.duplicate_skipped" for e in workers.events()) < 3:
         time.sleep(0.2)
     with db.session_scope() as session:
         assert session.scalar(select(func.count()).select_from(ConsolidationRun)) == 1
     assert sum(e["event"] == "run.duplicate_skipped" for e in workers.events()) == 3
     assert difference(expected, fingerprint()) == (0, 0)
     # Two beat processes, every minute: each fires, one run per slot.
-    beats = [subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "orchestration.celery_app", "beat", "--loglevel", "INFO",
-         "--schedule", str(tmp_path / f"beat-{i}")],
-        env={**os.environ, **env}, cwd=Path(__file__).resolve().parents[2], start_new_session=True,
-        stdout=(tmp_path / f"beat-{i}.log").open("w"), stderr=subprocess.STDOUT) for i in range(2)]
+    beats = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "orchestration.celery_app",
+                "beat",
+                "--loglevel",
+                "INFO",
+                "--schedule",
+                str(tmp_path / f"beat-{i}"),
+            ],
+            env={**os.environ, **env},
+            cwd=Path(__file__).resolve().parents[2],
+            start_new_session=True,
+            stdout=(tmp_path / f"beat-{i}.log").open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        for i in range(2)
+    ]
     try:
         beat_slot = previous_slot(load_settings(env).crontab, utcnow() + timedelta(minutes=1), load_settings(env).tz)
         run = finished_run(beat_slot, timeout=100)
@@ -257,13 +284,13 @@ def test_concurrent_claims_and_two_beats_make_one_run(pg_database, second_pg_url
             beat.wait(timeout=20)
     sent = sum((tmp_path / f"beat-{i}.log").read_text().count("consolidation-nightly") for i in range(2))
     with db.session_scope() as session:
-        runs_for_slot = session.scalar(select(func.count()).select_from(ConsolidationRun)
-                                       .where(ConsolidationRun.scheduled_for == beat_slot))
+        runs_for_slot = session.scalar(
+            select(func.count()).select_from(ConsolidationRun).where(ConsolidationRun.scheduled_for == beat_slot)
+        )
     skipped = [e for e in workers.events() if e["event"] == "run.duplicate_skipped"]
     assert runs_for_slot == 1 and run.status == "completed"
     assert sent >= 2 and len(skipped) >= 4
-    report(f"two-claims-and-two-beats: 4 claims + {sent} beat ticks -> 1 run per slot, "
-           "end state as a clean run")
+    report(f"two-claims-and-two-beats: 4 claims + {sent} beat ticks -> 1 run per slot, end state as a clean run")
 
 
 def test_agents_write_while_the_job_runs(pg_database, redis_server, workers, tmp_path, report):
@@ -280,14 +307,27 @@ def test_agents_write_while_the_job_runs(pg_database, redis_server, workers, tmp
         while not stop.is_set():
             try:
                 with db.session_scope() as session:
-                    memory = session.scalar(select(TaskMemory).where(
-                        TaskMemory.project_id.in_(eligible), ~TaskMemory.is_duplicate, ~TaskMemory.is_archived,
-                        TaskMemory.memory_type != "consolidated").order_by(func.random()).limit(1))
+                    memory = session.scalar(
+                        select(TaskMemory)
+                        .where(
+                            TaskMemory.project_id.in_(eligible),
+                            ~TaskMemory.is_duplicate,
+                            ~TaskMemory.is_archived,
+                            TaskMemory.memory_type != "consolidated",
+                        )
+                        .order_by(func.random())
+                        .limit(1)
+                    )
                     memory.reused_count += 1
                     memory.last_reused_at = utcnow()
-                    copy = TaskMemory(project_id=memory.project_id, memory_type=memory.memory_type,
-                                      content=memory.content + " Seen again.", embedding=memory.embedding,
-                                      tags=[], file_links=[])
+                    copy = TaskMemory(
+                        project_id=memory.project_id,
+                        memory_type=memory.memory_type,
+                        content=memory.content + " Seen again.",
+                        embedding=memory.embedding,
+                        tags=[],
+                        file_links=[],
+                    )
                     session.add(copy)
                     session.flush()
                     target, new_id = memory.id, copy.id
@@ -309,36 +349,48 @@ def test_agents_write_while_the_job_runs(pg_database, redis_server, workers, tmp
     with db.session_scope() as session:
         memories = {m.id: m for m in session.scalars(select(TaskMemory))}
     lost_updates = sum(memories[m].reused_count != before.get(m, 0) + n for m, n in bumps.items())
-    stale_merges = [m for m in memories.values() if m.consolidated_from
-                    and m.reused_count != sum(memories[uuid.UUID(s)].reused_count for s in m.consolidated_from)]
+    stale_merges = [
+        m
+        for m in memories.values()
+        if m.consolidated_from
+        and m.reused_count != sum(memories[uuid.UUID(s)].reused_count for s in m.consolidated_from)
+    ]
     assert run.status == "completed" and bumps and inserted
     assert lost_updates == 0 and stale_merges == []
     conflicts = sum(e.get("conflicts", 0) for e in workers.events() if e["event"] == "job.completed")
-    report(f"agents-write-during-run: {sum(bumps.values())} bumps, {len(inserted)} inserts, "
-           f"{lost_updates} lost, {len(stale_merges)} merged from a stale read, {conflicts} clusters deferred")
+    report(
+        f"agents-write-during-run: {sum(bumps.values())} bumps, {len(inserted)} inserts, "
+        f"{lost_updates} lost, {len(stale_merges)} merged from a stale read, {conflicts} clusters deferred"
+    )
 
 
 def test_a_job_that_always_raises(pg_database, second_pg_url, redis_server, workers, tmp_path, report):
     manifests = plant()
     broken = next(m.id for m in manifests if m.kind == "eligible")
     expected = clean_reference(second_pg_url, skip=(broken,))
-    env = env_for(pg_database, redis_server.url, tmp_path, FAULT_RAISE_PROJECT=broken,
-                  ORCHESTRATION_MAX_RETRIES="2")
+    env = env_for(pg_database, redis_server.url, tmp_path, FAULT_RAISE_PROJECT=broken, ORCHESTRATION_MAX_RETRIES="2")
     slot = now_slot()
     workers.start(env)
     start_run(redis_server.url, slot)
     run = finished_run(slot)
     jobs = {str(j.project_id): j for j in jobs_of(run.id)}
-    health = subprocess.run([sys.executable, "-m", "orchestration.cli", "health"], env={**os.environ, **env},
-                            capture_output=True, text=True, timeout=60)
+    health = subprocess.run(
+        [sys.executable, "-m", "orchestration.cli", "health"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.status == "partial" and jobs[broken].status == "failed" and jobs[broken].attempts == 3
     assert "injected fault" in jobs[broken].error_message
     assert all(j.status == "completed" for p, j in jobs.items() if p != broken)
     assert health.returncode == 1 and health.stdout.startswith("DEGRADED")
     lost, doubled = difference(expected, fingerprint())
     assert (lost, doubled) == (0, 0)  # the failing project untouched, the others as in a clean run
-    report(f"always-failing-job: {jobs[broken].attempts} attempts, job failed, run {run.status}, "
-           f"health exit {health.returncode}, {lost} lost, {doubled} doubled")
+    report(
+        f"always-failing-job: {jobs[broken].attempts} attempts, job failed, run {run.status}, "
+        f"health exit {health.returncode}, {lost} lost, {doubled} doubled"
+    )
 
 
 def test_soft_time_limit_and_a_worker_that_vanished(pg_database, redis_server, workers, tmp_path, report):
@@ -359,8 +411,14 @@ def test_soft_time_limit_and_a_worker_that_vanished(pg_database, redis_server, w
     later = slot + timedelta(minutes=1)
     with db.session_scope() as session:
         session.execute(update(ConsolidationRun).values(scheduled_for=slot - timedelta(days=1)))
-    env = env_for(pg_database, redis_server.url, tmp_path, FAULT_KILL_AT="between_batches", FAULT_MERGE_BATCH="2",
-                  ORCHESTRATION_RUN_DEADLINE="120")
+    env = env_for(
+        pg_database,
+        redis_server.url,
+        tmp_path,
+        FAULT_KILL_AT="between_batches",
+        FAULT_MERGE_BATCH="2",
+        ORCHESTRATION_RUN_DEADLINE="120",
+    )
     victim = workers.start(env)
     start_run(redis_server.url, later)
     wait_dead(victim)
@@ -369,13 +427,16 @@ def test_soft_time_limit_and_a_worker_that_vanished(pg_database, redis_server, w
         lost = reaper.reap(session, settings, utcnow() + heartbeat.LOST_AFTER + timedelta(seconds=1)).lost
     assert lost and all(j.status == "retrying" and j.group_index is not None for j in lost)
     with db.session_scope() as session:
-        reaped_runs = [(r.status, reason) for r, reason in
-                       reaper.reap(session, settings, utcnow() + timedelta(seconds=121)).runs]
+        reaped_runs = [
+            (r.status, reason) for r, reason in reaper.reap(session, settings, utcnow() + timedelta(seconds=121)).runs
+        ]
     vanished = finished_run(later, timeout=5)
     assert reaped_runs == [(vanished.status, "deadline")] and vanished.status == "failed"
     assert all("run deadline of 120s passed" in j.error_message for j in jobs_of(vanished.id))
-    report(f"soft-time-limit: job failed with a clear message; worker-vanished: reaper found {len(lost)} "
-           f"job(s) lost (to re-send), run {vanished.status} at the deadline with no worker left")
+    report(
+        f"soft-time-limit: job failed with a clear message; worker-vanished: reaper found {len(lost)} "
+        f"job(s) lost (to re-send), run {vanished.status} at the deadline with no worker left"
+    )
 
 
 def test_bad_input_on_the_wire(pg_database, redis_server, workers, tmp_path, report):
@@ -387,8 +448,9 @@ def test_bad_input_on_the_wire(pg_database, redis_server, workers, tmp_path, rep
             return (open, (str(marker), "w"))
 
     with db.session_scope() as session:
-        deleted_job = ConsolidationJob(project_id=uuid.UUID(manifests[0].id), trigger_type="manual",
-                                       triggered_by="test", status="pending")
+        deleted_job = ConsolidationJob(
+            project_id=uuid.UUID(manifests[0].id), trigger_type="manual", triggered_by="test", status="pending"
+        )
         session.add(deleted_job)
     with db.session_scope() as session:
         session.delete(session.get(Project, uuid.UUID(manifests[0].id)))
@@ -397,10 +459,19 @@ def test_bad_input_on_the_wire(pg_database, redis_server, workers, tmp_path, rep
     headers = {"lang": "py", "task": "consolidation.run_project", "argsrepr": "", "kwargsrepr": ""}
     with Connection(redis_server.url) as conn:
         producer = conn.Producer()
-        producer.publish(b"{not json", routing_key="celery", content_type="application/json",
-                         content_encoding="utf-8", headers={**headers, "id": str(uuid.uuid4())})
-        producer.publish([[Exploit()], {}, {}], routing_key="celery", serializer="pickle",
-                         headers={**headers, "id": str(uuid.uuid4())})
+        producer.publish(
+            b"{not json",
+            routing_key="celery",
+            content_type="application/json",
+            content_encoding="utf-8",
+            headers={**headers, "id": str(uuid.uuid4())},
+        )
+        producer.publish(
+            [[Exploit()], {}, {}],
+            routing_key="celery",
+            serializer="pickle",
+            headers={**headers, "id": str(uuid.uuid4())},
+        )
     for job_id in (str(uuid.uuid4()), "'; DROP TABLE projects; --", str(deleted_job.id)):
         send(redis_server.url, "consolidation.run_project", job_id)
     slot = now_slot()
@@ -416,8 +487,10 @@ def test_bad_input_on_the_wire(pg_database, redis_server, workers, tmp_path, rep
     with db.session_scope() as session:
         assert session.get(ConsolidationJob, deleted_job.id).status == "skipped"
     assert run.status == "completed"
-    report("bad-input-on-the-wire: non-JSON and pickle refused, unknown/garbage ids rejected, "
-           f"deleted project skipped, next run {run.status}")
+    report(
+        "bad-input-on-the-wire: non-JSON and pickle refused, unknown/garbage ids rejected, "
+        f"deleted project skipped, next run {run.status}"
+    )
 
 
 def test_bad_data(pg_database, redis_server, workers, tmp_path, report):
@@ -427,12 +500,17 @@ def test_bad_data(pg_database, redis_server, workers, tmp_path, report):
     huge = ("Ünïcödé 日本語 " * 80_000)[:1_000_000] + "."
     with db.session_scope() as session:
         session.execute(update(Project).where(Project.id == uuid.UUID(eligible[0].id)).values(name=nasty_name))
-        session.execute(update(TaskMemory).where(TaskMemory.id == uuid.UUID(eligible[0].groups[0][0]))
-                        .values(embedding=to_bytes([float("nan")] * 32)))
-        session.execute(update(TaskMemory).where(TaskMemory.id == uuid.UUID(eligible[1].groups[0][0]))
-                        .values(embedding=to_bytes([0.5] * 31)))
-        session.execute(update(TaskMemory).where(TaskMemory.id == uuid.UUID(eligible[1].stale[0]))
-                        .values(content=huge))
+        session.execute(
+            update(TaskMemory)
+            .where(TaskMemory.id == uuid.UUID(eligible[0].groups[0][0]))
+            .values(embedding=to_bytes([float("nan")] * 32))
+        )
+        session.execute(
+            update(TaskMemory)
+            .where(TaskMemory.id == uuid.UUID(eligible[1].groups[0][0]))
+            .values(embedding=to_bytes([0.5] * 31))
+        )
+        session.execute(update(TaskMemory).where(TaskMemory.id == uuid.UUID(eligible[1].stale[0])).values(content=huge))
     env = env_for(pg_database, redis_server.url, tmp_path)
     workers.start(env)
     slot = now_slot()
@@ -450,6 +528,7 @@ def test_bad_data(pg_database, redis_server, workers, tmp_path, report):
     assert "consolidation_options.similarity_threshold" in jobs[failing].error_message
     assert all(jobs[m.id].status == "completed" for m in eligible)
     assert sum(e["skipped_invalid"] for e in completed) == 2
-    report("bad-data: malformed options failed naming the field, 2 bad embeddings skipped, "
-           "1 MB non-ASCII content and a hostile project name handled, others completed")
-
+    report(
+        "bad-data: malformed options failed naming the field, 2 bad embeddings skipped, "
+        "1 MB non-ASCII content and a hostile project name handled, others completed"
+    )
