@@ -36,10 +36,11 @@ test-integration: $(STAMP)
 test-faults: $(STAMP)
 	$(BIN)/python -m pytest -m "faults and not slow" $(PYTEST_ARGS)
 
-## lint: ruff's checks and formatting (configured in pyproject.toml)
+## lint: ruff's checks and formatting, and mypy (configured in pyproject.toml)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 ## bench: the three benchmarks at modest sizes (see docs/benchmarks.md for the large ones)
 bench: $(STAMP)

@@ -85,7 +85,7 @@ def rollback_job(
     }
     # A memory touched twice by the job (re-pointed, then merged) must match its last state.
     last_change = {c.memory_id: c for c in changes}
-    conflicts = [str(m) for m, c in last_change.items() if versions.get(m) != c.new_state.get("version")]
+    conflicts = [str(m) for m, c in last_change.items() if versions.get(m) != (c.new_state or {}).get("version")]
     if conflicts:
         raise RollbackRefused(
             f"{len(conflicts)} memories changed since job {job_id} ran (e.g. {conflicts[0]}); "
@@ -105,7 +105,7 @@ def rollback_job(
                 job_id=job_id,
                 operation="rollback",
                 memory_id=change.memory_id,
-                previous_state={**{k: change.new_state.get(k) for k in values}, "version": before},
+                previous_state={**{k: (change.new_state or {}).get(k) for k in values}, "version": before},
                 new_state={**change.previous_state, "version": after},
                 reason=f"rollback of {change.operation}",
                 changed_at=now,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import sys
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -29,7 +30,7 @@ class CliError(click.ClickException):
 
     def __init__(self, message: str, exit_code: int = 1):
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code = exit_code  # type: ignore[misc]  # click reads it per instance
 
 
 class _Group(click.Group):
@@ -58,7 +59,7 @@ def _echo_json(document: Any) -> None:
     click.echo(reports.dumps(document))
 
 
-def _find(model: type, prefix: str, what: str):
+def _find(model: type[ConsolidationRun] | type[ConsolidationJob] | type[Project], prefix: str, what: str) -> Any:
     """A row by full id or unique id prefix."""
     prefix = prefix.strip().lower()
     with db.session_scope() as session:
@@ -70,7 +71,7 @@ def _find(model: type, prefix: str, what: str):
             return row
         if len(prefix) < 4:
             raise CliError(f"{what} {prefix!r}: give at least 4 characters of the id")
-        matches = session.scalars(
+        matches: Sequence[Any] = session.scalars(
             select(model).where(func.lower(cast(model.id, String)).like(f"{prefix}%")).limit(2)
         ).all()
     if not matches:
@@ -159,6 +160,8 @@ def consolidate(project_id: str, dry_run: bool, force: bool, as_json: bool) -> N
                 options=project.consolidation_options,
             )
         attempt = jobs.begin_attempt(job.id, get_settings(), force=force)
+        if attempt is None:  # finished already: cannot happen to the job just created
+            raise CliError(f"job {job.id} finished before it started")
         try:
             outcome = jobs.execute(attempt, changed_by=user)
         except Exception as exc:  # noqa: BLE001 - recorded on the job, reported as one line

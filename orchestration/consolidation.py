@@ -23,10 +23,11 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from sqlalchemy import and_, bindparam, case, insert, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from orchestration import heartbeat, locks
@@ -35,7 +36,7 @@ from orchestration.counts import count_active
 from orchestration.db import chunks, session_scope
 from orchestration.dbtypes import utcnow
 from orchestration.embeddings import from_bytes, lexical_embedding, normalize_rows, to_bytes
-from orchestration.models import ConsolidationChange, ConsolidationJob, Project, TaskMemory
+from orchestration.models import ConsolidationChange, ConsolidationJob, Project, TaskMemory, table_of
 from orchestration.options import ConsolidationOptions
 
 Progress = Callable[[str, float], None]
@@ -126,7 +127,7 @@ def usable_project(project: Project | None, project_id: uuid.UUID, force: bool =
 # --- planning -------------------------------------------------------------------
 
 
-def _effective_types(session: Session, rows: list[Any]) -> dict[uuid.UUID, str]:
+def _effective_types(session: Session, rows: Sequence[Any]) -> dict[uuid.UUID, str]:
     """Memory type for grouping: a ``consolidated`` memory counts as its representative's
     type, so it can merge again with new memories of that type on a later night."""
     types = {row.id: row.memory_type for row in rows}
@@ -160,7 +161,7 @@ def _effective_types(session: Session, rows: list[Any]) -> dict[uuid.UUID, str]:
     return types
 
 
-def _vectors(rows: list[Any]) -> tuple[dict[Any, list[int]], list[np.ndarray | None], int]:
+def _vectors(rows: Sequence[Any]) -> tuple[dict[Any, list[int]], list[np.ndarray | None], int]:
     """Group row indexes by vector space; returns (space -> rows, vectors, invalid count).
 
     Stored embeddings of the project's most common length form one space, lexical
@@ -172,7 +173,7 @@ def _vectors(rows: list[Any]) -> tuple[dict[Any, list[int]], list[np.ndarray | N
     vectors: list[np.ndarray | None] = [None] * len(rows)
     spaces: dict[Any, list[int]] = defaultdict(list)
     stored = [i for i, r in enumerate(rows) if r.embedding is not None and len(r.embedding) == dim_bytes]
-    if stored:
+    if stored and dim_bytes is not None:
         # One buffer for all stored embeddings: checked and sliced without a Python loop per value.
         matrix = from_bytes(b"".join(rows[i].embedding for i in stored)).reshape(len(stored), dim_bytes // 4)
         valid = np.isfinite(matrix).all(axis=1) & matrix.any(axis=1)
@@ -238,11 +239,16 @@ def plan_project(session: Session, project_id: uuid.UUID, options: Consolidation
 
 
 def _cluster_group(
-    rows: list[Any], vectors: list[np.ndarray | None], members: list[int], options: ConsolidationOptions, lexical: bool
+    rows: Sequence[Any],
+    vectors: list[np.ndarray | None],
+    members: list[int],
+    options: ConsolidationOptions,
+    lexical: bool,
 ) -> list[Cluster]:
     if len(members) < options.min_cluster_size:
         return []
-    matrix = normalize_rows(np.stack([vectors[i] for i in members]))
+    # Every member has a vector: the groups are made from the vector spaces.
+    matrix = normalize_rows(np.stack([cast(np.ndarray, vectors[i]) for i in members]))
     # Most reused first, then the oldest, then by id: the representative is the most reused source.
     priority = sorted(
         range(len(members)),
@@ -371,10 +377,10 @@ def _merge_batch(
     merged_clusters = merged_sources = conflicts = 0
     replaced: dict[uuid.UUID, uuid.UUID] = {}  # consolidated memory -> its replacement
     for cluster in clusters:
-        sources = [rows.get(m) for m in cluster.source_ids]
         if not all(_unchanged(rows.get(m), plan.versions.get(m)) for m in cluster.source_ids):
             conflicts += 1
             continue
+        sources = [rows[m] for m in cluster.source_ids]
         new_id = uuid.uuid4()
         content = merge_content([s.content for s in sources])
         batch.created.append(
@@ -492,7 +498,7 @@ def _repoint(
 
 
 def _write(session: Session, batch: _Batch) -> None:
-    table = TaskMemory.__table__
+    table = table_of(TaskMemory)
     if batch.updates:
         keys = [k for k in batch.updates[0] if not k.startswith("b_")]
         stmt = (
@@ -519,13 +525,10 @@ def _archive_batch(
     batch = _Batch()
     for memory_id in ids:
         row = rows.get(memory_id)
-        still_stale = (
-            row is not None
-            and row.reused_count < options.archive_min_reuse
-            and (row.last_reused_at or row.learned_at) < cutoff
-        )
-        if not (_unchanged(row, plan.versions.get(memory_id)) and still_stale):
+        if row is None or not _unchanged(row, plan.versions.get(memory_id)):
             continue
+        if row.reused_count >= options.archive_min_reuse or (row.last_reused_at or row.learned_at) >= cutoff:
+            continue  # reused since the plan: no longer stale
         batch.updates.append(
             {
                 "b_id": row.id,
@@ -567,7 +570,7 @@ def _add_to_job(session: Session, job_id: uuid.UUID, attempt: int | None, now: d
     stmt = update(ConsolidationJob).where(ConsolidationJob.id == job_id)
     if attempt is not None:
         stmt = stmt.where(ConsolidationJob.attempts == attempt)
-    if session.execute(stmt.values(heartbeat_at=now, **values)).rowcount == 0:
+    if cast(CursorResult, session.execute(stmt.values(heartbeat_at=now, **values))).rowcount == 0:
         raise Superseded(f"job {job_id}: attempt {attempt} was superseded by a newer attempt")
 
 
@@ -654,7 +657,10 @@ def _apply(
     archive_batches = list(chunks(plan.archive, ARCHIVE_BATCH))
     total = max(1, len(merge_batches) + len(archive_batches))
     timings = result.timings
-    batches = [*(("merge", c) for c in merge_batches), *(("archive", a) for a in archive_batches)]
+    batches: list[tuple[str, Sequence[Any]]] = [
+        *(("merge", c) for c in merge_batches),
+        *(("archive", a) for a in archive_batches),
+    ]
     for done, (kind, items) in enumerate(batches, start=1):
         now = clock()
         with session_scope() as session:

@@ -55,4 +55,4 @@ def active_count(project_id: uuid.UUID) -> ColumnElement[int]:
 
 
 def count_active(session: Session, project_id: uuid.UUID) -> int:
-    return session.scalar(select(active_count(project_id)))
+    return session.scalar(select(active_count(project_id))) or 0

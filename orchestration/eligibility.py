@@ -51,4 +51,6 @@ def check_projects(session: Session, default_threshold: int) -> Eligibility:
     ).one()
     # Core rows (tuple-like): ORM rows add per-row overhead to thousands of them.
     eligible = session.connection().execute(eligible_query(default_threshold)).all()
-    return Eligibility(checked=checked, skipped=disabled, eligible=eligible)
+    return Eligibility(
+        checked=checked, skipped=disabled, eligible=[(row.id, row.consolidation_options) for row in eligible]
+    )

@@ -52,23 +52,23 @@ def check_health(session: Session, settings: Settings, now: datetime, max_age: t
     expected = previous_slot(settings.crontab, now - SLOT_GRACE, settings.tz)
     if run is None:
         return Health(2, "no scheduled run has ever been recorded", None, expected)
-    if run.scheduled_for < expected:
+    slot = run.scheduled_for
+    assert slot is not None  # a scheduled run always has its slot
+    if slot < expected:
         return Health(
             2,
-            f"missed slot {expected.isoformat()}: no run since {run.scheduled_for.isoformat()} (is beat running?)",
+            f"missed slot {expected.isoformat()}: no run since {slot.isoformat()} (is beat running?)",
             run,
             expected,
         )
     if run.status == "running":
         if now - run.started_at > timedelta(seconds=settings.run_deadline):
             return Health(2, f"run {run.id} still running past the deadline of {settings.run_deadline}s", run, expected)
-        if now - run.scheduled_for > max_age:
+        if now - slot > max_age:
             return Health(2, f"run {run.id} still running and older than {max_age}", run, expected)
-        return Health(0, f"run {run.id} for {run.scheduled_for.isoformat()} is running", run, expected)
+        return Health(0, f"run {run.id} for {slot.isoformat()} is running", run, expected)
     if now - (run.finished_at or run.started_at) > max_age:
         return Health(2, f"latest scheduled run {run.id} finished more than {max_age} ago", run, expected)
     if run.status == "completed":
-        return Health(0, f"run {run.id} for {run.scheduled_for.isoformat()} completed", run, expected)
-    return Health(
-        1, f"run {run.id} for {run.scheduled_for.isoformat()} {run.status}: {run.error_message}", run, expected
-    )
+        return Health(0, f"run {run.id} for {slot.isoformat()} completed", run, expected)
+    return Health(1, f"run {run.id} for {slot.isoformat()} {run.status}: {run.error_message}", run, expected)

@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from datetime import timedelta
 
@@ -28,7 +29,7 @@ from sqlalchemy import select, update
 from orchestration.db import session_scope
 from orchestration.dbtypes import utcnow
 from orchestration.logs import get_logger
-from orchestration.models import ConsolidationJob, ProjectLock
+from orchestration.models import ConsolidationJob, ProjectLock, table_of
 
 INTERVAL = timedelta(seconds=10)
 # Six missed beats: a process that stopped beating this long ago is dead (or frozen,
@@ -100,12 +101,12 @@ class _Beater:
                 self._received -= received - waiting  # started (or finished) since: their lock beats now
 
 
-def beat(holders: dict[str, uuid.UUID | None], received: set[uuid.UUID] = frozenset()) -> set[uuid.UUID]:
+def beat(holders: dict[str, uuid.UUID | None], received: AbstractSet[uuid.UUID] = frozenset()) -> set[uuid.UUID]:
     """Write one heartbeat for these lock holders and their jobs, and for the received
     jobs not started yet, in one transaction. Returns those not started yet."""
     now = utcnow()
     job_ids = [job_id for job_id in holders.values() if job_id is not None]
-    jobs = ConsolidationJob.__table__
+    jobs = table_of(ConsolidationJob)
     waiting: set[uuid.UUID] = set()
     with session_scope() as session:
         if holders:

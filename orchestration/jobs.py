@@ -226,6 +226,8 @@ def execute(
         return attempt.ended
     if attempt.busy is not None:
         raise attempt.busy
+    assert attempt.project_id is not None and attempt.options is not None
+    project_id = attempt.project_id
     counters: dict[str, int] = {}
 
     def complete(session: Session, result: ConsolidationResult) -> None:
@@ -237,7 +239,7 @@ def execute(
             .values(
                 status="completed",
                 progress=1.0,
-                memories_after=counts.active_count(attempt.project_id),
+                memories_after=counts.active_count(project_id),
                 completed_at=utcnow(),
                 heartbeat_at=utcnow(),
                 error_message=None,
@@ -255,7 +257,6 @@ def execute(
         counters.update(row._asdict())
         result.memories_after = row.memories_after
 
-    assert attempt.project_id is not None and attempt.options is not None
     try:
         result = consolidation.consolidate_project(
             attempt.project_id,

@@ -17,7 +17,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from orchestration.models import ProjectLock
+from orchestration.models import ProjectLock, table_of
 
 
 def holder_for(job_id: uuid.UUID, attempt: int | None = None) -> str:
@@ -41,7 +41,7 @@ class ProjectBusy(RuntimeError):
 def acquire(session: Session, project_id: uuid.UUID, holder: str, now: datetime, stale_after: timedelta) -> None:
     """Take the lock for ``holder`` or raise :class:`ProjectBusy`. Commit to publish it."""
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    table = ProjectLock.__table__
+    table = table_of(ProjectLock)
     stmt = insert(table).values(project_id=project_id, holder=holder, acquired_at=now, heartbeat_at=now)
     stmt = stmt.on_conflict_do_update(
         index_elements=[table.c.project_id],

@@ -60,7 +60,7 @@ def resolve_options(overrides: Mapping[str, Any] | None) -> ConsolidationOptions
     if unknown:
         raise InvalidOptions(unknown[0], f"unknown option (known: {', '.join(known)})")
     kinds = {"bool": bool, "int": int, "float": float}
-    values = {name: _check(name, value, kinds[known[name].type]) for name, value in overrides.items()}
+    values = {name: _check(name, value, kinds[str(known[name].type)]) for name, value in overrides.items()}
     options = ConsolidationOptions(**values)
     if not 0.0 < options.similarity_threshold <= 1.0:
         raise InvalidOptions("similarity_threshold", f"must be in (0, 1], got {options.similarity_threshold}")

@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any, TextIO, cast
 
 import click
 from sqlalchemy import func, select
@@ -85,6 +85,10 @@ def plain_line(progress: RunProgress, elapsed: float) -> str:
     )
 
 
+def _shown(text: str | None) -> str | None:
+    return text
+
+
 def watch(
     find: Finder, timeout: float, out: IO[str], interval: float = 1.0, plain_every: float = PLAIN_EVERY_S
 ) -> ConsolidationRun | None:
@@ -93,7 +97,7 @@ def watch(
     started = time.monotonic()
     deadline = started + timeout
     terminal = hasattr(out, "isatty") and out.isatty()
-    bar: click.progressbar | None = None  # type: ignore[type-arg]
+    bar: Any = None  # click's ProgressBar, once the run's size is known
     last_plain = float("-inf")
     try:
         while time.monotonic() < deadline:
@@ -101,15 +105,15 @@ def watch(
                 run = find(session)
                 progress = read_progress(session, run) if run is not None else None
             elapsed = time.monotonic() - started
-            if progress is not None:
+            if run is not None and progress is not None:
                 if terminal and bar is None and progress.total:
                     bar = click.progressbar(
                         length=progress.total,
                         label=f"run {str(progress.run_id)[:8]}",
                         show_eta=True,
                         show_pos=True,
-                        file=out,
-                        item_show_func=lambda text: text,
+                        file=cast(TextIO, out),
+                        item_show_func=_shown,
                     )
                 if bar is not None:
                     bar.update(progress.done - bar.pos, f"{progress.counters()}, {_clock(elapsed)} elapsed")

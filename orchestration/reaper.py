@@ -128,10 +128,10 @@ def _recover(session: Session, reaped: Reaped, job: ConsolidationJob, settings: 
     elif job.status == "pending":
         error = (
             f"worker lost before the job started: it received the job, then stopped (no heartbeat since "
-            f"{job.heartbeat_at.isoformat()})"
+            f"{_iso(job.heartbeat_at)})"
         )
     else:
-        error = f"worker lost during attempt {job.attempts}: no heartbeat since {job.heartbeat_at.isoformat()}"
+        error = f"worker lost during attempt {job.attempts}: no heartbeat since {_iso(job.heartbeat_at)}"
     if job.run_id is None:  # started by hand (orchestration consolidate): nothing to re-send it
         jobs.close_unfinished(session, job, "failed", error, now)
     else:
@@ -147,6 +147,10 @@ def _recover(session: Session, reaped: Reaped, job: ConsolidationJob, settings: 
         siblings = session.scalars(select(ConsolidationJob.id).where(ConsolidationJob.run_id == job.run_id))
         lost.group_index = runs.chord_order(siblings).index(str(job.id))
     reaped.lost.append(lost)
+
+
+def _iso(moment: datetime | None) -> str:
+    return moment.isoformat() if moment else "never"
 
 
 def _finalize(

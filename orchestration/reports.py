@@ -92,7 +92,7 @@ def runs_table(runs: Sequence[Any]) -> str:
 def run_document(run_id: uuid.UUID) -> dict[str, Any]:
     """A run's columns plus its jobs (failed first), as ``runs show --json`` prints it."""
     with session_scope() as session:
-        run = session.get(ConsolidationRun, run_id)
+        run = session.get_one(ConsolidationRun, run_id)
         rows = session.execute(
             select(ConsolidationJob, Project.name)
             .outerjoin(Project, Project.id == ConsolidationJob.project_id)

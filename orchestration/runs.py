@@ -24,7 +24,7 @@ from orchestration import jobs
 from orchestration.db import session_scope
 from orchestration.dbtypes import utcnow
 from orchestration.eligibility import check_projects
-from orchestration.models import UNFINISHED_JOB_STATUSES, ConsolidationJob, ConsolidationRun, Project
+from orchestration.models import UNFINISHED_JOB_STATUSES, ConsolidationJob, ConsolidationRun, Project, table_of
 from orchestration.reports import row_dict
 
 COUNTERS = ("memories_before", "memories_after", "memories_merged", "memories_archived")
@@ -46,10 +46,10 @@ def claim_run(
     run_id = run_id or uuid.uuid4()
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     stmt = (
-        insert(ConsolidationRun.__table__)
+        insert(table_of(ConsolidationRun))
         .values(id=run_id, trigger_type=trigger_type, scheduled_for=slot, status="running", started_at=now)
         .on_conflict_do_nothing()
-        .returning(ConsolidationRun.__table__.c.id)
+        .returning(table_of(ConsolidationRun).c.id)
     )
     return session.execute(stmt).scalar_one_or_none()
 
@@ -77,7 +77,7 @@ def start_run(
             session, project_id, run_id=claimed, trigger_type=trigger_type, triggered_by="system", options=options
         )
         started.job_ids.append(job.id)
-    run = session.get(ConsolidationRun, claimed)
+    run = session.get_one(ConsolidationRun, claimed)
     run.projects_checked = started.checked
     run.projects_eligible = started.eligible
     run.projects_skipped = started.skipped
@@ -139,8 +139,8 @@ def waiting_for_jobs(session: Session, run_id: uuid.UUID, now: datetime, deadlin
             .select_from(ConsolidationJob)
             .where(ConsolidationJob.run_id == run_id, ConsolidationJob.status.in_(UNFINISHED_JOB_STATUSES))
         )
-        > 0
-    )
+        or 0
+    ) > 0
 
 
 def mark_failed(

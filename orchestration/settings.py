@@ -117,6 +117,11 @@ def _url(env: Mapping[str, str], name: str, default: str | None, schemes: tuple[
     return value
 
 
+def _required_url(env: Mapping[str, str], name: str, default: str, schemes: tuple[str, ...]) -> str:
+    value = _url(env, name, default, schemes)
+    return default if value is None else value
+
+
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
     raw = env.get(PREFIX + name)
     if raw is None or raw.strip() == "":
@@ -155,9 +160,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if rate_limit is not None and not _RATE_LIMIT.match(rate_limit):
         raise _fail("PROJECT_RATE_LIMIT", rate_limit, "must look like 30/m, 2/s or 100/h")
     return Settings(
-        database_url=_url(env, "DATABASE_URL", Settings.database_url, DATABASE_SCHEMES),
-        broker_url=_url(env, "BROKER_URL", Settings.broker_url, BROKER_SCHEMES),
-        result_backend=_url(env, "RESULT_BACKEND", Settings.result_backend, BACKEND_SCHEMES),
+        database_url=_required_url(env, "DATABASE_URL", Settings.database_url, DATABASE_SCHEMES),
+        broker_url=_required_url(env, "BROKER_URL", Settings.broker_url, BROKER_SCHEMES),
+        result_backend=_required_url(env, "RESULT_BACKEND", Settings.result_backend, BACKEND_SCHEMES),
         schedule=schedule,
         timezone=timezone,
         default_threshold=_int(env, "DEFAULT_THRESHOLD", Settings.default_threshold),

@@ -69,7 +69,7 @@ def run_scheduled(slot: str | None = None, trigger: str = "scheduled", run_id: s
         existing = None if started else runs.existing_run_for_slot(session, slot_at) if slot_at else None
         orphaned = runs.undispatched_jobs(session, existing, now) if existing else None
     if started is None:
-        if orphaned is not None:
+        if existing is not None and orphaned is not None:
             # This message is the redelivery of a claim whose process died before it
             # sent the chord: send it now, or the run would wait for the reaper.
             structlog.contextvars.bind_contextvars(run_id=str(existing.id))
@@ -251,7 +251,7 @@ def _bind_job(run_id: uuid.UUID | None, project_id: uuid.UUID | None) -> None:
 
 def _already_finished(job_id: uuid.UUID) -> dict[str, Any]:
     with session_scope() as session:
-        job = session.get(ConsolidationJob, job_id)
+        job = session.get_one(ConsolidationJob, job_id)
         status, error = job.status, job.error_message
         _bind_job(job.run_id, job.project_id)
     log.info("job.already_finished", status=status)
