@@ -319,16 +319,17 @@ def skip(attempt: Attempt, reason: str) -> JobOutcome:
     return _end(attempt, "skipped", reason)
 
 
-def mark_retrying(job_id: uuid.UUID, error: str) -> None:
+def mark_retrying(job_id: uuid.UUID, error: str) -> bool:
     """The running attempt failed with a transient error: free its lock and wait for
-    the retry."""
+    the retry. ``False`` if the job was not running."""
     with session_scope() as session:
         job = _running(session, job_id)
         if job is None:
-            return
+            return False
         if job.project_id is not None:
             locks.release(session, job.project_id, locks.holder_for(job.id, job.attempts))
         job.status, job.error_message, job.heartbeat_at = "retrying", error, utcnow()
+        return True
 
 
 def record_lost(session: Session, job: ConsolidationJob, settings: Settings, now: datetime, error: str) -> str:

@@ -222,7 +222,11 @@ def run_project(self, job_id: str) -> dict[str, Any]:
             countdown = get_exponential_backoff_interval(
                 RETRY_BACKOFF_BASE, self.request.retries, settings.retry_backoff_max, full_jitter=True
             )
-            _best_effort(jobs.mark_retrying, job_uuid, error)
+            if attempt is not None and not _best_effort(jobs.mark_retrying, job_uuid, error):
+                # The attempt's lock could not be freed (the database is unreachable):
+                # retry once it has gone stale, or the retry would take it for a live
+                # attempt and stand down.
+                countdown = max(countdown, heartbeat.LOST_AFTER.total_seconds() + 1)
             log.warning("job.retrying", attempt=number, countdown=countdown, error=error)
             raise self.retry(countdown=countdown, max_retries=settings.max_retries) from exc
     attempt = attempt or jobs.Attempt(job_uuid, None, None, self.request.retries + 1, 0.0)

@@ -257,10 +257,62 @@ class Workers:
         return lines
 
 
+class Beats:
+    """``celery -A orchestration.celery_app beat`` subprocesses, each logging to
+    ``<name>.log`` and keeping its schedule in ``<name>`` under the test's folder."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.processes: list[subprocess.Popen] = []
+
+    def start(self, env: dict[str, str], name: str = "beat") -> Path:
+        log = self.directory / f"{name}.log"
+        command = [sys.executable, "-m", "celery", "-A", "orchestration.celery_app", "beat", "--loglevel", "INFO",
+                   "--schedule", str(self.directory / name)]  # fmt: skip
+        self.processes.append(
+            subprocess.Popen(
+                command, env=env, cwd=ROOT, start_new_session=True, stdout=log.open("w"), stderr=subprocess.STDOUT
+            )  # fmt: skip
+        )
+        return log
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=20)
+
+
 @pytest.fixture
-def workers(tmp_path) -> Iterator[Workers]:
+def beats(tmp_path) -> Iterator[Beats]:
+    started = Beats(tmp_path)
+    try:
+        yield started
+    finally:
+        started.stop_all()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+@pytest.fixture
+def workers(request, tmp_path) -> Iterator[Workers]:
     pool = Workers(tmp_path)
     try:
         yield pool
     finally:
         pool.stop_all()
+        failed = getattr(request.node, "report_call", None)
+        if failed is not None and failed.failed:  # the workers' story, for the failure report
+            for event in pool.events()[-40:]:
+                print(
+                    event.get("timestamp", "")[11:23],
+                    event.get("event"),
+                    event.get("job_id", ""),
+                    event.get("attempt", ""),
+                    str(event.get("error", event.get("reason", "")))[:120],
+                )

@@ -6,11 +6,7 @@ so the reaper checks every minute. docs/reliability.md gives the measured costs.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +15,6 @@ from test_faults import clean_reference, finished_run, jobs_of, now_slot, plant,
 
 from support import difference, fingerprint
 
-ROOT = Path(__file__).resolve().parents[2]
 # The issue's target: within 5 minutes of a worker's death its job runs again and the run completes.
 RECOVERY_TARGET_S = 300
 
@@ -37,40 +32,6 @@ def production_env(database_url: str, broker_url: str, backend_url: str, tmp_pat
         "FAULT_MARKER": str(tmp_path / "fault-marker"),
         **faults,
     }
-
-
-@pytest.fixture
-def beat(tmp_path) -> Iterator[callable]:
-    """``celery -A orchestration.celery_app beat`` as in compose.yaml (the reaper runs every minute)."""
-    processes: list[subprocess.Popen] = []
-
-    def start(env: dict) -> subprocess.Popen:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "orchestration.celery_app",
-                "beat",
-                "--loglevel",
-                "INFO",
-                "--schedule",
-                str(tmp_path / "celerybeat-schedule"),
-            ],
-            env=env,
-            cwd=ROOT,
-            start_new_session=True,
-            stdout=(tmp_path / "beat.log").open("w"),
-            stderr=subprocess.STDOUT,
-        )
-        processes.append(process)
-        return process
-
-    yield start
-    for process in processes:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=20)
 
 
 @pytest.fixture(params=["redis", "rabbitmq"])
@@ -92,7 +53,7 @@ def restore_unacked(redis_url: str) -> int:
 
 @pytest.mark.slow
 def test_killed_worker_recovers_within_minutes(
-    broker, redis_server, pg_database, second_pg_url, workers, beat, tmp_path, report
+    broker, redis_server, pg_database, second_pg_url, workers, beats, tmp_path, report
 ):
     expected = clean_reference(second_pg_url)
     plant()
@@ -106,7 +67,7 @@ def test_killed_worker_recovers_within_minutes(
         FAULT_MERGE_BATCH="2",
         FAULT_BATCH_SLEEP_S="0.5",
     )
-    beat(env)
+    beats.start(env)  # as in compose.yaml: the reaper runs every minute
     first = workers.start(env)
     slot = now_slot()
     start_run(broker, slot)

@@ -6,7 +6,6 @@ the guarantees each scenario proves."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -212,7 +211,9 @@ def test_postgres_unreachable_longer_than_a_retry(
     proxy, proxied_url = pg_proxy
     expected = clean_reference(second_pg_url)
     plant()
-    env = env_for(proxied_url, redis_server.url, tmp_path, FAULT_SLEEP_S="2", ORCHESTRATION_MAX_RETRIES="8")
+    # Retries that fail to start while the database is down count too (by Celery's
+    # count): with backoff capped at 1 s, enough of them to outlast the 5 s outage.
+    env = env_for(proxied_url, redis_server.url, tmp_path, FAULT_SLEEP_S="2", ORCHESTRATION_MAX_RETRIES="20")
     slot = now_slot()
     workers.start(env)
     start_run(redis_server.url, slot)
@@ -232,7 +233,7 @@ def test_postgres_unreachable_longer_than_a_retry(
 
 
 def test_concurrent_claims_and_two_beats_make_one_run(
-    pg_database, second_pg_url, redis_server, workers, tmp_path, report
+    pg_database, second_pg_url, redis_server, workers, beats, tmp_path, report
 ):
     expected = clean_reference(second_pg_url)
     plant()
@@ -252,37 +253,14 @@ def test_concurrent_claims_and_two_beats_make_one_run(
     assert sum(e["event"] == "run.duplicate_skipped" for e in workers.events()) == 3
     assert difference(expected, fingerprint()) == (0, 0)
     # Two beat processes, every minute: each fires, one run per slot.
-    beats = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "orchestration.celery_app",
-                "beat",
-                "--loglevel",
-                "INFO",
-                "--schedule",
-                str(tmp_path / f"beat-{i}"),
-            ],
-            env={**os.environ, **env},
-            cwd=Path(__file__).resolve().parents[2],
-            start_new_session=True,
-            stdout=(tmp_path / f"beat-{i}.log").open("w"),
-            stderr=subprocess.STDOUT,
-        )
-        for i in range(2)
-    ]
+    logs = [beats.start({**os.environ, **env}, f"beat-{i}") for i in range(2)]
     try:
         beat_slot = previous_slot(load_settings(env).crontab, utcnow() + timedelta(minutes=1), load_settings(env).tz)
         run = finished_run(beat_slot, timeout=100)
         time.sleep(3)
     finally:
-        for beat in beats:
-            os.killpg(beat.pid, signal.SIGTERM)
-            beat.wait(timeout=20)
-    sent = sum((tmp_path / f"beat-{i}.log").read_text().count("consolidation-nightly") for i in range(2))
+        beats.stop_all()
+    sent = sum(log.read_text().count("consolidation-nightly") for log in logs)
     with db.session_scope() as session:
         runs_for_slot = session.scalar(
             select(func.count()).select_from(ConsolidationRun).where(ConsolidationRun.scheduled_for == beat_slot)
