@@ -4,6 +4,7 @@ end state of the memory store, comparable across databases and runs."""
 from __future__ import annotations
 
 import os
+import sys
 from collections import Counter
 
 import pytest
@@ -51,6 +52,12 @@ def difference(expected: list[tuple], actual: list[tuple]) -> tuple[int, int]:
     """(lost, doubled): rows of ``expected`` missing from ``actual``, and extra rows."""
     want, got = Counter(expected), Counter(actual)
     return sum((want - got).values()), sum((got - want).values())
+
+
+def celery_worker_command(app: str, *options: str) -> list[str]:
+    """``celery -A <app> worker`` with a 2-process prefork pool, as the suites start it."""
+    return [sys.executable, "-m", "celery", "-A", app, "worker", "--pool", "prefork", "--concurrency", "2",
+            "--without-mingle", "--without-gossip", *options]  # fmt: skip
 
 
 START_HINT = "start them with: docker compose up -d redis postgres"

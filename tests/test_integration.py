@@ -20,7 +20,7 @@ from sqlalchemy import select
 from orchestration import db
 from orchestration.models import ConsolidationJob, ConsolidationRun
 from orchestration.seed import seed
-from support import wait_for_run
+from support import celery_worker_command, wait_for_run
 
 pytestmark = pytest.mark.integration
 SLOT = "2026-11-27T02:00:00+00:00"
@@ -50,22 +50,7 @@ def worker_process(env, log: Path, app: str = "orchestration.celery_app"):
     """``celery -A <app> worker`` (prefork, 2 processes) as a subprocess."""
     with log.open("w") as out:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                app,
-                "worker",
-                "--pool",
-                "prefork",
-                "--concurrency",
-                "2",
-                "--loglevel",
-                "INFO",
-                "--without-mingle",
-                "--without-gossip",
-            ],
+            celery_worker_command(app, "--loglevel", "INFO"),
             env={**env, "PYTHONPATH": str(ROOT)},
             cwd=ROOT,
             stdout=out,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from support import unavailable
+from support import celery_worker_command, unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 _REPORT: list[str] = []
@@ -207,24 +207,7 @@ class Workers:
     def start(self, env: dict[str, str]) -> subprocess.Popen:
         log = self.log_dir / f"worker-{len(self.processes)}.log"
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "tests.fault_worker",
-                "worker",
-                "--pool",
-                "prefork",
-                "--concurrency",
-                "2",
-                "--loglevel",
-                "INFO",
-                "--without-mingle",
-                "--without-gossip",
-                "-n",
-                f"fault{len(self.processes)}@%h",
-            ],
+            celery_worker_command("tests.fault_worker", "--loglevel", "INFO", "-n", f"fault{len(self.processes)}@%h"),
             env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
             cwd=ROOT,
             start_new_session=True,
