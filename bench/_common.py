@@ -15,7 +15,7 @@ def scratch_pg_database() -> tuple[str, Callable[[], None]]:
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
-    from orchestration.db import normalize_url
+    from orchestration.store.db import normalize_url
 
     name = f"orch_bench_{uuid.uuid4().hex[:10]}"
     admin = create_engine(normalize_url(ADMIN_URL), isolation_level="AUTOCOMMIT")

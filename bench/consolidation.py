@@ -33,8 +33,8 @@ from _common import scratch_pg_database
 
 
 def _seed(url: str, size: int) -> None:
-    from orchestration import db, migrate
-    from orchestration.seed import seed
+    from orchestration.demo.seed import seed
+    from orchestration.store import db, migrate
 
     migrate.upgrade(url)
     db.use_database(url)
@@ -44,18 +44,26 @@ def _seed(url: str, size: int) -> None:
 
 
 def _consolidate(url: str, project_id: str) -> None:
-    from orchestration import db
-    from orchestration.consolidation import consolidate_project
-    from orchestration.models import ConsolidationJob
-    from orchestration.options import resolve_options
+    from orchestration.consolidation import applying, planning
+    from orchestration.consolidation.options import resolve_options
+    from orchestration.store import db
+    from orchestration.store.counts import count_active
+    from orchestration.store.models import ConsolidationJob
+    from orchestration.store.types import utcnow
 
     db.use_database(url)
     pid = uuid.UUID(project_id)
     with db.session_scope() as session:
         job = ConsolidationJob(project_id=pid, trigger_type="manual", triggered_by="bench", status="running")
         session.add(job)
+    options = resolve_options(None)
     started = time.perf_counter()
-    result = consolidate_project(pid, resolve_options(None), job_id=job.id)
+    # What a job does between taking its lock and recording its end.
+    with db.session_scope() as session:
+        planned = planning.plan(session, pid, options, utcnow())
+    result = applying.apply(planned, options, job.id)
+    with db.session_scope() as session:
+        result.memories_after = count_active(session, pid)
     wall = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"wall": wall, "peak_mb": peak_mb, "timings": result.timings, **result.counters()}))

@@ -106,8 +106,8 @@ def timed_check(engine, repeat: int, pending: int) -> dict[str, tuple[float, int
     from sqlalchemy import text
     from sqlalchemy.orm import Session
 
-    from orchestration import counts
-    from orchestration.eligibility import check_projects
+    from orchestration.nightly.eligibility import check_projects
+    from orchestration.store import counts
 
     with engine.connect() as conn:
         projects = conn.execute(text("SELECT id FROM projects")).scalars().all()
@@ -215,9 +215,9 @@ def main() -> None:
     args = parser.parse_args()
     from sqlalchemy import TextClause, create_engine, text
 
-    from orchestration import migrate
-    from orchestration.db import normalize_url
-    from orchestration.eligibility import eligible_query
+    from orchestration.nightly.eligibility import eligible_query
+    from orchestration.store import migrate
+    from orchestration.store.db import normalize_url
 
     url, drop = scratch_pg_database()
     options = {"options": "-c max_parallel_workers_per_gather=0"} if args.serial else {}

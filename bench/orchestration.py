@@ -42,8 +42,8 @@ MINIMAL = {"merge": False, "archive": False}
 def _seed(size: int) -> None:
     from sqlalchemy import delete, insert
 
-    from orchestration import db
-    from orchestration.models import ConsolidationJob, ConsolidationRun, Project, TaskMemory
+    from orchestration.store import db
+    from orchestration.store.models import ConsolidationJob, ConsolidationRun, Project, TaskMemory
 
     with db.session_scope() as session:
         session.execute(delete(ConsolidationJob))
@@ -77,12 +77,12 @@ def _seed(size: int) -> None:
 def _nightly(client, size: int) -> float:
     from sqlalchemy import select
 
-    from orchestration import runs
-    from orchestration.models import ConsolidationRun
-    from orchestration.schedule import parse_slot
+    from orchestration.nightly import runs
+    from orchestration.nightly.schedule import parse_slot
+    from orchestration.store.models import ConsolidationRun
 
     slot = parse_slot(f"2026-01-01T02:{size % 60:02d}:00")
-    with __import__("orchestration.db", fromlist=["session_scope"]).session_scope() as session:
+    with __import__("orchestration.store.db", fromlist=["session_scope"]).session_scope() as session:
         session.query(ConsolidationRun).filter(ConsolidationRun.scheduled_for == slot).delete()
     started = time.perf_counter()
     client.send_task("consolidation.run_scheduled", kwargs={"slot": slot.isoformat()})
@@ -109,14 +109,18 @@ def _round_trips_per_job() -> tuple[float, float]:
     transaction adds two round trips (psycopg sends BEGIN and COMMIT on their own)."""
     from sqlalchemy import event, select
 
-    from orchestration import db, jobs
-    from orchestration.models import ConsolidationJob, Project
+    from orchestration.jobs import lifecycle
     from orchestration.settings import get_settings
+    from orchestration.store import db
+    from orchestration.store.models import ConsolidationJob, Project
+    from orchestration.store.statuses import TriggerType
 
     with db.session_scope() as session:
         projects = session.scalars(select(Project.id).limit(5)).all()
         created = [
-            jobs.create_job(session, p, run_id=None, trigger_type="manual", triggered_by="bench", options=MINIMAL).id
+            lifecycle.create_job(
+                session, p, run_id=None, trigger_type=TriggerType.MANUAL, triggered_by="bench", options=MINIMAL
+            ).id
             for p in projects
         ]
     count = {"before_cursor_execute": 0, "begin": 0}
@@ -133,7 +137,7 @@ def _round_trips_per_job() -> tuple[float, float]:
         event.listen(engine, name, listener)
     try:
         for job_id in created:
-            jobs.execute(jobs.begin_attempt(job_id, get_settings()))
+            lifecycle.run(job_id, get_settings())
     finally:
         for name, listener in listeners:
             event.remove(engine, name, listener)
@@ -148,7 +152,7 @@ def main() -> None:
     args = parser.parse_args()
     from celery import Celery
 
-    from orchestration import db, migrate
+    from orchestration.store import db, migrate
 
     url, drop = scratch_pg_database()
     broker, redis_client = scratch_redis_db()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from orchestration import db
-from orchestration.models import Base
+from orchestration.store import db
+from orchestration.store.models import Base
 
 config = context.config
 target_metadata = Base.metadata

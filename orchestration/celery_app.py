@@ -21,9 +21,9 @@ from celery.apps.worker import Worker
 from celery.schedules import crontab
 from kombu import Exchange, Queue
 
-from orchestration import db
-from orchestration.logs import configure_logging, log_format, task_context
+from orchestration.logs import configure_logging, log_format
 from orchestration.settings import Settings, SettingsError, get_settings
+from orchestration.store import db
 
 # Jobs whose worker died are found within heartbeat.LOST_AFTER plus this interval.
 REAP_INTERVAL = timedelta(minutes=1)
@@ -84,6 +84,23 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "beat_schedule": beat_schedule(settings),
+        "task_annotations": task_annotations(settings),
+    }
+
+
+def task_annotations(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Task attributes that come from the settings (Celery applies them when it binds
+    the tasks to the app)."""
+    return {
+        "consolidation.run_project": {
+            "soft_time_limit": settings.job_time_limit,
+            "time_limit": settings.job_hard_limit,
+            "rate_limit": settings.project_rate_limit,
+        },
+        "consolidation.finalize_run": {
+            "retry_backoff_max": settings.retry_backoff_max,
+            "max_retries": settings.max_retries,
+        },
     }
 
 
@@ -134,29 +151,36 @@ class OrchestrationCelery(Celery):
         return self.subclass_with_self(_Beat)
 
 
-def create_app(settings: Settings) -> Celery:
-    app = OrchestrationCelery("orchestration", include=["orchestration.tasks"])
-    app.conf.update(celery_config(settings))
+def _configuration() -> dict[str, Any]:
+    """The app's configuration, read from the settings the first time Celery needs it
+    (not at import). Invalid settings end the process with one line, no traceback,
+    for worker and beat alike."""
+    try:
+        settings = get_settings()
+    except SettingsError as exc:
+        if os.environ.get("ORCHESTRATION_LOG_FORMAT", "").strip().lower() == "json":
+            sys.exit(
+                json.dumps(
+                    {
+                        "event": "settings.invalid",
+                        "level": "critical",
+                        "error": str(exc),
+                        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+                    }
+                )
+            )
+        sys.exit(f"orchestration: {exc}")
+    return celery_config(settings)
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    """The app, configured from ``settings`` or, lazily, from the environment."""
+    app = OrchestrationCelery("orchestration", include=["orchestration.worker.tasks"])
+    app.add_defaults(_configuration if settings is None else celery_config(settings))
     return app
 
 
-try:
-    _settings = get_settings()
-except SettingsError as exc:  # one line, no traceback, for worker and beat alike
-    if os.environ.get("ORCHESTRATION_LOG_FORMAT", "").strip().lower() == "json":
-        sys.exit(
-            json.dumps(
-                {
-                    "event": "settings.invalid",
-                    "level": "critical",
-                    "error": str(exc),
-                    "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-                }
-            )
-        )
-    sys.exit(f"orchestration: {exc}")
-
-app = create_app(_settings)
+app = create_app()
 
 
 @signals.setup_logging.connect
@@ -169,14 +193,6 @@ def _setup_logging(**_: Any) -> None:
 def _early_logging(**_: Any) -> None:
     # The worker warns about its privileges before it sets up logging: render that too.
     configure_logging(get_settings())
-
-
-@signals.task_prerun.connect
-def _bind_task_context(task_id: str, task: Any, args: tuple, kwargs: dict, **_: Any) -> None:
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(
-        task_id=task_id, task=task.name, **task_context(task.run, args or (), kwargs or {})
-    )
 
 
 @signals.task_postrun.connect
@@ -211,7 +227,7 @@ def consumer_timeout_warning(broker_version: str, settings: Settings) -> str | N
 def _warm_heartbeat(sender: Any = None, **_: Any) -> None:
     from celery.concurrency.prefork import TaskPool
 
-    from orchestration import heartbeat
+    from orchestration.jobs import heartbeat
 
     if not isinstance(getattr(sender, "pool", None), TaskPool):
         return  # only a prefork main process marks received jobs apart from running them

@@ -11,17 +11,14 @@ project ids) is merged first, so every line a task writes carries its ids.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import IO, Any
 
 import structlog
 
 from orchestration.settings import Settings
-
-CONTEXT_IDS = ("run_id", "job_id", "project_id")
 
 
 def _shared_processors() -> list[Callable]:
@@ -80,15 +77,6 @@ def configure_logging(settings: Settings, stream: IO[str] | None = None) -> None
 
 def get_logger(name: str = "orchestration") -> structlog.stdlib.BoundLogger:
     return structlog.get_logger(name)
-
-
-def task_context(run: Callable, args: tuple, kwargs: Mapping[str, Any]) -> dict[str, str]:
-    """The ids among a task's arguments, by parameter name, e.g. ``{"job_id": "..."}``."""
-    try:
-        bound = inspect.signature(run).bind_partial(*args, **kwargs)
-    except TypeError:
-        return {}
-    return {k: str(v) for k, v in bound.arguments.items() if k in CONTEXT_IDS and v is not None}
 
 
 def _route_celery_says() -> None:

@@ -18,18 +18,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
-# In-process tests use the embedded transport; set before orchestration is imported.
-os.environ["ORCHESTRATION_BROKER_URL"] = "memory://"
-os.environ["ORCHESTRATION_RESULT_BACKEND"] = "cache+memory://"
-os.environ.setdefault("ORCHESTRATION_LOG_LEVEL", "INFO")
-
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from orchestration import db, migrate
 from orchestration.settings import mask_url
+from orchestration.store import db, migrate
 from support import unavailable
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # In-process tests use the embedded transport. Settings are read when first used
+    # (the Celery app's configuration included), never at import.
+    os.environ["ORCHESTRATION_BROKER_URL"] = "memory://"
+    os.environ["ORCHESTRATION_RESULT_BACKEND"] = "cache+memory://"
+    os.environ.setdefault("ORCHESTRATION_LOG_LEVEL", "INFO")
+
 
 PG_ADMIN_URL = os.environ.get("ORCHESTRATION_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("ORCHESTRATION_TEST_REDIS_URL", "redis://127.0.0.1:6379")
@@ -104,7 +108,7 @@ def fresh_pg(template: str) -> Iterator[str]:
 
 @pytest.fixture
 def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
-    return fresh_sqlite(sqlite_template, tmp_path / "orchestration.db")
+    return fresh_sqlite(sqlite_template, tmp_path / "orchestration.store.db")
 
 
 @pytest.fixture
@@ -203,7 +207,7 @@ def amqp_url() -> Iterator[str]:
 def celery_worker():
     """A real Celery worker (threads pool) in this process, on the in-memory transport."""
     from orchestration.celery_app import app
-    from orchestration.embedded import embedded_worker, use_embedded_transport
+    from orchestration.demo.embedded import embedded_worker, use_embedded_transport
 
     use_embedded_transport(app)
     with embedded_worker(app):

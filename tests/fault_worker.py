@@ -2,7 +2,7 @@
 ``celery -A tests.fault_worker worker``. Same tasks, settings and code paths; the
 faults are switched on by environment variables:
 
-- ``FAULT_SLEEP_S``: ``consolidate_project`` first sleeps this long;
+- ``FAULT_SLEEP_S``: planning a job's consolidation first sleeps this long;
 - ``FAULT_BATCH_SLEEP_S``: every merge batch first sleeps this long;
 - ``FAULT_MERGE_BATCH``: clusters per merge batch (to get several batches);
 - ``FAULT_RAISE_PROJECT``: jobs of this project id always raise;
@@ -27,9 +27,10 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
-import orchestration.tasks  # noqa: F401
-from orchestration import consolidation, heartbeat, locks
+import orchestration.worker.tasks  # noqa: F401
 from orchestration.celery_app import app
+from orchestration.consolidation import applying, planning
+from orchestration.jobs import heartbeat, lifecycle
 
 _env = os.environ.get
 
@@ -56,20 +57,20 @@ if _env("FAULT_LOST_AFTER"):
     heartbeat.LOST_AFTER = timedelta(seconds=float(_env("FAULT_LOST_AFTER")))
     heartbeat.INTERVAL = heartbeat.LOST_AFTER / 6
 if _env("FAULT_MERGE_BATCH"):
-    consolidation.MERGE_BATCH = int(_env("FAULT_MERGE_BATCH"))
+    applying.MERGE_BATCH = int(_env("FAULT_MERGE_BATCH"))
 
-_consolidate, _merge_batch, _release = consolidation.consolidate_project, consolidation._merge_batch, locks.release
+_plan, _merge_batch, _complete = planning.plan, applying.merge_batch, lifecycle._complete
 _batches = {"n": 0}
 
 
-def consolidate_project(project_id, *args, **kwargs):
+def plan(session, project_id, *args, **kwargs):
     if _env("FAULT_RAISE_PROJECT") and uuid.UUID(_env("FAULT_RAISE_PROJECT")) == project_id:
         raise RuntimeError("injected fault: this project's job always fails")
     if _env("FAULT_CRASH_PROJECT") and uuid.UUID(_env("FAULT_CRASH_PROJECT")) == project_id:
         os.kill(os.getpid(), signal.SIGKILL)
     if _env("FAULT_SLEEP_S"):
         time.sleep(float(_env("FAULT_SLEEP_S")))
-    return _consolidate(project_id, *args, **kwargs)
+    return _plan(session, project_id, *args, **kwargs)
 
 
 def merge_batch(*args, **kwargs):
@@ -83,12 +84,12 @@ def merge_batch(*args, **kwargs):
     return result
 
 
-def release(session, project_id, holder):
-    # The last transaction of a job releases the lock, then marks the job completed.
+def complete(*args, **kwargs):
+    # The last transaction of a job marks it completed and gives its lock back.
     _kill_once("before_complete")
-    return _release(session, project_id, holder)
+    return _complete(*args, **kwargs)
 
 
-consolidation.consolidate_project = consolidate_project
-consolidation._merge_batch = merge_batch
-consolidation.locks.release = release
+planning.plan = plan
+applying.merge_batch = merge_batch
+lifecycle._complete = complete

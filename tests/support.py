@@ -1,18 +1,79 @@
-"""Helpers the tests share (fixtures live in conftest.py): waiting for a run, and the
-end state of the memory store, comparable across databases and runs."""
+"""Helpers the tests share (fixtures live in conftest.py): consolidating a project
+without a job's lock, waiting for a run, and the end state of the memory store,
+comparable across databases and runs."""
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from collections import Counter
 
 import pytest
 from sqlalchemy import select
 
-from orchestration import db
-from orchestration.models import TaskMemory
-from orchestration.runs import wait_for_finish
+from orchestration.consolidation import applying, planning
+from orchestration.consolidation.options import ConsolidationOptions, resolve_options
+from orchestration.consolidation.result import ConsolidationResult
+from orchestration.nightly.runs import wait_for_finish
+from orchestration.store import db
+from orchestration.store.counts import count_active
+from orchestration.store.models import ConsolidationJob, ProjectLock, TaskMemory
+from orchestration.store.statuses import JobStatus, TriggerType
+from orchestration.store.types import utcnow
+
+
+def manual_job(project_id, status: JobStatus = JobStatus.RUNNING):
+    """A job row for audit rows to name (a consolidation outside any run)."""
+    with db.session_scope() as session:
+        job = ConsolidationJob(
+            project_id=project_id, trigger_type=TriggerType.MANUAL, triggered_by="test", status=status
+        )
+        session.add(job)
+    return job.id
+
+
+def job_row(job_id) -> ConsolidationJob:
+    with db.session_scope() as session:
+        return session.get_one(ConsolidationJob, job_id)
+
+
+def lock_holders() -> list[str]:
+    with db.session_scope() as session:
+        return list(session.scalars(select(ProjectLock.holder)))
+
+
+def consolidate(project_id, options: ConsolidationOptions | None = None, job_id=None, **apply) -> ConsolidationResult:
+    """Plan and apply one project's consolidation in this process, as a job does but
+    without its lock or job row counters; ``memories_after`` counted afterwards."""
+    options = options or resolve_options(None)
+    with db.session_scope() as session:
+        planned = planning.plan(session, project_id, options, utcnow())
+    result = applying.apply(planned, options, job_id or manual_job(project_id), **apply)
+    with db.session_scope() as session:
+        result.memories_after = count_active(session, project_id)
+    return result
+
+
+def failing_call(function, call: int, error: Exception):
+    """``function``, except that its ``call``-th call raises ``error`` (an injected fault)."""
+    calls = {"n": 0}
+
+    def wrapper(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise error
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+def wait_until(condition, timeout: float = 30.0, what: str = "the condition") -> None:
+    """Poll ``condition()`` every 50 ms until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} not reached within {timeout}s"
+        time.sleep(0.05)
 
 
 def wait_for_run(finder, timeout: float = 60.0):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestration.migrate import ROOT
+from orchestration.store.migrate import ROOT
 
 pytestmark = pytest.mark.integration
 

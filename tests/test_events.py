@@ -13,15 +13,16 @@ from pathlib import Path
 import structlog
 from sqlalchemy import select, update
 
-from orchestration import consolidation, db, runs
-from orchestration.consolidation import ProjectDisabled
-from orchestration.dbtypes import utcnow
+from orchestration.consolidation import planning
+from orchestration.demo.seed import seed
 from orchestration.logs import configure_logging
-from orchestration.models import ConsolidationChange, ConsolidationJob, ConsolidationRun
-from orchestration.schedule import parse_slot
-from orchestration.seed import seed
+from orchestration.nightly import runs
+from orchestration.nightly.schedule import parse_slot
 from orchestration.settings import get_settings
-from orchestration.tasks import prune_audit, reap_stale, run_project, run_scheduled
+from orchestration.store import db
+from orchestration.store.models import ConsolidationChange, ConsolidationJob, ConsolidationRun, Project
+from orchestration.store.types import utcnow
+from orchestration.worker.tasks import prune_audit, reap_stale, run_project, run_scheduled
 from support import wait_for_run
 
 CATALOGUE = Path(__file__).resolve().parent.parent / "docs" / "events.md"
@@ -49,34 +50,40 @@ def _crash_recovery_events(project_id) -> None:
     broker.consumer_timeout, each as its code path writes it."""
     from types import SimpleNamespace
 
-    from orchestration import heartbeat, jobs, tasks
     from orchestration.celery_app import warn_consumer_timeout
-    from orchestration.models import ProjectLock
+    from orchestration.jobs import heartbeat, lifecycle, recovery
+    from orchestration.store.models import ProjectLock
+    from orchestration.worker.requests import JobRequest
 
     settings = get_settings()
     with db.session_scope() as session:
         started = runs.start_run(session, "manual", None, 0)
     job_id = next(j for j in started.job_ids if _job(j).project_id == project_id)
-    live = jobs.begin_attempt(job_id, settings)
+    live = lifecycle.begin_attempt(job_id, settings)
     run_project.apply_async(args=[str(job_id)])  # a duplicate delivery while the attempt is alive
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and _job(job_id).attempts == 1 and not _duplicate_seen():
         time.sleep(0.05)
     with db.session_scope() as session:  # the live attempt froze; a new one takes over
         session.execute(update(ProjectLock).values(heartbeat_at=utcnow() - heartbeat.LOST_AFTER * 2))
-    newer = jobs.begin_attempt(job_id, settings)
+    newer = lifecycle.begin_attempt(job_id, settings)
     with (
-        structlog.contextvars.bound_contextvars(**jobs.job_ids(_job(job_id))),
-        contextlib.suppress(consolidation.Superseded),
+        structlog.contextvars.bound_contextvars(**lifecycle.job_ids(_job(job_id))),
+        contextlib.suppress(lifecycle.Superseded),
     ):
-        jobs.execute(live)
-    jobs.worker_lost(job_id, settings, "Worker exited prematurely: signal 9 (SIGKILL)")
+        lifecycle.consolidate(live)
+    recovery.worker_lost(job_id, settings, "Worker exited prematurely: signal 9 (SIGKILL)")
     assert newer is not None and _job(job_id).status == "failed"  # ORCHESTRATION_MAX_RETRIES=1 here: 2 of 2 died
 
     def unreachable(*_):
         raise OSError("database unreachable")
 
-    tasks.JobRequest._record(SimpleNamespace(_job_id=lambda: job_id), unreachable, "worker lost")
+    JobRequest._record(SimpleNamespace(_job_id=lambda: job_id), unreachable, "worker lost")
+    # A project disabled after the run's check: its job is skipped at its start.
+    other = next(j for j in started.job_ids if j != job_id)
+    with db.session_scope() as session:
+        session.execute(update(Project).where(Project.id == _job(other).project_id).values(consolidation_enabled=False))
+    assert run_project.apply_async(args=[str(other)]).get(timeout=30)["status"] == "skipped"
     warn_consumer_timeout("3.10.8", settings)
 
 
@@ -99,19 +106,17 @@ def test_the_catalogue_matches_what_a_run_emits(celery_worker, sqlite_database, 
     try:
         with db.session_scope() as session:
             manifests = seed(session, 5, 40, seed=2, dim=16, failing=True)
-        flaky, disabled_meanwhile = uuid.UUID(manifests[0].id), uuid.UUID(manifests[1].id)
-        real = consolidation.consolidate_project
+        flaky = uuid.UUID(manifests[0].id)
+        real = planning.plan
         calls = {"n": 0}
 
-        def faults(project_id, *args, **kwargs):
-            if project_id == disabled_meanwhile:
-                raise ProjectDisabled(f"project {project_id} has consolidation disabled")
+        def faults(session, project_id, *args, **kwargs):
             if project_id == flaky and calls["n"] == 0:
                 calls["n"] += 1
                 raise ConnectionError("database restarting")
-            return real(project_id, *args, **kwargs)
+            return real(session, project_id, *args, **kwargs)
 
-        monkeypatch.setattr(consolidation, "consolidate_project", faults)
+        monkeypatch.setattr(planning, "plan", faults)
         run_scheduled.apply_async(kwargs={"slot": SLOT}).get(timeout=30)
         run_scheduled.apply_async(kwargs={"slot": SLOT}).get(timeout=30)
         run = wait_for_run(

@@ -17,9 +17,9 @@ import pytest
 from celery import Celery
 from sqlalchemy import select
 
-from orchestration import db
-from orchestration.models import ConsolidationJob, ConsolidationRun
-from orchestration.seed import seed
+from orchestration.demo.seed import seed
+from orchestration.store import db
+from orchestration.store.models import ConsolidationJob, ConsolidationRun
 from support import celery_worker_command, wait_for_run
 
 pytestmark = pytest.mark.integration
@@ -91,7 +91,7 @@ def test_full_chord_with_a_worker_subprocess(stack, worker):
     client.send_task("consolidation.run_scheduled", kwargs={"slot": SLOT})
     client.send_task("consolidation.run_scheduled", kwargs={"slot": SLOT})  # a second beat: no second run
     slot = SLOT.replace("+00:00", "")
-    from orchestration.schedule import parse_slot
+    from orchestration.nightly.schedule import parse_slot
 
     run = wait_for_run(
         lambda s: s.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == parse_slot(slot))),
@@ -141,7 +141,7 @@ def test_a_job_past_its_soft_time_limit_fails_cleanly(stack, tmp_path):
         seed(session, 1, 40, seed=4, dim=16)
     with worker_process(env, tmp_path / "worker.log", app="tests.fault_worker") as log:
         _client(env).send_task("consolidation.run_scheduled", kwargs={"slot": SLOT})
-        from orchestration.schedule import parse_slot
+        from orchestration.nightly.schedule import parse_slot
 
         run = wait_for_run(
             lambda s: s.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == parse_slot(SLOT))),
@@ -172,7 +172,7 @@ def test_the_worker_sends_celery_task_events(stack, worker):
 
         time.sleep(1.0)  # the receiver's queue must exist before the events are published
         client.send_task("consolidation.run_scheduled", kwargs={"slot": SLOT})
-        from orchestration.schedule import parse_slot
+        from orchestration.nightly.schedule import parse_slot
 
         wait_for_run(
             lambda s: s.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == parse_slot(SLOT))),

@@ -3,18 +3,8 @@ import json
 
 import structlog
 
-from orchestration.logs import configure_logging, get_logger, task_context
+from orchestration.logs import configure_logging, get_logger
 from orchestration.settings import get_settings, load_settings
-
-
-def test_task_context_finds_ids_by_parameter_name():
-    def run_project(job_id): ...
-    def finalize_run(results, run_id): ...
-
-    assert task_context(run_project, ("j1",), {}) == {"job_id": "j1"}
-    assert task_context(finalize_run, ([{"x": 1}], "r1"), {}) == {"run_id": "r1"}
-    assert task_context(finalize_run, (), {"results": [], "run_id": "r2"}) == {"run_id": "r2"}
-    assert task_context(run_project, (1, 2, 3), {}) == {}
 
 
 def test_json_lines_carry_bound_ids_and_stdlib_lines_share_the_renderer():

@@ -6,7 +6,7 @@ from orchestration.settings import Settings, SettingsError, load_settings, mask_
 def test_defaults_match_the_contract():
     s = load_settings({})
     assert s == Settings()
-    assert s.database_url == "sqlite:///var/orchestration.db"
+    assert s.database_url == "sqlite:///var/orchestration.store.db"
     assert s.broker_url == "redis://localhost:6379/0"
     assert s.result_backend == "redis://localhost:6379/1"
     assert s.schedule == "0 2 * * *"

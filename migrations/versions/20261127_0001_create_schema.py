@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-import orchestration.dbtypes
+import orchestration.store.types
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -22,9 +22,9 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.create_table(
         "consolidation_runs",
-        sa.Column("id", orchestration.dbtypes.GUID(length=36), nullable=False),
+        sa.Column("id", orchestration.store.types.GUID(length=36), nullable=False),
         sa.Column("trigger_type", sa.String(length=16), nullable=False),
-        sa.Column("scheduled_for", orchestration.dbtypes.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("scheduled_for", orchestration.store.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("projects_checked", sa.Integer(), server_default=sa.text("0"), nullable=False),
         sa.Column("projects_eligible", sa.Integer(), server_default=sa.text("0"), nullable=False),
@@ -36,8 +36,8 @@ def upgrade() -> None:
         sa.Column("memories_after", sa.Integer(), server_default=sa.text("0"), nullable=False),
         sa.Column("memories_merged", sa.Integer(), server_default=sa.text("0"), nullable=False),
         sa.Column("memories_archived", sa.Integer(), server_default=sa.text("0"), nullable=False),
-        sa.Column("started_at", orchestration.dbtypes.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("finished_at", orchestration.dbtypes.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("started_at", orchestration.store.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", orchestration.store.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("error_message", sa.Text(), nullable=True),
         sa.Column(
             "summary", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=True
@@ -54,7 +54,7 @@ def upgrade() -> None:
 
     op.create_table(
         "projects",
-        sa.Column("id", orchestration.dbtypes.GUID(length=36), nullable=False),
+        sa.Column("id", orchestration.store.types.GUID(length=36), nullable=False),
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("consolidation_enabled", sa.Boolean(), server_default=sa.text("(true)"), nullable=False),
         sa.Column("consolidation_threshold", sa.Integer(), nullable=True),
@@ -63,14 +63,14 @@ def upgrade() -> None:
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=True,
         ),
-        sa.Column("created_at", orchestration.dbtypes.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", orchestration.store.types.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_projects")),
     )
     op.create_table(
         "consolidation_jobs",
-        sa.Column("id", orchestration.dbtypes.GUID(length=36), nullable=False),
-        sa.Column("run_id", orchestration.dbtypes.GUID(length=36), nullable=True),
-        sa.Column("project_id", orchestration.dbtypes.GUID(length=36), nullable=True),
+        sa.Column("id", orchestration.store.types.GUID(length=36), nullable=False),
+        sa.Column("run_id", orchestration.store.types.GUID(length=36), nullable=True),
+        sa.Column("project_id", orchestration.store.types.GUID(length=36), nullable=True),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("trigger_type", sa.String(length=16), nullable=False),
         sa.Column("triggered_by", sa.String(length=200), nullable=False),
@@ -84,12 +84,12 @@ def upgrade() -> None:
         sa.Column("clusters_found", sa.Integer(), server_default=sa.text("0"), nullable=False),
         sa.Column("memories_merged", sa.Integer(), server_default=sa.text("0"), nullable=False),
         sa.Column("memories_archived", sa.Integer(), server_default=sa.text("0"), nullable=False),
-        sa.Column("started_at", orchestration.dbtypes.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("completed_at", orchestration.dbtypes.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("heartbeat_at", orchestration.dbtypes.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("started_at", orchestration.store.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("completed_at", orchestration.store.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("heartbeat_at", orchestration.store.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("error_message", sa.Text(), nullable=True),
         sa.Column("celery_task_id", sa.String(length=64), nullable=True),
-        sa.Column("created_at", orchestration.dbtypes.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", orchestration.store.types.UTCDateTime(timezone=True), nullable=False),
         sa.CheckConstraint(
             "status IN ('pending', 'running', 'retrying', 'completed', 'failed', 'skipped')",
             name=op.f("ck_consolidation_jobs_status"),
@@ -114,10 +114,10 @@ def upgrade() -> None:
 
     op.create_table(
         "project_locks",
-        sa.Column("project_id", orchestration.dbtypes.GUID(length=36), nullable=False),
+        sa.Column("project_id", orchestration.store.types.GUID(length=36), nullable=False),
         sa.Column("holder", sa.String(length=64), nullable=False),
-        sa.Column("acquired_at", orchestration.dbtypes.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("heartbeat_at", orchestration.dbtypes.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("acquired_at", orchestration.store.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("heartbeat_at", orchestration.store.types.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["project_id"], ["projects.id"], name=op.f("fk_project_locks_project_id_projects"), ondelete="CASCADE"
         ),
@@ -125,8 +125,8 @@ def upgrade() -> None:
     )
     op.create_table(
         "task_memories",
-        sa.Column("id", orchestration.dbtypes.GUID(length=36), nullable=False),
-        sa.Column("project_id", orchestration.dbtypes.GUID(length=36), nullable=False),
+        sa.Column("id", orchestration.store.types.GUID(length=36), nullable=False),
+        sa.Column("project_id", orchestration.store.types.GUID(length=36), nullable=False),
         sa.Column("memory_type", sa.String(length=32), nullable=False),
         sa.Column("content", sa.Text(), nullable=False),
         sa.Column("embedding", sa.LargeBinary(), nullable=True),
@@ -137,19 +137,19 @@ def upgrade() -> None:
             "file_links", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=False
         ),
         sa.Column("reused_count", sa.Integer(), server_default=sa.text("0"), nullable=False),
-        sa.Column("last_reused_at", orchestration.dbtypes.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("learned_at", orchestration.dbtypes.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("last_reused_at", orchestration.store.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("learned_at", orchestration.store.types.UTCDateTime(timezone=True), nullable=False),
         sa.Column("is_duplicate", sa.Boolean(), server_default=sa.text("(false)"), nullable=False),
-        sa.Column("duplicate_of", orchestration.dbtypes.GUID(length=36), nullable=True),
+        sa.Column("duplicate_of", orchestration.store.types.GUID(length=36), nullable=True),
         sa.Column("is_archived", sa.Boolean(), server_default=sa.text("(false)"), nullable=False),
-        sa.Column("archived_at", orchestration.dbtypes.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("archived_at", orchestration.store.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("archive_reason", sa.String(length=16), nullable=True),
         sa.Column(
             "consolidated_from",
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=True,
         ),
-        sa.Column("consolidated_at", orchestration.dbtypes.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("consolidated_at", orchestration.store.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("version", sa.Integer(), server_default=sa.text("1"), nullable=False),
         sa.CheckConstraint(
             "archive_reason IN ('staleness', 'low_value', 'manual')", name=op.f("ck_task_memories_archive_reason")
@@ -182,10 +182,10 @@ def upgrade() -> None:
 
     op.create_table(
         "consolidation_changes",
-        sa.Column("id", orchestration.dbtypes.GUID(length=36), nullable=False),
-        sa.Column("job_id", orchestration.dbtypes.GUID(length=36), nullable=False),
+        sa.Column("id", orchestration.store.types.GUID(length=36), nullable=False),
+        sa.Column("job_id", orchestration.store.types.GUID(length=36), nullable=False),
         sa.Column("operation", sa.String(length=16), nullable=False),
-        sa.Column("memory_id", orchestration.dbtypes.GUID(length=36), nullable=False),
+        sa.Column("memory_id", orchestration.store.types.GUID(length=36), nullable=False),
         sa.Column(
             "previous_state",
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
@@ -196,7 +196,7 @@ def upgrade() -> None:
         ),
         sa.Column("reason", sa.Text(), nullable=True),
         sa.Column("confidence", sa.Float(), nullable=True),
-        sa.Column("changed_at", orchestration.dbtypes.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("changed_at", orchestration.store.types.UTCDateTime(timezone=True), nullable=False),
         sa.Column("changed_by", sa.String(length=200), nullable=False),
         sa.CheckConstraint(
             "operation IN ('merge', 'archive', 'rollback')", name=op.f("ck_consolidation_changes_operation")

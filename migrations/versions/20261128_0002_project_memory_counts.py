@@ -4,7 +4,7 @@ The eligibility check and the jobs read these counts instead of counting the act
 memories (docs/benchmarks.md). Triggers, not application code, keep them exact:
 agents write memories without going through this package. Every change is made in
 the transaction of the write that causes it. How the counts are read is
-``orchestration.counts``.
+``orchestration.store.counts``.
 
 Upgrading counts every existing memory once while writers to ``projects`` and
 ``task_memories`` wait, so that none falls between the count and the triggers (the
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import orchestration.dbtypes
+import orchestration.store.types
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -176,7 +176,7 @@ def upgrade() -> None:
     op.create_table(
         "project_memory_count_deltas",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
-        sa.Column("project_id", orchestration.dbtypes.GUID(length=36), nullable=False),
+        sa.Column("project_id", orchestration.store.types.GUID(length=36), nullable=False),
         sa.Column("delta", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_project_memory_count_deltas")),
     )
@@ -185,7 +185,7 @@ def upgrade() -> None:
 
     op.create_table(
         "project_memory_counts",
-        sa.Column("project_id", orchestration.dbtypes.GUID(length=36), nullable=False),
+        sa.Column("project_id", orchestration.store.types.GUID(length=36), nullable=False),
         sa.Column("active_count", sa.Integer(), server_default=sa.text("0"), nullable=False),
         sa.ForeignKeyConstraint(
             ["project_id"],

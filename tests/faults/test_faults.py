@@ -19,17 +19,18 @@ from celery import Celery
 from kombu import Connection
 from sqlalchemy import func, select, update
 
-from orchestration import db, heartbeat, reaper
-from orchestration.consolidation import consolidate_project
-from orchestration.dbtypes import utcnow
-from orchestration.embeddings import to_bytes
-from orchestration.models import ConsolidationJob, ConsolidationRun, Project, TaskMemory
-from orchestration.options import resolve_options
-from orchestration.runs import wait_for_finish
-from orchestration.schedule import previous_slot
-from orchestration.seed import seed
+from orchestration.consolidation.embeddings import to_bytes
+from orchestration.consolidation.options import resolve_options
+from orchestration.demo.seed import seed
+from orchestration.jobs import heartbeat
+from orchestration.nightly import reaper
+from orchestration.nightly.runs import wait_for_finish
+from orchestration.nightly.schedule import previous_slot
 from orchestration.settings import load_settings
-from support import difference, fingerprint
+from orchestration.store import db
+from orchestration.store.models import ConsolidationJob, ConsolidationRun, Project, TaskMemory
+from orchestration.store.types import utcnow
+from support import consolidate, difference, fingerprint, wait_until
 
 SEED, PROJECTS, MEMORIES = 21, 4, 200  # two eligible projects of ~7 duplicate groups each
 
@@ -90,13 +91,7 @@ def clean_reference(url: str, skip: tuple[str, ...] = ()) -> list[tuple]:
     try:
         manifests = plant()
         for manifest in (m for m in manifests if m.kind == "eligible" and m.id not in skip):
-            pid = uuid.UUID(manifest.id)
-            with db.session_scope() as session:
-                job = ConsolidationJob(
-                    project_id=pid, trigger_type="manual", triggered_by="reference", status="running"
-                )
-                session.add(job)
-            consolidate_project(pid, resolve_options(None), job_id=job.id)
+            consolidate(uuid.UUID(manifest.id), resolve_options(None))
         return fingerprint()
     finally:
         db.use_database(previous)
@@ -105,6 +100,16 @@ def clean_reference(url: str, skip: tuple[str, ...] = ()) -> list[tuple]:
 def jobs_of(run_id) -> list[ConsolidationJob]:
     with db.session_scope() as session:
         return session.scalars(select(ConsolidationJob).where(ConsolidationJob.run_id == run_id)).all()
+
+
+def jobs_running(slot) -> int:
+    with db.session_scope() as session:
+        return session.scalar(
+            select(func.count())
+            .select_from(ConsolidationJob)
+            .join(ConsolidationRun, ConsolidationRun.id == ConsolidationJob.run_id)
+            .where(ConsolidationRun.scheduled_for == slot, ConsolidationJob.status == "running")
+        )
 
 
 def wait_dead(process: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -197,7 +202,7 @@ def test_redis_restarted_mid_run(pg_database, second_pg_url, redis_server, worke
     slot = now_slot()
     workers.start(env)
     start_run(redis_server.url, slot)
-    time.sleep(2)  # both jobs are sleeping inside their task
+    wait_until(lambda: jobs_running(slot) == 2, 60, "both jobs running")  # each sleeps 3 s inside its task
     redis_server.restart(down_for=2)
     run = finished_run(slot, timeout=180)
     lost, doubled = difference(expected, fingerprint())
@@ -217,7 +222,7 @@ def test_postgres_unreachable_longer_than_a_retry(
     slot = now_slot()
     workers.start(env)
     start_run(redis_server.url, slot)
-    time.sleep(1.5)  # the jobs are running
+    wait_until(lambda: jobs_running(slot) == 2, 60, "both jobs running")  # each sleeps 2 s inside its task
     proxy.cut()
     time.sleep(5)  # several retry intervals (backoff capped at 1 s)
     proxy.restore()

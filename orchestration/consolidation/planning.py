@@ -1,0 +1,133 @@
+"""Planning a consolidation: read the project's active memories once and decide which
+clusters to merge and which memories to archive. Reads only; :mod:`applying` writes."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+import numpy as np
+from sqlalchemy import ColumnElement, and_, case, select
+from sqlalchemy.orm import Session
+
+from orchestration.consolidation.clustering import star_clusters
+from orchestration.consolidation.embeddings import normalize_rows, to_bytes
+from orchestration.consolidation.options import ConsolidationOptions
+from orchestration.consolidation.spaces import LEXICAL, effective_types, vector_spaces
+from orchestration.store.models import TaskMemory
+
+
+@dataclass
+class Cluster:
+    representative: uuid.UUID
+    members: list[tuple[uuid.UUID, float]]  # other sources and their similarity to it
+    embedding: bytes | None  # normalized mean, None for lexical clusters
+
+    @property
+    def source_ids(self) -> list[uuid.UUID]:
+        return [self.representative, *(m for m, _ in self.members)]
+
+
+@dataclass
+class Plan:
+    project_id: uuid.UUID
+    memories_before: int
+    versions: dict[uuid.UUID, int]  # what each planned memory's version was when read
+    clusters: list[Cluster] = field(default_factory=list)
+    archive: list[uuid.UUID] = field(default_factory=list)
+    skipped_invalid: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def active_filter() -> ColumnElement[bool]:
+    # Spelled exactly like the partial index's predicate, so the planner can use it.
+    return and_(~TaskMemory.is_duplicate, ~TaskMemory.is_archived)
+
+
+def plan(session: Session, project_id: uuid.UUID, options: ConsolidationOptions, now: datetime) -> Plan:
+    """Read the project's active memories and decide what to merge and archive."""
+    started = time.perf_counter()
+    # Plain Core rows: the ORM adds nothing to a column select but per-row overhead.
+    rows = (
+        session.connection()
+        .execute(
+            select(
+                TaskMemory.id,
+                TaskMemory.memory_type,
+                TaskMemory.embedding,
+                # Text is only needed where a lexical embedding must be computed.
+                case((TaskMemory.embedding.is_(None), TaskMemory.content), else_=None).label("lexical_text"),
+                TaskMemory.reused_count,
+                TaskMemory.last_reused_at,
+                TaskMemory.learned_at,
+                TaskMemory.version,
+                TaskMemory.consolidated_from,
+            ).where(TaskMemory.project_id == project_id, active_filter())
+        )
+        .all()
+    )
+    result = Plan(project_id=project_id, memories_before=len(rows), versions={r.id: r.version for r in rows})
+    spaces, vectors, result.skipped_invalid = vector_spaces(rows)
+    result.timings["load"] = time.perf_counter() - started
+    in_cluster: set[uuid.UUID] = set()
+    if options.merge:
+        types = effective_types(session, rows) if options.same_type_only else {}
+        for space, indexes in sorted(spaces.items()):
+            groups: dict[str, list[int]] = defaultdict(list)
+            for i in indexes:
+                groups[types.get(rows[i].id, "*")].append(i)
+            for _, members in sorted(groups.items()):
+                result.clusters.extend(_cluster_group(rows, vectors, members, options, lexical=space == LEXICAL))
+        in_cluster = {m for c in result.clusters for m in c.source_ids}
+    result.timings["similarity"] = time.perf_counter() - started - result.timings["load"]
+    if options.archive:
+        cutoff = now - timedelta(days=options.archive_stale_days)
+        result.archive = [
+            r.id
+            for r, v in zip(rows, vectors, strict=True)
+            if v is not None and r.id not in in_cluster and is_stale(r, options, cutoff)
+        ]
+    return result
+
+
+def is_stale(row: Any, options: ConsolidationOptions, cutoff: datetime) -> bool:
+    """Reused too rarely, and not since ``cutoff``: to be archived."""
+    return row.reused_count < options.archive_min_reuse and (row.last_reused_at or row.learned_at) < cutoff
+
+
+def _cluster_group(
+    rows: Sequence[Any],
+    vectors: list[np.ndarray | None],
+    members: list[int],
+    options: ConsolidationOptions,
+    lexical: bool,
+) -> list[Cluster]:
+    if len(members) < options.min_cluster_size:
+        return []
+    # Every member has a vector: the groups are made from the vector spaces.
+    matrix = normalize_rows(np.stack([cast(np.ndarray, vectors[i]) for i in members]))
+    # Most reused first, then the oldest, then by id: the representative is the most reused source.
+    priority = sorted(
+        range(len(members)),
+        key=lambda k: (-rows[members[k]].reused_count, rows[members[k]].learned_at, str(rows[members[k]].id)),
+    )
+    clusters = []
+    for rep, cluster_members in star_clusters(matrix, priority, options.similarity_threshold, options.min_cluster_size):
+        indexes = [rep, *(k for k, _ in cluster_members)]
+        embedding = None
+        if not lexical:
+            mean = matrix[indexes].mean(axis=0)
+            embedding = to_bytes(mean / (np.linalg.norm(mean) or 1.0))
+        clusters.append(
+            Cluster(
+                representative=rows[members[rep]].id,
+                members=[(rows[members[k]].id, round(s, 6)) for k, s in cluster_members],
+                embedding=embedding,
+            )
+        )
+    return clusters

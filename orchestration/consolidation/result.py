@@ -1,0 +1,45 @@
+"""What a consolidation reports: its counters, and for a dry run the plan itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestration.consolidation.planning import Plan
+
+
+@dataclass
+class ConsolidationResult:
+    project_id: str
+    dry_run: bool
+    memories_before: int
+    memories_after: int
+    clusters_found: int = 0
+    memories_merged: int = 0
+    memories_archived: int = 0
+    skipped_invalid: int = 0
+    conflicts: int = 0
+    clusters: list[dict[str, Any]] = field(default_factory=list)
+    archived: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+
+    @classmethod
+    def of(cls, plan: Plan, dry_run: bool) -> ConsolidationResult:
+        """A result with nothing applied yet."""
+        return cls(
+            project_id=str(plan.project_id),
+            dry_run=dry_run,
+            memories_before=plan.memories_before,
+            memories_after=plan.memories_before,
+            skipped_invalid=plan.skipped_invalid,
+            timings=dict(plan.timings),
+        )
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "memories_before": self.memories_before,
+            "memories_after": self.memories_after,
+            "clusters_found": self.clusters_found,
+            "memories_merged": self.memories_merged,
+            "memories_archived": self.memories_archived,
+        }

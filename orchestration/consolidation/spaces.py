@@ -1,0 +1,88 @@
+"""The vector spaces of a project's memories, and the type each memory groups by.
+
+Only memories of one space (and, by default, of one type) are compared: stored
+embeddings of the project's usual length form one space, lexical embeddings of the
+memories that have none another.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from orchestration.consolidation.embeddings import from_bytes, lexical_embedding
+from orchestration.store.db import chunks
+from orchestration.store.models import TaskMemory
+from orchestration.store.statuses import MemoryType
+
+STORED, LEXICAL = "stored", "lexical"
+# How many consolidations of consolidations are followed back to an original type.
+MAX_DEPTH = 32
+
+
+def vector_spaces(rows: Sequence[Any]) -> tuple[dict[str, list[int]], list[np.ndarray | None], int]:
+    """Group row indexes by vector space; returns (space -> rows, vectors, invalid count).
+
+    Stored embeddings of the project's most common length form one space, lexical
+    embeddings another. A stored embedding of another length, or with NaN/inf or
+    zero norm, is invalid: the memory is skipped (counted) and left untouched.
+    """
+    lengths = Counter(len(r.embedding) for r in rows if r.embedding is not None)
+    dim_bytes = next((n for n, _ in lengths.most_common() if n % 4 == 0 and n > 0), None)
+    vectors: list[np.ndarray | None] = [None] * len(rows)
+    spaces: dict[str, list[int]] = defaultdict(list)
+    stored = [i for i, r in enumerate(rows) if r.embedding is not None and len(r.embedding) == dim_bytes]
+    if stored and dim_bytes is not None:
+        # One buffer for all stored embeddings: checked and sliced without a Python loop per value.
+        matrix = from_bytes(b"".join(rows[i].embedding for i in stored)).reshape(len(stored), dim_bytes // 4)
+        valid = np.isfinite(matrix).all(axis=1) & matrix.any(axis=1)
+        for k in np.flatnonzero(valid).tolist():
+            vectors[stored[k]] = matrix[k]
+            spaces[STORED].append(stored[k])
+    for index, row in enumerate(rows):
+        if row.embedding is None:
+            vectors[index] = lexical_embedding(row.lexical_text or "")
+            spaces[LEXICAL].append(index)
+    spaces[STORED].sort()
+    invalid = sum(1 for r in rows if r.embedding is not None) - len(spaces[STORED])
+    return spaces, vectors, invalid
+
+
+def effective_types(session: Session, rows: Sequence[Any]) -> dict[uuid.UUID, str]:
+    """Memory type for grouping: a ``consolidated`` memory counts as its representative's
+    type, so it can merge again with new memories of that type on a later night."""
+    types = {row.id: row.memory_type for row in rows}
+    pending = {
+        row.id: uuid.UUID(row.consolidated_from[0])
+        for row in rows
+        if row.memory_type == MemoryType.CONSOLIDATED and row.consolidated_from
+    }
+    for _ in range(MAX_DEPTH):  # one query per level
+        if not pending:
+            break
+        found = {
+            r.id: r
+            for chunk in chunks(list(set(pending.values())))
+            for r in session.execute(
+                select(TaskMemory.id, TaskMemory.memory_type, TaskMemory.consolidated_from).where(
+                    TaskMemory.id.in_(chunk)
+                )
+            )
+        }
+        next_pending = {}
+        for memory_id, source_id in pending.items():
+            source = found.get(source_id)
+            if source is None:
+                continue
+            if source.memory_type == MemoryType.CONSOLIDATED and source.consolidated_from:
+                next_pending[memory_id] = uuid.UUID(source.consolidated_from[0])
+            else:
+                types[memory_id] = source.memory_type
+        pending = next_pending
+    return types

@@ -1,0 +1,87 @@
+"""The embedded default behind ``orchestration demo``: a fresh SQLite database under
+``var/``, synthetic projects, and a real Celery worker in this process (threads pool,
+in-memory transport, in-process result backend that supports chords) running the
+nightly chord exactly as production does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import click
+from celery import Celery
+from sqlalchemy import select
+
+from orchestration.cli import reports
+from orchestration.cli.progress import watch
+from orchestration.nightly import runs
+from orchestration.store import db, migrate
+from orchestration.store.models import ConsolidationRun
+from orchestration.store.types import utcnow
+
+DEMO_DB = Path("var/demo.db")
+DEMO_SEED = 42
+WAIT_S = 120.0
+
+
+def use_embedded_transport(app: Celery) -> None:
+    transport = {**app.conf.broker_transport_options, "polling_interval": 0.05}
+    app.conf.update(broker_url="memory://", result_backend="cache+memory://", broker_transport_options=transport)
+
+
+@contextmanager
+def embedded_worker(app: Celery, concurrency: int = 4) -> Iterator[Any]:
+    """A real worker in a thread of this process."""
+    from celery.contrib.testing.worker import start_worker
+
+    with start_worker(
+        app, pool="threads", concurrency=concurrency, perform_ping_check=False, loglevel="WARNING", shutdown_timeout=30
+    ) as worker:
+        yield worker
+
+
+def fresh_database(path: Path = DEMO_DB) -> str:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    url = f"sqlite:///{path}"
+    migrate.upgrade(url)
+    return url
+
+
+def run_demo(projects: int, memories: int, with_failure: bool = False, out: IO[str] | None = None) -> dict[str, Any]:
+    """Seed, run tonight's scheduled run through the chord, return the run document.
+    With ``out``, say what happens there and show the run's progress."""
+    from orchestration.celery_app import app
+    from orchestration.demo.seed import seed
+    from orchestration.logs import log_format
+    from orchestration.settings import get_settings
+    from orchestration.worker.tasks import run_scheduled
+
+    say = (lambda text: click.echo(f"demo: {text}", file=out)) if out is not None else (lambda text: None)
+    use_embedded_transport(app)
+    # The demo shows our events; Celery's and Alembic's chatter only when it matters.
+    # At a terminal the progress line tells the story: our events only when they warn.
+    quiet = {"celery": logging.WARNING, "alembic": logging.WARNING, "kombu": logging.ERROR}
+    if out is not None and log_format(get_settings()) == "console":
+        quiet["orchestration"] = logging.WARNING
+    for name, level in quiet.items():
+        logging.getLogger(name).setLevel(level)
+    db.use_database(fresh_database())
+    with db.session_scope() as session:
+        manifests = seed(session, projects, memories, DEMO_SEED, failing=with_failure)
+    say(f"fresh SQLite database {DEMO_DB}, {len(manifests)} synthetic projects of {memories} memories each")
+    slot = utcnow().replace(second=0, microsecond=0)
+    find = lambda session: session.scalar(  # noqa: E731
+        select(ConsolidationRun).where(ConsolidationRun.scheduled_for == slot)
+    )
+    with embedded_worker(app) as worker:
+        say(f"in-process Celery worker ({worker.concurrency} threads) started; running tonight's chord now")
+        run_scheduled.apply_async(kwargs={"slot": slot.isoformat()})
+        run = watch(find, WAIT_S, out, interval=0.1) if out is not None else runs.wait_for_finish(find, WAIT_S)
+    if run is None:
+        raise TimeoutError(f"the demo run did not finish within {WAIT_S:.0f}s")
+    return reports.run_document(run.id)

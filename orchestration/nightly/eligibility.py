@@ -1,0 +1,56 @@
+"""Which projects the nightly run consolidates: enabled, and with more active memories
+than their threshold (or the default threshold when theirs is NULL).
+
+The active counts are the trigger-kept ``project_memory_counts`` (see
+``orchestration.store.counts``): the check folds the pending deltas into them, then reads
+one row per project instead of counting every active memory. bench/eligibility.py
+compares it with the ticket's literal ``JOIN ... GROUP BY ... HAVING`` over the
+memories (docs/benchmarks.md). A second, trivial query counts the projects checked
+and the disabled ones for the run summary.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from orchestration.store import counts
+from orchestration.store.models import Project, ProjectMemoryCount
+
+
+@dataclass
+class Eligibility:
+    checked: int = 0
+    skipped: int = 0  # consolidation disabled
+    eligible: list[tuple[uuid.UUID, dict[str, Any] | None]] = field(default_factory=list)
+
+
+def eligible_query(default_threshold: int) -> Select:
+    kept, pending = ProjectMemoryCount, counts.pending_deltas()
+    active = kept.active_count + func.coalesce(pending.c.delta, 0)
+    return (
+        select(Project.id, Project.consolidation_options)
+        .join(kept, kept.project_id == Project.id)
+        .outerjoin(pending, pending.c.project_id == Project.id)
+        .where(
+            Project.consolidation_enabled, active > func.coalesce(Project.consolidation_threshold, default_threshold)
+        )
+        .order_by(Project.id)
+    )
+
+
+def check_projects(session: Session, default_threshold: int) -> Eligibility:
+    """Fold the pending count deltas (in the caller's transaction) and select."""
+    counts.fold(session)
+    checked, disabled = session.execute(
+        select(func.count(), func.count().filter(Project.consolidation_enabled.is_(False)))
+    ).one()
+    # Core rows (tuple-like): ORM rows add per-row overhead to thousands of them.
+    eligible = session.connection().execute(eligible_query(default_threshold)).all()
+    return Eligibility(
+        checked=checked, skipped=disabled, eligible=[(row.id, row.consolidation_options) for row in eligible]
+    )

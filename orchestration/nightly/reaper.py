@@ -1,0 +1,169 @@
+"""The reaper (``consolidation.reap_stale``, every minute): no job stays ``running``
+after its worker died, and no run stays ``running`` past
+``ORCHESTRATION_RUN_DEADLINE``.
+
+A running job's process keeps its project lock's heartbeat fresh
+(``orchestration.jobs.heartbeat``). A job whose heartbeat stopped for
+:data:`heartbeat.LOST_AFTER` lost its worker: while it has attempts left it is set
+``retrying`` and re-sent into its run's chord (the caller sends it after commit);
+otherwise it fails. A ``pending`` job received by a worker that died before starting
+it, and a ``retrying`` job whose retry did not start within the longest backoff (the
+worker holding its delayed message died), are re-sent the same way.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from orchestration.jobs import heartbeat, lifecycle, recovery
+from orchestration.jobs.locks import holder_for
+from orchestration.nightly import runs
+from orchestration.settings import Settings
+from orchestration.store.models import ConsolidationJob, ConsolidationRun, ProjectLock
+from orchestration.store.statuses import UNFINISHED_JOB_STATUSES, JobStatus, RunStatus
+
+# All of a run's jobs finished this long ago and its chord callback never came.
+CALLBACK_GRACE = timedelta(minutes=5)
+
+
+@dataclass
+class LostJob:
+    """A job whose worker died, as the reaper left it."""
+
+    ids: dict[str, str | None]  # run_id, job_id, project_id
+    attempt: int
+    error: str
+    status: JobStatus  # RETRYING: re-send it; FAILED: no attempts left (or a job started by hand)
+    final_error: str | None
+    group_index: int | None = None  # its place in its run's chord
+
+
+@dataclass
+class Reaped:
+    lost: list[LostJob] = field(default_factory=list)
+    runs: list[tuple[ConsolidationRun, str]] = field(default_factory=list)
+
+    @property
+    def resend(self) -> list[LostJob]:
+        return [job for job in self.lost if job.status == JobStatus.RETRYING]
+
+
+def reap(session: Session, settings: Settings, now: datetime) -> Reaped:
+    reaped = Reaped()
+    deadline = now - timedelta(seconds=settings.run_deadline)
+    overdue = session.scalars(
+        select(ConsolidationRun.id).where(
+            ConsolidationRun.status == RunStatus.RUNNING, ConsolidationRun.started_at < deadline
+        )
+    ).all()
+    for run_id in overdue:
+        _finalize(
+            session,
+            reaped,
+            run_id,
+            now,
+            "deadline",
+            f"run deadline of {settings.run_deadline}s passed before the job finished",
+        )
+    for job in lost_jobs(session, settings, now):
+        _recover(session, reaped, job, settings, now)
+    session.flush()
+    # Every job finished a while ago but the chord callback never closed the run.
+    unfinished = select(ConsolidationJob.id).where(
+        ConsolidationJob.run_id == ConsolidationRun.id, ConsolidationJob.status.in_(UNFINISHED_JOB_STATUSES)
+    )
+    recent = select(ConsolidationJob.id).where(
+        ConsolidationJob.run_id == ConsolidationRun.id, ConsolidationJob.completed_at >= now - CALLBACK_GRACE
+    )
+    orphaned = session.scalars(
+        select(ConsolidationRun.id).where(
+            ConsolidationRun.status == RunStatus.RUNNING,
+            ConsolidationRun.started_at < now - CALLBACK_GRACE,
+            ~unfinished.exists(),
+            ~recent.exists(),
+        )
+    ).all()
+    for run_id in orphaned:
+        _finalize(session, reaped, run_id, now, "callback_missing", None)
+    return reaped
+
+
+def lost_jobs(session: Session, settings: Settings, now: datetime) -> list[ConsolidationJob]:
+    """Unfinished jobs whose worker died, locked for update: running ones whose lock's
+    heartbeat stopped (a job inside a batch holds its own row: it is skipped, it is
+    alive), pending ones received by a worker that stopped beating for them (a job
+    still in the queue has no heartbeat), and retrying ones past their longest backoff."""
+    cutoff = now - heartbeat.LOST_AFTER
+    retry_cutoff = cutoff - timedelta(seconds=settings.retry_backoff_max)
+    candidates = session.scalars(
+        select(ConsolidationJob)
+        .where(
+            (
+                (ConsolidationJob.status.in_((JobStatus.RUNNING, JobStatus.PENDING)))
+                & (ConsolidationJob.heartbeat_at < cutoff)
+            )
+            | ((ConsolidationJob.status == JobStatus.RETRYING) & (ConsolidationJob.heartbeat_at < retry_cutoff))
+        )
+        .with_for_update(skip_locked=True)
+    ).all()
+    if not candidates:
+        return []
+    beats = {
+        lock.holder: lock.heartbeat_at
+        for lock in session.scalars(
+            select(ProjectLock).where(ProjectLock.project_id.in_({j.project_id for j in candidates if j.project_id}))
+        )
+    }
+
+    def alive(job: ConsolidationJob) -> bool:
+        beat = beats.get(holder_for(job.id, job.attempts))
+        return job.status == JobStatus.RUNNING and beat is not None and beat >= cutoff
+
+    return [job for job in candidates if not alive(job)]
+
+
+def _recover(session: Session, reaped: Reaped, job: ConsolidationJob, settings: Settings, now: datetime) -> None:
+    if job.status == JobStatus.RETRYING:
+        error = (
+            f"the retry of attempt {job.attempts} did not start within {settings.retry_backoff_max}s "
+            "of its backoff (the worker holding it died)"
+        )
+    elif job.status == JobStatus.PENDING:
+        error = (
+            f"worker lost before the job started: it received the job, then stopped (no heartbeat since "
+            f"{_iso(job.heartbeat_at)})"
+        )
+    else:
+        error = f"worker lost during attempt {job.attempts}: no heartbeat since {_iso(job.heartbeat_at)}"
+    if job.run_id is None:  # started by hand (orchestration consolidate): nothing to re-send it
+        lifecycle.close_unfinished(session, job, JobStatus.FAILED, error, now)
+    else:
+        recovery.record_lost(session, job, settings, now, error)
+    lost = LostJob(
+        ids=lifecycle.job_ids(job),
+        attempt=job.attempts,
+        error=error,
+        status=JobStatus(job.status),
+        final_error=job.error_message,
+    )
+    if lost.status == JobStatus.RETRYING:
+        siblings = session.scalars(select(ConsolidationJob.id).where(ConsolidationJob.run_id == job.run_id))
+        lost.group_index = runs.chord_order(siblings).index(str(job.id))
+    reaped.lost.append(lost)
+
+
+def _iso(moment: datetime | None) -> str:
+    return moment.isoformat() if moment else "never"
+
+
+def _finalize(
+    session: Session, reaped: Reaped, run_id: uuid.UUID, now: datetime, reason: str, error: str | None
+) -> None:
+    run = runs.finalize(session, run_id, now, unfinished_error=error)
+    if run is not None:
+        reaped.runs.append((run, reason))

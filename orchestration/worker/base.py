@@ -1,0 +1,136 @@
+"""Task base classes: what every task body would otherwise repeat.
+
+:class:`OrchestrationTask` parses the UUID arguments a task names in ``id_args`` (a
+malformed one is logged as ``task.rejected`` and the task returns
+``{"status": "rejected"}``) and binds the task and those ids to the log context.
+:class:`JobTask` adds the retry policy of ``consolidation.run_project``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import uuid
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+import structlog
+from celery import Task
+from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
+from celery.utils.time import get_exponential_backoff_interval
+from sqlalchemy.exc import SQLAlchemyError
+
+from orchestration.jobs import heartbeat, lifecycle
+from orchestration.logs import get_logger
+from orchestration.settings import Settings, get_settings
+from orchestration.store.statuses import JobStatus
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+# First retry waits up to this many seconds (full jitter), doubling each time up to the cap.
+RETRY_BACKOFF_BASE = 30
+
+
+class OrchestrationTask(Task):
+    """Parses ``id_args``, binds the log context (cleared after the task by the
+    ``task_postrun`` handler, so Celery's own lines about the task carry it too).
+    Tasks are run by a worker, never called directly: the request must be Celery's."""
+
+    id_args: ClassVar[tuple[str, ...]] = ()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(task_id=self.request.id, task=self.name)
+        try:
+            bound = inspect.signature(self.run).bind(*args, **kwargs)
+        except TypeError:
+            return self.run(*args, **kwargs)  # Celery reports the bad call
+        for name in self.id_args:
+            value = bound.arguments.get(name)
+            if value is None:
+                continue
+            try:
+                bound.arguments[name] = uuid.UUID(str(value))
+            except ValueError:
+                shown = str(value)[:64]
+                log.error("task.rejected", reason=f"{name} {shown!r} is not a UUID")
+                return {name: shown, "status": "rejected"}
+            structlog.contextvars.bind_contextvars(**{name: str(bound.arguments[name])})
+        return self.invoke(*bound.args, **bound.kwargs)
+
+    def invoke(self, *args: Any, **kwargs: Any) -> Any:
+        """The task body with parsed ids; subclasses wrap it in their policy."""
+        return self.run(*args, **kwargs)
+
+
+def retry_countdown(retries: int, settings: Settings, lock_freed: bool = True) -> float:
+    """Seconds before retry number ``retries + 1``: exponential backoff with full jitter.
+    If the failed attempt's lock could not be freed (the database is unreachable),
+    wait until it has gone stale, or the retry would take it for a live attempt."""
+    countdown = get_exponential_backoff_interval(RETRY_BACKOFF_BASE, retries, settings.retry_backoff_max, True)
+    if not lock_freed:
+        countdown = max(countdown, heartbeat.LOST_AFTER.total_seconds() + 1)
+    return countdown
+
+
+def best_effort(function: Callable[..., T], *args: Any) -> T | None:
+    """Record a state change if the database can be reached; the chord must go on either
+    way (the run is then finalized from what the rows say). ``None`` if it could not."""
+    try:
+        return function(*args)
+    except SQLAlchemyError:
+        return None
+
+
+class JobTask(OrchestrationTask):
+    """``consolidation.run_project``: how an attempt's end becomes the task's end.
+
+    - a duplicate delivery while the attempt is alive, or an attempt that a newer one
+      superseded: acknowledged with ``Ignore`` (the live attempt counts);
+    - an unknown job: ``task.rejected``;
+    - a failure: retried with backoff while attempts are left (every start counts,
+      starts whose worker died too), else the job fails; a soft time limit fails it at
+      once. The task never raises at the end: the chord always gets a result.
+    """
+
+    id_args = ("job_id",)
+
+    def invoke(self, job_id: uuid.UUID) -> dict[str, Any]:
+        try:
+            return self.run(job_id)
+        except lifecycle.JobNotFound as exc:
+            log.error("task.rejected", reason=str(exc))
+            return {"job_id": str(job_id), "status": "unknown"}
+        except lifecycle.AlreadyRunning as exc:
+            log.info("job.already_running", reason=str(exc))
+            raise Ignore() from None
+        except lifecycle.Superseded:
+            raise Ignore() from None
+        except (Ignore, Retry):
+            raise  # Celery's own control flow
+        except Exception as exc:  # noqa: BLE001 - every failure is retried or recorded: the chord gets a result
+            return self._failed(job_id, exc)
+
+    def _failed(self, job_id: uuid.UUID, exc: Exception) -> dict[str, Any]:
+        settings = get_settings()
+        started = isinstance(exc, lifecycle.AttemptFailed)
+        # A start that was never recorded (the database was unreachable) counts by Celery's retries.
+        number = exc.attempt if isinstance(exc, lifecycle.AttemptFailed) else self.request.retries + 1
+        cause = exc.__cause__ if started else exc
+        if isinstance(cause, SoftTimeLimitExceeded):
+            error = (
+                f"exceeded the soft time limit of {settings.job_time_limit}s (ORCHESTRATION_JOB_TIME_LIMIT); "
+                "changes committed so far are kept"
+            )
+        else:
+            error = str(exc) if started else lifecycle.describe(exc)
+            if number <= settings.max_retries and self.request.retries < settings.max_retries:
+                freed = not started or best_effort(lifecycle.mark_retrying, job_id, error) is not None
+                countdown = retry_countdown(self.request.retries, settings, lock_freed=freed)
+                log.warning("job.retrying", attempt=number, countdown=countdown, error=error)
+                raise self.retry(countdown=countdown, max_retries=settings.max_retries) from exc
+        outcome = best_effort(lifecycle.fail, job_id, number, error)
+        if outcome is None:
+            log.error("job.failed", attempts=number, error=f"{error} (not recorded: database unreachable)")
+            outcome = lifecycle.JobOutcome(str(job_id), JobStatus.FAILED, error)
+        return outcome.as_dict()

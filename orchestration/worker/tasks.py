@@ -1,0 +1,212 @@
+"""Celery tasks (SPEC §4). Each is thin: its base class parses the ids and binds the
+log context (``orchestration.worker.base``); the body calls the plain functions of
+``nightly`` and ``jobs`` and logs. Every task is safe to run twice.
+
+A run's chord has fixed ids: the header's group id is the run id, each job's task id
+is the job id, and its place in the header is its place in :func:`runs.chord_order`.
+So the reaper can re-send a job whose worker died into the same chord, and whichever
+of its deliveries finishes counts once (Celery's Redis backend keys chord parts by
+task id and place).
+
+Time limits, rate limit and ``finalize_run``'s retry bounds come from the settings
+through ``task_annotations`` (``orchestration.celery_app``), not from import time.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import structlog
+from celery import Signature, chord
+from sqlalchemy.exc import SQLAlchemyError
+
+from orchestration.celery_app import app
+from orchestration.consolidation import audit
+from orchestration.jobs import lifecycle, recovery
+from orchestration.logs import get_logger
+from orchestration.nightly import notify, reaper, runs
+from orchestration.nightly.schedule import parse_slot, previous_slot
+from orchestration.settings import get_settings
+from orchestration.store.db import session_scope
+from orchestration.store.statuses import RunStatus, TriggerType
+from orchestration.store.types import utcnow
+from orchestration.worker.base import JobTask, OrchestrationTask
+from orchestration.worker.requests import JobRequest
+
+log = get_logger(__name__)
+# How often the chord callback looks again when a redelivered job is still running.
+FINALIZE_WAIT_S = 15
+
+
+@app.task(name="consolidation.run_scheduled", base=OrchestrationTask, id_args=("run_id",))
+def run_scheduled(
+    slot: str | None = None, trigger: str = TriggerType.SCHEDULED, run_id: uuid.UUID | None = None
+) -> dict[str, Any]:
+    """Claim the run for a schedule slot (or start a manual run) and dispatch its chord."""
+    settings = get_settings()
+    if trigger not in tuple(TriggerType):
+        log.error("task.rejected", reason=f"unknown trigger {trigger!r}")
+        return {"status": "rejected"}
+    now = utcnow()
+    slot_at = None
+    if trigger == TriggerType.SCHEDULED:
+        slot_at = parse_slot(slot) if slot else previous_slot(settings.crontab, now, settings.tz)
+    with session_scope() as session:
+        claim = runs.claim(session, TriggerType(trigger), slot_at, settings.default_threshold, now, run_id=run_id)
+    _log_claim(claim, slot_at.isoformat() if slot_at else None)
+    if claim.dispatch is not None and claim.run_id is not None:
+        _dispatch(claim.run_id, claim.dispatch)
+    return claim.as_dict()
+
+
+def _log_claim(claim: runs.Claim, scheduled_for: str | None) -> None:
+    if claim.status == "duplicate":
+        log.info(
+            "run.duplicate_skipped", scheduled_for=scheduled_for, run_id=str(claim.run_id) if claim.run_id else None
+        )
+        return
+    structlog.contextvars.bind_contextvars(run_id=str(claim.run_id))
+    if claim.started is None:
+        # The redelivery of a claim whose process died before it sent the chord: send
+        # it now, or the run would wait for the reaper.
+        log.warning("run.redispatched", jobs=len(claim.dispatch or ()))
+        return
+    log.info("run.started", trigger_type=claim.started.trigger_type, scheduled_for=scheduled_for)
+    log.info(
+        "run.eligible",
+        projects_checked=claim.started.checked,
+        projects_eligible=claim.started.eligible,
+        projects_skipped=claim.started.skipped,
+    )
+
+
+def _dispatch(run_id: uuid.UUID, job_ids: list[uuid.UUID]) -> None:
+    """Send the run's chord (or close an empty run at once), then record that it was sent."""
+    run_key = str(run_id)
+    if not job_ids:
+        _close_run(run_id)
+        return
+    header = [_job_signature(job_id) for job_id in runs.chord_order(job_ids)]
+    # The chord's own task_id becomes the header's group id; the callback gets its own.
+    chord(header, task_id=run_key)(_callback(run_key), task_id=str(uuid.uuid4()))
+    with session_scope() as session:
+        runs.mark_dispatched(session, run_id, utcnow())
+
+
+def _callback(run_key: str) -> Signature:
+    return finalize_run.s(run_key).on_error(fail_run.s(run_key))
+
+
+def _job_signature(job_id: uuid.UUID | str) -> Signature:
+    return run_project.s(str(job_id)).set(task_id=str(job_id))
+
+
+def _resend(lost: reaper.LostJob) -> None:
+    """Send a job whose worker died into its run's chord again, in its own place."""
+    run_key = lost.ids["run_id"]
+    assert run_key is not None and lost.ids["job_id"] is not None
+    _job_signature(lost.ids["job_id"]).set(
+        group_id=run_key, group_index=lost.group_index, chord=_callback(run_key)
+    ).apply_async()
+
+
+@app.task(name="consolidation.run_project", base=JobTask, bind=True, Request=JobRequest)
+def run_project(self: JobTask, job_id: uuid.UUID) -> dict[str, Any]:
+    """Consolidate one job's project: one attempt; :class:`JobTask` retries or ends it."""
+    return lifecycle.run(job_id, get_settings(), celery_task_id=self.request.id).as_dict()
+
+
+@app.task(
+    name="consolidation.finalize_run",
+    base=OrchestrationTask,
+    id_args=("run_id",),
+    bind=True,
+    # The database may be briefly unreachable at the end of a run: Celery's own
+    # retry with backoff; if it never comes back, the errback and then the reaper act.
+    autoretry_for=(SQLAlchemyError,),
+    retry_backoff=True,
+    retry_jitter=True,
+)
+def finalize_run(
+    self: OrchestrationTask, results: list[Any] | None, run_id: uuid.UUID, callback_error: str | None = None
+) -> dict[str, Any]:
+    """Chord callback: summarize the run from its job rows, log, notify. Idempotent.
+
+    If a job of the run is still unfinished (its message was redelivered after the
+    chord gave up on it), wait for it, up to the run deadline."""
+    settings = get_settings()
+    with session_scope() as session:
+        waiting = runs.waiting_for_jobs(session, run_id, utcnow(), settings.run_deadline)
+    if waiting:
+        # Bounded by the deadline, after which waiting_for_jobs is False.
+        raise self.retry(countdown=FINALIZE_WAIT_S, max_retries=self.request.retries + 1)
+    try:
+        return _close_run(run_id, callback_error=callback_error)
+    except SQLAlchemyError:
+        raise
+    except Exception as exc:
+        if callback_error is None:
+            raise  # the errback sends one more finalize, carrying this error
+        # The summary cannot be written at all: the backstop marks the run failed.
+        error = f"{callback_error}; finalizing again failed: {type(exc).__name__}: {exc}"[:500]
+        with session_scope() as session:
+            run = runs.mark_failed(session, run_id, error)
+            fields = runs.finished_fields(run) if run else None
+        if fields:
+            log.error("run.finished", **fields)
+        return {"run_id": str(run_id), "status": RunStatus.FAILED}
+
+
+@app.task(name="consolidation.fail_run", base=OrchestrationTask)
+def fail_run(request: Any, exc: Any, traceback: Any, run_id: str) -> None:
+    """Errback of the chord callback (a job's result could not be stored, or the callback
+    raised): finalize again from the job rows, which are the truth, noting the error.
+    The run never stays ``running``: if this cannot be sent, the reaper closes it."""
+    error = f"run callback failed: {type(exc).__name__}: {exc}"[:500]
+    finalize_run.apply_async(args=[[], run_id], kwargs={"callback_error": error})
+
+
+def _close_run(run_id: uuid.UUID, callback_error: str | None = None) -> dict[str, Any]:
+    structlog.contextvars.bind_contextvars(run_id=str(run_id))
+    with session_scope() as session:
+        run = runs.finalize(session, run_id, callback_error=callback_error)
+        if run is None:
+            return {"run_id": str(run_id), "status": "already_finished"}
+        fields, summary = runs.finished_fields(run), runs.summary_document(run)
+    _announce(fields, summary)
+    return {"run_id": str(run_id), "status": fields["status"]}
+
+
+def _announce(fields: dict[str, Any], summary: dict[str, Any]) -> None:
+    log.info("run.finished", **fields)
+    url = get_settings().notify_url
+    if url:
+        notify.post_summary(url, summary)
+
+
+@app.task(name="consolidation.reap_stale", base=OrchestrationTask)
+def reap_stale() -> dict[str, Any]:
+    """Re-send or fail jobs whose worker died; finalize runs past the deadline."""
+    with session_scope() as session:
+        reaped = reaper.reap(session, get_settings(), utcnow())
+        closed = [
+            (run.id, reason, runs.finished_fields(run), runs.summary_document(run)) for run, reason in reaped.runs
+        ]
+    for lost in reaped.lost:
+        recovery.log_lost(lost.ids, lost.attempt, lost.error, lost.status, lost.final_error)
+    for lost in reaped.resend:
+        _resend(lost)
+    for run_id, reason, fields, summary in closed:
+        with structlog.contextvars.bound_contextvars(run_id=str(run_id)):
+            log.warning("run.reaped", reason=reason)
+            _announce(fields, summary)
+    return {"lost": len(reaped.lost), "resent": len(reaped.resend), "runs": len(closed)}
+
+
+@app.task(name="consolidation.prune_audit", base=OrchestrationTask)
+def prune_audit() -> dict[str, Any]:
+    """Delete audit rows older than the retention period, in bounded batches."""
+    rows = audit.prune_audit(session_scope, get_settings().audit_retention_days)
+    log.info("audit.pruned", rows=rows)
+    return {"rows": rows}

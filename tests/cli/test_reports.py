@@ -1,0 +1,72 @@
+"""Formatting for people and scripts: tables, durations, the run summary text."""
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+
+from orchestration.cli import reports
+from orchestration.store.statuses import RunStatus
+
+T0 = datetime(2026, 11, 27, 2, tzinfo=UTC)
+
+
+def test_table_aligns_columns_and_shows_none_as_blank():
+    out = reports.table(["a", "long header"], [("x", None), ("wider", 3)])
+    assert out.splitlines() == ["a      long header", "-----  -----------", "x", "wider  3"]
+
+
+def test_duration_reads_at_every_scale():
+    assert reports.duration(T0, None) == "-"
+    assert reports.duration(T0, T0 + timedelta(seconds=2.34)) == "2.3s"
+    assert reports.duration(T0, T0 + timedelta(seconds=125)) == "2m05s"
+    assert reports.duration(T0, T0 + timedelta(hours=3, minutes=7)) == "3h07m"
+
+
+def test_dumps_turns_ids_times_and_enums_into_json():
+    run_id = uuid.uuid4()
+    document = json.loads(reports.dumps({"id": run_id, "at": T0, "status": RunStatus.PARTIAL, "jobs": [(1, T0)]}))
+    assert document == {"id": str(run_id), "at": T0.isoformat(), "status": "partial", "jobs": [[1, T0.isoformat()]]}
+
+
+def test_runs_table_fits_80_columns_and_names_a_manual_run():
+    run = SimpleNamespace(
+        id=uuid.uuid4(), scheduled_for=None, trigger_type="manual", status="completed", jobs_completed=998,
+        jobs_failed=2, jobs_total=1000, memories_merged=123456, memories_archived=65432,
+        started_at=T0, finished_at=T0 + timedelta(minutes=42, seconds=3),
+    )  # fmt: skip
+    lines = reports.runs_table([run]).splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    assert lines[2].split() == [str(run.id)[:8], "manual", "completed", "998/2/1000", "123456", "65432", "42m03s"]
+
+
+def _run_document(**overrides):
+    job = {
+        "project_name": "payments-service-with-a-long-name", "project_id": str(uuid.uuid4()), "status": "failed",
+        "attempts": 4, "started_at": T0.isoformat(), "completed_at": (T0 + timedelta(seconds=3)).isoformat(),
+        "memories_merged": 0, "memories_archived": 0, "progress": 0.4,
+        "error_message": "OperationalError: server closed the connection unexpectedly " + "x" * 100,
+    }  # fmt: skip
+    document = {
+        "id": str(uuid.uuid4()), "trigger_type": "scheduled", "status": "partial", "scheduled_for": T0.isoformat(),
+        "started_at": T0.isoformat(), "finished_at": (T0 + timedelta(seconds=65)).isoformat(),
+        "projects_checked": 10, "projects_eligible": 2, "projects_skipped": 1, "jobs_completed": 1,
+        "jobs_failed": 1, "jobs_total": 2, "memories_before": 200, "memories_after": 150, "memories_merged": 60,
+        "memories_archived": 10, "error_message": "1 of 2 jobs failed", "jobs": [job],
+    }  # fmt: skip
+    return {**document, **overrides}
+
+
+def test_run_text_says_status_totals_and_each_failed_jobs_error_within_80_columns():
+    text = reports.run_text(_run_document())
+    lines = text.splitlines()
+    assert lines[0].endswith("scheduled  status: PARTIAL") and "took 1m05s" in lines[1]
+    assert "jobs: 1 completed, 1 failed, 2 total" in text and "memories: 200 -> 150 active, 60 merged" in text
+    assert "errors:" in lines and any(line.startswith("  payments-service-wit: OperationalError") for line in lines)
+    assert all(len(line) <= 80 for line in lines)
+
+
+def test_run_text_without_jobs_has_no_table():
+    text = reports.run_text(_run_document(jobs=[], error_message=None, status="completed"))
+    assert "status: COMPLETED" in text and "errors:" not in text
+    assert len(text.splitlines()) == 6  # the summary lines only: no job table

@@ -1,0 +1,53 @@
+import numpy as np
+
+from orchestration.consolidation.clustering import similar_pairs, star_clusters
+from orchestration.consolidation.embeddings import LEXICAL_DIM, from_bytes, lexical_embedding, normalize_rows, to_bytes
+
+
+def _unit(rng, n, d):
+    return normalize_rows(rng.standard_normal((n, d)).astype(np.float32))
+
+
+def test_blocked_pairs_equal_the_full_matrix():
+    rng = np.random.default_rng(0)
+    base = _unit(rng, 20, 16)
+    vectors = normalize_rows(np.repeat(base, 3, axis=0) + 0.05 * rng.standard_normal((60, 16)).astype(np.float32))
+    full = vectors @ vectors.T
+    expected = {(i, j) for i in range(60) for j in range(60) if i != j and full[i, j] >= 0.9}
+    for block in (1, 7, 64, 4096):
+        pairs = similar_pairs(vectors, 0.9, block=block)
+        assert {(i, j) for i, js in pairs.items() for j in js} == expected
+
+
+def test_every_member_is_above_threshold_to_its_representative():
+    # A chain a~b~c where a and c are not similar: star clustering does not chain them.
+    a = np.array([1.0, 0.0, 0.0])
+    b = np.array([0.95, np.sqrt(1 - 0.95**2), 0.0])
+    c = np.array([0.81, 0.586, 0.0])
+    vectors = normalize_rows(np.stack([a, b, c]).astype(np.float32))
+    assert vectors[0] @ vectors[2] < 0.9 < vectors[1] @ vectors[2]
+    clusters = star_clusters(vectors, priority=[0, 1, 2], threshold=0.9)
+    assert clusters == [(0, [(1, clusters[0][1][0][1])])]
+    for rep, members in star_clusters(vectors, priority=[1, 0, 2], threshold=0.9):
+        assert all(vectors[rep] @ vectors[m] >= 0.9 for m, _ in members)
+
+
+def test_min_size_and_priority():
+    rng = np.random.default_rng(1)
+    base = _unit(rng, 1, 8)[0]
+    vectors = normalize_rows(np.stack([base + 0.01 * rng.standard_normal(8) for _ in range(3)]).astype(np.float32))
+    assert star_clusters(vectors, [2, 0, 1], 0.9)[0][0] == 2
+    assert star_clusters(vectors, [0, 1, 2], 0.9, min_size=4) == []
+
+
+def test_lexical_embedding_is_deterministic_and_unit_length():
+    v = lexical_embedding("Retry the upload with backoff")
+    assert v.shape == (LEXICAL_DIM,) and abs(np.linalg.norm(v) - 1) < 1e-6
+    assert np.array_equal(v, lexical_embedding("retry the UPLOAD with backoff"))
+    assert not np.any(lexical_embedding(""))
+    assert float(v @ lexical_embedding("Something else entirely about fonts")) < 0.5
+
+
+def test_vector_bytes_round_trip():
+    v = np.array([0.5, -1.25, 3.0], dtype=np.float32)
+    assert np.array_equal(from_bytes(to_bytes(v)), v) and len(to_bytes(v)) == 12

@@ -1,0 +1,127 @@
+"""A job's attempts without Celery: how an attempt starts or ends at its start, the
+fence that stops an attempt superseded by a newer one, and what the end records."""
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select, update
+
+from orchestration.consolidation import applying
+from orchestration.jobs import heartbeat, lifecycle
+from orchestration.store import db
+from orchestration.store.models import Project, ProjectLock, TaskMemory
+from orchestration.store.types import utcnow
+from support import failing_call, fingerprint, job_row, lock_holders
+
+
+def test_an_attempt_starts_running_with_its_lock_and_options(attempt, settings):
+    row = job_row(attempt.job_id)
+    assert (row.status, row.attempts, row.progress) == ("running", 1, 0.0)
+    assert row.started_at is not None and row.heartbeat_at is not None and row.memories_before == 60
+    assert row.options == attempt.options.as_dict()
+    assert lock_holders() == [f"{attempt.job_id}#1"]
+
+
+def test_a_run_completes_the_job_and_gives_the_lock_back(job_ids, settings):
+    outcome = lifecycle.run(job_ids[0], settings)
+    assert outcome == lifecycle.JobOutcome(str(job_ids[0]), "completed")
+    row = job_row(job_ids[0])
+    assert (row.status, row.progress, row.error_message) == ("completed", 1.0, None)
+    assert row.memories_after == row.memories_before - row.memories_merged + row.clusters_found - row.memories_archived
+    assert row.clusters_found > 0 and lock_holders() == []
+
+
+def test_a_finished_job_is_not_started_again(job_ids, settings):
+    lifecycle.run(job_ids[0], settings)
+    again = lifecycle.begin_attempt(job_ids[0], settings)
+    assert again == lifecycle.JobOutcome(str(job_ids[0]), "completed")
+    assert job_row(job_ids[0]).attempts == 1
+
+
+def test_a_second_delivery_while_the_attempt_is_alive_does_nothing(attempt, settings):
+    with pytest.raises(lifecycle.AlreadyRunning, match="attempt 1 of job .* is alive"):
+        lifecycle.begin_attempt(attempt.job_id, settings)
+    assert job_row(attempt.job_id).attempts == 1 and lock_holders() == [f"{attempt.job_id}#1"]
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "error"),
+    [
+        ({"consolidation_enabled": False}, "skipped", "has consolidation disabled"),
+        ({"consolidation_options": {"similarity_threshold": 2}}, "failed", "similarity_threshold"),
+    ],
+)
+def test_a_job_ends_at_its_start_when_its_project_cannot_run(job_ids, settings, change, status, error):
+    row = job_row(job_ids[0])
+    with db.session_scope() as session:
+        session.execute(update(Project).where(Project.id == row.project_id).values(**change))
+    outcome = lifecycle.begin_attempt(job_ids[0], settings)
+    assert isinstance(outcome, lifecycle.JobOutcome) and outcome.status == status and error in outcome.error
+    row = job_row(job_ids[0])
+    assert row.status == status and error in row.error_message and row.completed_at is not None
+    assert lock_holders() == []
+
+
+def test_another_jobs_lock_fails_the_attempt_which_still_counts(job_ids, settings):
+    project_id = job_row(job_ids[0]).project_id
+    with db.session_scope() as session:
+        session.add(ProjectLock(project_id=project_id, holder="other-job#1"))
+    with pytest.raises(lifecycle.AttemptFailed, match="ProjectBusy: project .* is busy: job other-job") as failed:
+        lifecycle.begin_attempt(job_ids[0], settings)
+    assert failed.value.attempt == 1 and job_row(job_ids[0]).attempts == 1
+    # The other job's lock goes stale: this job takes it over.
+    with db.session_scope() as session:
+        session.execute(update(ProjectLock).values(heartbeat_at=utcnow() - heartbeat.LOST_AFTER - timedelta(seconds=1)))
+    assert lifecycle.run(job_ids[0], settings).status == "completed"
+    assert job_row(job_ids[0]).attempts == 2 and lock_holders() == []
+
+
+def test_a_failing_attempt_gives_its_lock_back_and_leaves_the_job_running(attempt, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ConnectionError("database went away")
+
+    monkeypatch.setattr(applying, "merge_batch", broken)
+    with pytest.raises(lifecycle.AttemptFailed, match="ConnectionError: database went away") as failed:
+        lifecycle.consolidate(attempt)
+    assert failed.value.attempt == 1 and isinstance(failed.value.__cause__, ConnectionError)
+    assert job_row(attempt.job_id).status == "running" and lock_holders() == []
+    assert lifecycle.mark_retrying(attempt.job_id, str(failed.value))
+    assert job_row(attempt.job_id).status == "retrying"
+    assert lifecycle.fail(attempt.job_id, 1, "gave up").status == "failed"
+    row = job_row(attempt.job_id)
+    assert (row.status, row.error_message) == ("failed", "gave up")
+
+
+def test_a_superseded_attempt_stops_before_writing(attempt, settings, monkeypatch):
+    monkeypatch.setattr(applying, "MERGE_BATCH", 1)
+    before = fingerprint()
+    # The old attempt's process froze; its heartbeat went stale and a new attempt took over.
+    with db.session_scope() as session:
+        session.execute(update(ProjectLock).values(heartbeat_at=utcnow() - heartbeat.LOST_AFTER * 2))
+    new = lifecycle.begin_attempt(attempt.job_id, settings)
+    assert isinstance(new, lifecycle.Attempt) and new.number == 2
+    with pytest.raises(lifecycle.Superseded, match="attempt 1 was superseded"):
+        lifecycle.consolidate(attempt)  # thaws, and is fenced at its first write
+    assert fingerprint() == before and lock_holders() == [f"{attempt.job_id}#2"]
+    assert lifecycle.consolidate(new).status == "completed"
+    row = job_row(attempt.job_id)
+    assert row.status == "completed" and row.attempts == 2 and row.clusters_found > 0
+
+
+def test_counters_of_a_partial_attempt_are_kept_by_the_next(attempt, settings, monkeypatch):
+    monkeypatch.setattr(applying, "MERGE_BATCH", 1)
+    real = applying.merge_batch
+    monkeypatch.setattr(applying, "merge_batch", failing_call(real, 2, ConnectionError("killed")))
+    with pytest.raises(lifecycle.AttemptFailed):
+        lifecycle.consolidate(attempt)
+    assert job_row(attempt.job_id).clusters_found == 1
+    monkeypatch.setattr(applying, "merge_batch", real)
+    assert lifecycle.run(attempt.job_id, settings).status == "completed"
+    row = job_row(attempt.job_id)
+    with db.session_scope() as session:
+        created = session.scalar(
+            select(func.count()).where(
+                TaskMemory.project_id == row.project_id, TaskMemory.consolidated_from.is_not(None)
+            )
+        )
+    assert row.clusters_found == created and row.attempts == 2

@@ -1,0 +1,88 @@
+"""The reaper without Celery: which jobs lost their worker, and what it does with them."""
+
+import uuid
+from datetime import timedelta
+
+from sqlalchemy import update
+
+from orchestration.demo.seed import seed
+from orchestration.jobs import heartbeat, lifecycle
+from orchestration.nightly import reaper, runs
+from orchestration.settings import load_settings
+from orchestration.store import db
+from orchestration.store.models import ConsolidationJob, ProjectLock
+from orchestration.store.types import utcnow
+
+SETTINGS = load_settings({})
+STALE = heartbeat.LOST_AFTER + timedelta(seconds=1)
+
+
+def _run_with_attempts(projects: int = 5) -> runs.StartedRun:
+    with db.session_scope() as session:
+        seed(session, projects, 40, seed=9, dim=8)
+        started = runs.start_run(session, "manual", None, 10)
+    for job_id in started.job_ids:
+        lifecycle.begin_attempt(job_id, SETTINGS)
+    return started
+
+
+def _age(job_id: uuid.UUID, job_beat: timedelta, lock_beat: timedelta | None = None) -> None:
+    now = utcnow()
+    with db.session_scope() as session:
+        session.execute(
+            update(ConsolidationJob).where(ConsolidationJob.id == job_id).values(heartbeat_at=now - job_beat)
+        )
+        if lock_beat is not None:
+            session.execute(
+                update(ProjectLock)
+                .where(ProjectLock.holder.startswith(str(job_id)))
+                .values(heartbeat_at=now - lock_beat)
+            )
+
+
+def _reap() -> reaper.Reaped:
+    with db.session_scope() as session:
+        return reaper.reap(session, SETTINGS, utcnow())
+
+
+def test_a_job_whose_heartbeat_stopped_is_set_to_run_again_in_its_chord_place(database):
+    started = _run_with_attempts()
+    dead, alive = started.job_ids[0], started.job_ids[1]
+    _age(dead, STALE, STALE)
+    _age(alive, STALE * 3)  # a long batch holds its row, but its process still beats its lock
+    reaped = _reap()
+    assert [lost.ids["job_id"] for lost in reaped.resend] == [str(dead)]
+    (lost,) = reaped.lost
+    assert lost.attempt == 1 and lost.error.startswith("worker lost during attempt 1: no heartbeat since")
+    assert lost.group_index == runs.chord_order(started.job_ids).index(str(dead))
+    with db.session_scope() as session:
+        assert session.get(ConsolidationJob, dead).status == "retrying"
+        assert session.get(ConsolidationJob, alive).status == "running"
+    assert _reap().lost == []  # it waits for its re-sent start now
+
+
+def test_a_retry_that_never_started_is_sent_again(database):
+    started = _run_with_attempts(projects=3)
+    job_id = started.job_ids[0]
+    lifecycle.mark_retrying(job_id, "OperationalError: server closed the connection")
+    _age(job_id, timedelta(seconds=SETTINGS.retry_backoff_max) + STALE / 2)
+    assert _reap().lost == []  # still inside its longest backoff
+    _age(job_id, timedelta(seconds=SETTINGS.retry_backoff_max) + STALE)
+    (lost,) = _reap().resend
+    assert lost.ids["job_id"] == str(job_id) and "did not start within 600s" in lost.error
+
+
+def test_a_lost_job_without_attempts_left_or_run_fails(database):
+    started = _run_with_attempts(projects=5)
+    last, by_hand = started.job_ids[:2]
+    with db.session_scope() as session:
+        session.execute(update(ConsolidationJob).where(ConsolidationJob.id == last).values(attempts=4))
+        session.execute(update(ProjectLock).where(ProjectLock.holder.startswith(str(last))).values(holder=f"{last}#4"))
+        session.execute(update(ConsolidationJob).where(ConsolidationJob.id == by_hand).values(run_id=None))
+    _age(last, STALE, STALE)
+    _age(by_hand, STALE, STALE)
+    reaped = _reap()
+    assert reaped.resend == [] and {lost.status for lost in reaped.lost} == {"failed"}
+    with db.session_scope() as session:
+        assert session.get(ConsolidationJob, last).error_message.startswith("worker died during attempt 4 of 4")
+        assert session.get(ConsolidationJob, by_hand).error_message.startswith("worker lost during attempt 1")

@@ -1,0 +1,115 @@
+"""A night's run without Celery: claiming a slot, creating its jobs, the summary."""
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from orchestration.demo.seed import seed
+from orchestration.nightly import runs
+from orchestration.store import db
+from orchestration.store.models import ConsolidationJob, ConsolidationRun
+from orchestration.store.statuses import TriggerType
+
+SLOT = datetime(2026, 11, 27, 2, tzinfo=UTC)
+NOW = SLOT + timedelta(seconds=5)
+
+
+@pytest.fixture
+def manifests(database):
+    with db.session_scope() as session:
+        return seed(session, 4, 40, seed=4, dim=8)
+
+
+def _claim(now=NOW, slot=SLOT):
+    with db.session_scope() as session:
+        return runs.claim(session, TriggerType.SCHEDULED, slot, 10, now)
+
+
+def test_the_first_claim_of_a_slot_starts_it_with_one_job_per_eligible_project(manifests):
+    claim = _claim()
+    assert claim.status == "started" and claim.started is not None
+    eligible = {m.id for m in manifests if m.kind == "eligible"}
+    with db.session_scope() as session:
+        run = session.get_one(ConsolidationRun, claim.run_id)
+        jobs = session.scalars(select(ConsolidationJob).where(ConsolidationJob.run_id == run.id)).all()
+    assert {str(j.project_id) for j in jobs} == eligible and set(claim.dispatch) == {j.id for j in jobs}
+    assert all(j.status == "pending" and j.trigger_type == "scheduled" for j in jobs)
+    assert (run.status, run.scheduled_for, run.jobs_total) == ("running", SLOT, len(eligible))
+    assert (run.projects_checked, run.projects_eligible) == (claim.started.checked, len(eligible))
+    assert claim.as_dict() == {"status": "started", "run_id": str(run.id), "jobs": len(eligible)}
+
+
+def test_a_second_claim_of_the_slot_is_a_duplicate_until_the_chord_is_overdue(manifests):
+    first = _claim()
+    assert _claim().as_dict() == {"status": "duplicate", "run_id": str(first.run_id)}
+    with db.session_scope() as session:  # the chord was sent: never again
+        runs.mark_dispatched(session, first.run_id, NOW)
+    late = NOW + runs.DISPATCH_GRACE + timedelta(seconds=1)
+    assert _claim(now=late).status == "duplicate"
+
+
+def test_a_claim_whose_chord_was_never_sent_is_redispatched_by_the_redelivery(manifests):
+    first = _claim()
+    assert _claim(now=NOW + runs.DISPATCH_GRACE - timedelta(seconds=1)).status == "duplicate"  # may still be sent
+    again = _claim(now=NOW + runs.DISPATCH_GRACE + timedelta(seconds=1))
+    assert again.status == "redispatched" and again.run_id == first.run_id
+    assert sorted(again.dispatch) == sorted(first.dispatch)
+
+
+def test_chord_order_is_by_id():
+    ids = [uuid.uuid4() for _ in range(5)]
+    assert runs.chord_order(ids) == sorted(str(i) for i in ids) == runs.chord_order(reversed(ids))
+
+
+@pytest.mark.parametrize(
+    ("statuses", "expected"),
+    [
+        ([], "completed"),
+        (["completed", "skipped"], "completed"),
+        (["completed", "failed"], "partial"),
+        (["failed", "failed"], "failed"),
+    ],
+)
+def test_run_status_from_job_statuses(statuses, expected):
+    assert runs.run_status(statuses) == expected
+
+
+def test_finalize_sums_the_jobs_fails_the_unfinished_and_is_idempotent(manifests):
+    claim = _claim()
+    done, unfinished = claim.dispatch[0], claim.dispatch[1]
+    with db.session_scope() as session:
+        session.execute(
+            update(ConsolidationJob)
+            .where(ConsolidationJob.id == done)
+            .values(status="completed", memories_before=40, memories_after=30, memories_merged=12, clusters_found=2)
+        )
+    with db.session_scope() as session:
+        assert runs.waiting_for_jobs(session, claim.run_id, NOW, 3600)
+        run = runs.finalize(session, claim.run_id, NOW + timedelta(seconds=7), unfinished_error="deadline passed")
+        assert run is not None
+        fields = runs.finished_fields(run)
+    assert fields["status"] == "partial" and fields["duration_s"] == 7.0
+    assert (fields["jobs_completed"], fields["jobs_failed"], fields["memories_merged"]) == (
+        1,
+        len(claim.dispatch) - 1,
+        12,
+    )
+    with db.session_scope() as session:
+        run = session.get_one(ConsolidationRun, claim.run_id)
+        failed = session.get_one(ConsolidationJob, unfinished)
+        assert runs.finalize(session, claim.run_id) is None  # already finished
+        assert not runs.waiting_for_jobs(session, claim.run_id, NOW, 3600)
+    assert failed.status == "failed" and failed.error_message == "deadline passed"
+    assert run.summary["clusters_found"] == 2
+    assert {j["job_id"] for j in run.summary["failed_jobs"]} == {str(j) for j in claim.dispatch[1:]}
+
+
+def test_mark_failed_closes_only_an_open_run(manifests):
+    claim = _claim()
+    with db.session_scope() as session:
+        run = runs.mark_failed(session, claim.run_id, "summary could not be written", NOW)
+        assert run is not None and (run.status, run.error_message) == ("failed", "summary could not be written")
+    with db.session_scope() as session:
+        assert runs.mark_failed(session, claim.run_id, "again") is None
