@@ -20,7 +20,7 @@ from sqlalchemy import select
 from orchestration.demo.seed import seed
 from orchestration.store import db
 from orchestration.store.models import ConsolidationJob, ConsolidationRun
-from support import celery_worker_command, wait_for_run
+from support import celery_worker_command, wait_for_run, wait_until
 
 pytestmark = pytest.mark.integration
 SLOT = "2026-11-27T02:00:00+00:00"
@@ -170,7 +170,9 @@ def test_the_worker_sends_celery_task_events(stack, worker):
         thread.start()
         import time
 
-        time.sleep(1.0)  # the receiver's queue must exist before the events are published
+        # The receiver's queue must exist before the run's events are published: the
+        # worker's own heartbeat events (every 2 s) arriving prove it does.
+        wait_until(lambda: len(received) > 0, 30, "the first worker event")
         client.send_task("consolidation.run_scheduled", kwargs={"slot": SLOT})
         from orchestration.nightly.schedule import parse_slot
 

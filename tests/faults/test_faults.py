@@ -262,7 +262,7 @@ def test_concurrent_claims_and_two_beats_make_one_run(
     try:
         beat_slot = previous_slot(load_settings(env).crontab, utcnow() + timedelta(minutes=1), load_settings(env).tz)
         run = finished_run(beat_slot, timeout=100)
-        time.sleep(3)
+        wait_until(lambda: sum(log.read_text().count("consolidation-nightly") for log in logs) >= 2, 30, "both ticks")
     finally:
         beats.stop_all()
     sent = sum(log.read_text().count("consolidation-nightly") for log in logs)
