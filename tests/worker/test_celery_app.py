@@ -153,3 +153,25 @@ def test_a_bad_setting_stops_the_worker_with_one_line():
         "orchestration: ORCHESTRATION_DATABASE_URL='postgresql://orch:***@db:notaport/x': "
         "malformed URL (Port could not be cast to integer value as 'notaport')"
     )
+
+
+def test_settings_are_read_when_the_app_is_configured_not_at_import():
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import orchestration.worker.tasks\n"  # registers the tasks: no settings read yet
+        "print('imported', flush=True)\n"
+        "from orchestration.celery_app import app\n"
+        "app.conf.broker_url\n"  # the first use configures the app: the bad setting stops it here
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "ORCHESTRATION_TIMEZONE": "Nowhere/Special"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout == "imported\n" and done.returncode == 1
+    assert done.stderr.strip().startswith("orchestration: ORCHESTRATION_TIMEZONE='Nowhere/Special': unknown time zone")
