@@ -42,11 +42,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-## bench: the three benchmarks at modest sizes (see docs/benchmarks.md for the large ones)
+## bench: the benchmarks at modest sizes (see docs/benchmarks.md for the large ones)
 bench: $(STAMP)
 	$(BIN)/python bench/consolidation.py --sizes 1000,10000
 	$(BIN)/python bench/orchestration.py --sizes 100,1000
 	$(BIN)/python bench/eligibility.py --projects 2000 --memories 200000
+	$(BIN)/python bench/night.py --projects 12 --max 6000
 
 ## check: models and migrations agree (alembic check) on a scratch SQLite database
 check: $(STAMP)

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
+MINIMAL = {"merge": False, "archive": False}  # a job that plans, finds nothing to do, and completes
 ADMIN_URL = os.environ.get("ORCHESTRATION_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("ORCHESTRATION_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 
@@ -39,3 +46,116 @@ def scratch_redis_db():
         if client.dbsize() == 0:
             return f"{REDIS_URL}/{number}", client
     raise SystemExit("no empty Redis database number to benchmark in")
+
+
+def seed_minimal(size: int) -> None:
+    """Replace every project with ``size`` eligible projects whose jobs do minimal work."""
+    from sqlalchemy import delete, insert
+
+    from orchestration.store import db
+    from orchestration.store.models import ConsolidationJob, ConsolidationRun, Project, TaskMemory
+
+    with db.session_scope() as session:
+        session.execute(delete(ConsolidationJob))
+        session.execute(delete(ConsolidationRun))
+        session.execute(delete(TaskMemory))
+        session.execute(delete(Project))
+        ids = [uuid.uuid4() for _ in range(size)]
+        session.execute(
+            insert(Project),
+            [
+                {"id": pid, "name": f"bench-{i}", "consolidation_threshold": 1, "consolidation_options": MINIMAL}
+                for i, pid in enumerate(ids)
+            ],
+        )
+        session.execute(
+            insert(TaskMemory),
+            [
+                {
+                    "project_id": pid,
+                    "memory_type": "learning",
+                    "content": f"memory {k} of {pid}",
+                    "tags": [],
+                    "file_links": [],
+                }
+                for pid in ids
+                for k in range(2)
+            ],
+        )
+
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER_OPTIONS = ("--pool", "prefork", "--without-mingle", "--without-gossip")
+
+
+def client(broker: str):
+    """A Celery client of its own (JSON), to send tasks by name and read results."""
+    from celery import Celery
+
+    app = Celery("bench", broker=broker, backend=broker, set_as_current=False)
+    app.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
+    return app
+
+
+@contextmanager
+def worker(app: str, env: dict[str, str], *options: str, concurrency: int = 2) -> Iterator[None]:
+    """``celery -A <app> worker`` (prefork), output discarded, answering before the block
+    starts (so start-up is not timed) and stopped after it."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            app,
+            "worker",
+            *WORKER_OPTIONS,
+            "--concurrency",
+            str(concurrency),
+            *options,
+        ],  # fmt: skip
+        env={**env, "PYTHONPATH": os.pathsep.join([str(ROOT / "bench"), str(ROOT)])},
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        probe = ("plain.noop", (0,)) if app == "plain_app" else ("consolidation.prune_audit", ())
+        client(env["BENCH_BROKER"]).send_task(probe[0], args=probe[1]).get(timeout=120)
+        yield
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=120)
+
+
+def nightly(broker: str, slot: str, timeout: float = 7200):
+    """Send ``run_scheduled`` for ``slot`` and wait for its run to finish (completed);
+    returns the wall time and the run row."""
+    from sqlalchemy import select
+
+    from orchestration.nightly import runs
+    from orchestration.nightly.schedule import parse_slot
+    from orchestration.store.models import ConsolidationRun
+
+    slot_at = parse_slot(slot)
+    started = time.perf_counter()
+    client(broker).send_task("consolidation.run_scheduled", kwargs={"slot": slot})
+    run = runs.wait_for_finish(
+        lambda s: s.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == slot_at)), timeout, 0.05
+    )
+    elapsed = time.perf_counter() - started
+    assert run is not None and run.status == "completed", run and run.status
+    return elapsed, run
+
+
+def worker_env(url: str, broker: str) -> dict[str, str]:
+    """The environment of a worker on ``url`` and ``broker`` (plain app included)."""
+    return {
+        **os.environ,
+        "ORCHESTRATION_DATABASE_URL": url,
+        "ORCHESTRATION_BROKER_URL": broker,
+        "ORCHESTRATION_RESULT_BACKEND": broker,
+        "PLAIN_BROKER": broker,
+        "BENCH_BROKER": broker,
+    }

@@ -1,19 +1,25 @@
-"""Benchmark: the cost of the nightly run itself, against a bare Celery chord.
+"""Benchmark: the cost of the nightly run itself, against a plain Celery chord.
 
 N eligible projects whose jobs do minimal work (merge and archive off), real Redis
-and PostgreSQL, one ``celery -A orchestration.celery_app worker`` subprocess with 2
-prefork processes. For each N, in the same run on the same broker and worker:
+and PostgreSQL, a worker subprocess with 2 prefork processes. For each N, side by
+side on the same broker, alternating the order, medians of ``--repeat`` runs:
 
-- *nightly*: wall time from sending ``consolidation.run_scheduled`` to the run row
-  being finished;
-- *bare*: a Celery chord of N ``celery.accumulate`` tasks (a built-in no-op) with a
-  no-op callback, from sending to the callback's result.
+- *plain*: a chord of N no-op tasks with a no-op callback on a minimal Celery app of
+  its own (``bench/plain_app.py``: JSON, late acks, prefetch 1), its worker without
+  task events and at WARNING; the baseline;
+- *plain + events*: the same worker with task events on (``-E``), as this project
+  ships (Flower and ``celery events`` need them);
+- *plain + INFO*: the same worker logging at INFO (Celery's two lines per task);
+- *nightly*: ``consolidation.run_scheduled`` to the run row being finished, on
+  ``celery -A orchestration.celery_app worker`` with the production defaults (task
+  events on, INFO, JSON logs).
 
-Prints both, their ratio, the per-job overhead, and the database round trips of one
-job (counted in-process on the same code path the task runs).
+Prints each figure, the ratio nightly / plain (and a line containing ``ratio``), the
+per-job overhead, and the database round trips of one job (counted in-process on the
+same code path the task runs). Worker output goes to /dev/null for every variant.
 
     python bench/orchestration.py                 # N = 100, 1000
-    python bench/orchestration.py --sizes 100,1000,5000
+    python bench/orchestration.py --sizes 1000,10000 --repeat 3
 
 Servers: ORCHESTRATION_TEST_DATABASE_URL (admin URL) and ORCHESTRATION_TEST_REDIS_URL.
 A scratch database and an empty Redis database number are used and cleaned up.
@@ -23,85 +29,59 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
+import statistics
 import sys
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # This file is named orchestration.py: the package must win the import.
 sys.path.insert(0, str(ROOT))
 
-from _common import scratch_pg_database, scratch_redis_db  # noqa: E402
+from _common import (  # noqa: E402
+    MINIMAL,
+    client,
+    nightly,
+    scratch_pg_database,
+    scratch_redis_db,
+    seed_minimal,
+    worker,
+    worker_env,
+)
 
-MINIMAL = {"merge": False, "archive": False}
 
-
-def _seed(size: int) -> None:
-    from sqlalchemy import delete, insert
+def _nightly(size: int) -> float:
+    from sqlalchemy import delete
 
     from orchestration.store import db
-    from orchestration.store.models import ConsolidationJob, ConsolidationRun, Project, TaskMemory
+    from orchestration.store.models import ConsolidationJob, ConsolidationRun
 
     with db.session_scope() as session:
         session.execute(delete(ConsolidationJob))
         session.execute(delete(ConsolidationRun))
-        session.execute(delete(TaskMemory))
-        session.execute(delete(Project))
-        ids = [uuid.uuid4() for _ in range(size)]
-        session.execute(
-            insert(Project),
-            [
-                {"id": pid, "name": f"bench-{i}", "consolidation_threshold": 1, "consolidation_options": MINIMAL}
-                for i, pid in enumerate(ids)
-            ],
-        )
-        session.execute(
-            insert(TaskMemory),
-            [
-                {
-                    "project_id": pid,
-                    "memory_type": "learning",
-                    "content": f"memory {k} of {pid}",
-                    "tags": [],
-                    "file_links": [],
-                }
-                for pid in ids
-                for k in range(2)
-            ],
-        )
-
-
-def _nightly(client, size: int) -> float:
-    from sqlalchemy import select
-
-    from orchestration.nightly import runs
-    from orchestration.nightly.schedule import parse_slot
-    from orchestration.store.models import ConsolidationRun
-
-    slot = parse_slot(f"2026-01-01T02:{size % 60:02d}:00")
-    with __import__("orchestration.store.db", fromlist=["session_scope"]).session_scope() as session:
-        session.query(ConsolidationRun).filter(ConsolidationRun.scheduled_for == slot).delete()
-    started = time.perf_counter()
-    client.send_task("consolidation.run_scheduled", kwargs={"slot": slot.isoformat()})
-    run = runs.wait_for_finish(
-        lambda s: s.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == slot)), 3600, 0.05
-    )
-    elapsed = time.perf_counter() - started
-    assert run is not None and run.status == "completed" and run.jobs_completed == size, run and run.status
+    elapsed, run = nightly(os.environ["BENCH_BROKER"], f"2026-01-01T02:{size % 60:02d}:00+00:00")
+    assert run.jobs_completed == size
     return elapsed
 
 
-def _bare(client, size: int) -> float:
+def _plain(size: int) -> float:
     from celery import chord
 
-    accumulate = client.signature("celery.accumulate")
+    plain = client(os.environ["BENCH_BROKER"])
+    noop, collect = plain.signature("plain.noop"), plain.signature("plain.collect")
     started = time.perf_counter()
-    result = chord(accumulate.clone(args=(i,)) for i in range(size))(accumulate.clone())
-    result.get(timeout=3600)
+    result = chord(noop.clone(args=(i,)) for i in range(size))(collect.clone())
+    assert result.get(timeout=3600) == size
     return time.perf_counter() - started
+
+
+# name: (app, extra worker options, how to time one run of size N)
+VARIANTS = {
+    "plain": ("plain_app", ["--loglevel", "WARNING"], _plain),
+    "plain + events": ("plain_app", ["--loglevel", "WARNING", "-E"], _plain),
+    "plain + INFO": ("plain_app", ["--loglevel", "INFO"], _plain),
+    "nightly": ("orchestration.celery_app", [], _nightly),
+}
 
 
 def _round_trips_per_job() -> tuple[float, float]:
@@ -126,8 +106,10 @@ def _round_trips_per_job() -> tuple[float, float]:
     count = {"before_cursor_execute": 0, "begin": 0}
 
     def counter(name):
-        def count_one(*_):
-            count[name] += 1
+        def count_one(connection, *_):
+            # An autocommit connection sends no BEGIN or COMMIT: no round trips of its own.
+            if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT" or name != "begin":
+                count[name] += 1
 
         return count_one
 
@@ -146,73 +128,56 @@ def _round_trips_per_job() -> tuple[float, float]:
     return count["before_cursor_execute"] / len(created), count["begin"] / len(created)
 
 
+def measure(sizes: list[int], repeat: int, env: dict[str, str]) -> dict[int, dict[str, list[float]]]:
+    figures: dict[int, dict[str, list[float]]] = {}
+    for size in sizes:
+        seed_minimal(size)
+        figures[size] = {name: [] for name in VARIANTS}
+        for round_ in range(repeat):
+            order = list(VARIANTS) if round_ % 2 == 0 else list(reversed(VARIANTS))
+            for name in order:
+                app, options, timed = VARIANTS[name]
+                with worker(app, env, *options):
+                    figures[size][name].append(timed(size))
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100,1000")
+    parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    from celery import Celery
-
     from orchestration.store import db, migrate
 
     url, drop = scratch_pg_database()
     broker, redis_client = scratch_redis_db()
-    env = {
-        **os.environ,
-        "ORCHESTRATION_DATABASE_URL": url,
-        "ORCHESTRATION_BROKER_URL": broker,
-        "ORCHESTRATION_RESULT_BACKEND": broker,
-        "ORCHESTRATION_LOG_LEVEL": "WARNING",
-    }
-    worker = None
+    env = worker_env(url, broker)
+    os.environ["BENCH_BROKER"] = broker
     try:
         migrate.upgrade(url)
         db.use_database(url)
-        worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "orchestration.celery_app",
-                "worker",
-                "--pool",
-                "prefork",
-                "--concurrency",
-                "2",
-                "--loglevel",
-                "WARNING",
-                "--without-mingle",
-                "--without-gossip",
-            ],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        client = Celery("bench", broker=broker, backend=broker, set_as_current=False)
-        client.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
-        client.signature("celery.accumulate").apply_async(args=(0,)).get(timeout=60)  # worker is up
-        print(f"{'N':>6}  {'nightly':>9}  {'bare chord':>10}  {'ratio':>6}  {'overhead/job':>12}", flush=True)
-        for size in [int(s) for s in args.sizes.split(",")]:
-            _seed(size)
-            bare = _bare(client, size)
-            nightly = _nightly(client, size)
-            overhead_ms = (nightly - bare) / size * 1000
+        figures = measure([int(s) for s in args.sizes.split(",")], args.repeat, env)
+        names = list(VARIANTS)
+        print(f"medians of {args.repeat}, seconds from sending to the chord's (run's) end")
+        print(f"{'N':>6}  " + "  ".join(f"{n:>14}" for n in names) + f"  {'ratio':>6}  {'overhead/job':>12}")
+        for size, by_name in figures.items():
+            median = {n: statistics.median(v) for n, v in by_name.items()}
+            ratio = median["nightly"] / median["plain"]
+            overhead_ms = (median["nightly"] - median["plain"]) / size * 1000
             print(
-                f"{size:>6}  {nightly:8.2f}s  {bare:9.2f}s  {nightly / bare:6.2f}  {overhead_ms:9.1f} ms"
-                f"   ratio {nightly / bare:.2f} at N={size}",
+                f"{size:>6}  "
+                + "  ".join(f"{median[n]:13.2f}s" for n in names)
+                + f"  {ratio:6.2f}  {overhead_ms:9.2f} ms"
+                f"   ratio {ratio:.2f} at N={size} (nightly / plain)",
                 flush=True,
             )
+            print("        all runs: " + "; ".join(f"{n} " + ", ".join(f"{v:.2f}" for v in by_name[n]) for n in names))
         statements, transactions = _round_trips_per_job()
         print(
             f"database round trips per job: {statements + 2 * transactions:.0f} "
             f"({statements:.0f} statements in {transactions:.0f} transactions)"
         )
     finally:
-        if worker is not None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            worker.wait(timeout=60)
         redis_client.flushdb()
         db.dispose()
         drop()

@@ -82,7 +82,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
         "beat_schedule": beat_schedule(settings),
         "task_annotations": task_annotations(settings),
     }
@@ -190,9 +189,22 @@ def _setup_logging(**_: Any) -> None:
 
 
 @signals.celeryd_init.connect
-def _early_logging(**_: Any) -> None:
+def _early_logging(options: dict[str, Any] | None = None, **_: Any) -> None:
     # The worker warns about its privileges before it sets up logging: render that too.
     configure_logging(get_settings())
+    _pool["concurrency"] = int((options or {}).get("concurrency") or 0)
+
+
+# The worker's pool size, known in its main process and inherited by its children.
+_pool: dict[str, int] = {"concurrency": 0}
+
+
+def blas_threads(concurrency: int, cpus: int | None = None) -> int:
+    """BLAS threads for each of ``concurrency`` worker processes: the CPUs shared out, at
+    least one. OpenBLAS would start one thread per CPU in every process, and the
+    processes would then fight over the cores (measured: docs/benchmarks.md)."""
+    cpus = cpus or os.cpu_count() or 1
+    return max(1, cpus // (concurrency or cpus))
 
 
 @signals.task_postrun.connect
@@ -204,6 +216,13 @@ def _clear_task_context(**_: Any) -> None:
 def _fresh_engine_after_fork(**_: Any) -> None:
     # Connections inherited from the parent must not be shared by prefork children.
     db.dispose(close=False)
+
+
+@signals.worker_process_init.connect
+def _share_the_cpus(**_: Any) -> None:
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=blas_threads(_pool["concurrency"]), user_api="blas")
 
 
 def consumer_timeout_warning(broker_version: str, settings: Settings) -> str | None:

@@ -59,7 +59,7 @@ if _env("FAULT_LOST_AFTER"):
 if _env("FAULT_MERGE_BATCH"):
     applying.MERGE_BATCH = int(_env("FAULT_MERGE_BATCH"))
 
-_plan, _merge_batch, _complete = planning.plan, applying.merge_batch, lifecycle._complete
+_plan, _merge_batch, _finish = planning.plan, applying.merge_batch, lifecycle._finish
 _batches = {"n": 0}
 
 
@@ -84,12 +84,20 @@ def merge_batch(*args, **kwargs):
     return result
 
 
-def complete(*args, **kwargs):
-    # The last transaction of a job marks it completed and gives its lock back.
+def finish(*args, **kwargs):
+    # The last statement of a job marks it completed and gives its lock back.
     _kill_once("before_complete")
-    return _complete(*args, **kwargs)
+    return _finish(*args, **kwargs)
 
 
 planning.plan = plan
 applying.merge_batch = merge_batch
-lifecycle._complete = complete
+lifecycle._finish = finish
+
+
+@app.task(name="tests.blas_threads")
+def blas_threads() -> list[int]:
+    """The BLAS thread pools of the worker process that runs this (a probe, not a fault)."""
+    from threadpoolctl import threadpool_info
+
+    return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]

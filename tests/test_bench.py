@@ -1,6 +1,7 @@
 """The benchmarks still run (tiny sizes), and what they assert holds: the kept
 counts select the same projects as the ticket's literal query, every planted
-cluster is found, a nightly run finishes beside a bare chord."""
+cluster is found, a nightly run finishes beside a plain chord, a realistic night and
+the fan-out run to their end."""
 
 import re
 import subprocess
@@ -53,6 +54,22 @@ def test_consolidation_benchmark():
 
 
 def test_orchestration_benchmark(pg_template, redis_url):
-    out = _bench("orchestration.py", "--sizes", "10")
-    assert re.search(r"ratio [\d.]+ at N=10", out), out
+    out = _bench("orchestration.py", "--sizes", "10", "--repeat", "1")
+    assert re.search(r"ratio [\d.]+ at N=10 \(nightly / plain\)", out), out
+    assert re.search(r"all runs: plain [\d.]+; plain \+ events [\d.]+; plain \+ INFO [\d.]+; nightly [\d.]+", out), out
     assert re.search(r"database round trips per job: \d+ \(\d+ statements in \d+ transactions\)", out), out
+
+
+def test_night_benchmark(pg_template, redis_url):
+    out = _bench("night.py", "--projects", "3", "--min", "200", "--max", "400")
+    assert re.search(r"3 projects, [\d,]+ memories", out), out
+    for name in ("in-process", "1-process worker", "2-process worker", "2-process, BLAS unpinned"):
+        assert re.search(rf"^{re.escape(name)}\s+[\d.]+s$", out, re.M), out
+    assert re.search(r"speedup of the 2-process worker over in-process: [\d.]+", out), out
+
+
+def test_fanout_benchmark(pg_template, redis_url):
+    out = _bench("fanout.py", "--sizes", "20,60")
+    rows = re.findall(r"^\s+(20|60)\s+[\d.]+s\s+[\d.]+s\s+[\d.-]+\s+[\d.]+MB\s+[\d.]+s$", out, re.M)
+    assert rows == ["20", "60"], out
+    assert re.search(r"run per project grows [\d.]+x from N=20 to N=60", out), out

@@ -15,6 +15,7 @@ from sqlalchemy import select, update
 
 from orchestration.consolidation import planning
 from orchestration.demo.seed import seed
+from orchestration.jobs import progress as job_progress
 from orchestration.logs import configure_logging
 from orchestration.nightly import runs
 from orchestration.nightly.schedule import parse_slot
@@ -101,6 +102,7 @@ _STREAM: list = [None]
 
 def test_the_catalogue_matches_what_a_run_emits(celery_worker, sqlite_database, settings_env, monkeypatch):
     settings_env(retry_backoff_max="1", max_retries="1", notify_url=f"http://127.0.0.1:{_closed_port()}/")
+    monkeypatch.setattr(job_progress, "INTERVAL_S", 0)  # the jobs here are shorter than 2 s
     stream = _STREAM[0] = io.StringIO()
     configure_logging(get_settings(), stream=stream)
     try:

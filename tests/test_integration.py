@@ -191,3 +191,12 @@ def test_the_worker_sends_celery_task_events(stack, worker):
     project_events = [e for e in received if e["type"] == "task-received" and e["name"] == "consolidation.run_project"]
     assert all(re.fullmatch(r"\('[0-9a-f-]{36}',\)", e["args"]) for e in project_events)
     assert any(e["type"] == "task-succeeded" for e in received)
+
+
+@pytest.mark.parametrize("stack", ["redis"], indirect=True)
+def test_worker_processes_share_the_cpus_between_their_blas_thread_pools(stack, tmp_path):
+    from orchestration.celery_app import blas_threads
+
+    with worker_process(stack, tmp_path / "worker.log", app="tests.fault_worker"):
+        pools = _client(stack).send_task("tests.blas_threads").get(timeout=60)
+    assert pools and set(pools) == {blas_threads(2)}  # the suite's workers run 2 processes

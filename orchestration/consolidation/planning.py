@@ -43,6 +43,11 @@ class Plan:
     skipped_invalid: int = 0
     timings: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def is_empty(self) -> bool:
+        """Nothing to merge or archive."""
+        return not self.clusters and not self.archive
+
 
 def active_filter() -> ColumnElement[bool]:
     # Spelled exactly like the partial index's predicate, so the planner can use it.

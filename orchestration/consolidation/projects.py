@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Protocol, TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -18,8 +19,16 @@ class ProjectDisabled(RuntimeError):
     """The project has consolidation disabled."""
 
 
-def check_project(project: Project | None, project_id: uuid.UUID, force: bool = False) -> Project:
-    """``project`` if it exists and (unless ``force``) has consolidation enabled."""
+class _Switchable(Protocol):
+    consolidation_enabled: bool
+
+
+P = TypeVar("P", bound=_Switchable)
+
+
+def check_project(project: P | None, project_id: uuid.UUID, force: bool = False) -> P:
+    """``project`` (a model or a plain row) if it exists and (unless ``force``) has
+    consolidation enabled."""
     if project is None:
         raise ProjectGone(f"project {project_id} does not exist")
     if not project.consolidation_enabled and not force:

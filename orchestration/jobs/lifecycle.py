@@ -2,37 +2,40 @@
 or skipped. :func:`run` is one attempt from start to end, as the
 ``consolidation.run_project`` task and ``orchestration consolidate`` use it.
 
-An attempt with little to do costs three transactions: the start (job, project and
-lock read together; job row; lock taken), the plan read, and the end (job row with
-the active count; lock given back). Each batch of changes adds one, fenced on the
-attempt's number: a newer attempt that took over makes the older one's writes fail
-with :class:`Superseded`.
+An attempt with nothing to apply costs three round trips on PostgreSQL: the start
+(job row, attempt counted, lock taken: one statement, ``statements.START``), the plan
+read, and the end (job row with the active count, lock given back:
+``statements.FINISH``). The portable path (SQLite, and PostgreSQL when a start finds
+anything unusual) does the same in transactions of several statements. Each batch of
+changes adds one transaction, fenced on the attempt's number: a newer attempt that
+took over makes the older one's writes fail with :class:`Superseded`.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from orchestration.consolidation import applying, planning
 from orchestration.consolidation.options import ConsolidationOptions, InvalidOptions, resolve_options
 from orchestration.consolidation.projects import ProjectDisabled, ProjectGone, check_project
-from orchestration.jobs import heartbeat
+from orchestration.consolidation.result import ConsolidationResult
+from orchestration.jobs import heartbeat, statements
 from orchestration.jobs.locks import Lease, ProjectBusy, free, holder_for, job_of
 from orchestration.jobs.progress import ProgressRecorder
 from orchestration.logs import get_logger
 from orchestration.settings import Settings
-from orchestration.store import counts
-from orchestration.store.db import session_scope
-from orchestration.store.models import ConsolidationJob, Project, ProjectLock
+from orchestration.store import counts, db
+from orchestration.store.models import ConsolidationJob, Project, ProjectLock, table_of
 from orchestration.store.statuses import FINISHED_JOB_STATUSES, JobStatus, TriggerType
 from orchestration.store.types import utcnow
 
@@ -48,9 +51,9 @@ class AlreadyRunning(RuntimeError):
     """Another attempt of the job is alive (its lock's heartbeat is fresh): this
     delivery is a duplicate and must do nothing."""
 
-    def __init__(self, job: ConsolidationJob, holder: str, beat: datetime):
+    def __init__(self, job_id: uuid.UUID, holder: str, beat: datetime):
         super().__init__(
-            f"attempt {holder.partition('#')[2] or '?'} of job {job.id} is alive "
+            f"attempt {holder.partition('#')[2] or '?'} of job {job_id} is alive "
             f"(heartbeat {beat.isoformat()}); this delivery does nothing"
         )
 
@@ -109,6 +112,33 @@ class Attempt:
     started: float  # time.monotonic()
 
 
+_JOBS, _PROJECTS, _LOCKS = table_of(ConsolidationJob), table_of(Project), table_of(ProjectLock)
+# A job with its project's state and lock, the job row locked against a concurrent start.
+_START = (
+    select(
+        _JOBS.c.id,
+        _JOBS.c.run_id,
+        _JOBS.c.project_id,
+        _JOBS.c.status,
+        _JOBS.c.attempts,
+        _JOBS.c.started_at,
+        _JOBS.c.error_message,
+        _JOBS.c.celery_task_id,
+        _PROJECTS.c.id.is_not(None).label("project_exists"),
+        _PROJECTS.c.consolidation_enabled,
+        _PROJECTS.c.consolidation_options,
+        _LOCKS.c.holder,
+        _LOCKS.c.heartbeat_at.label("lock_beat"),
+    )
+    .select_from(
+        _JOBS.outerjoin(_PROJECTS, _PROJECTS.c.id == _JOBS.c.project_id).outerjoin(
+            _LOCKS, _LOCKS.c.project_id == _JOBS.c.project_id
+        )
+    )
+    .with_for_update(of=_JOBS)
+)
+
+
 def create_job(
     session: Session,
     project_id: uuid.UUID,
@@ -118,17 +148,48 @@ def create_job(
     triggered_by: str,
     options: dict[str, Any] | None,
 ) -> ConsolidationJob:
-    job = ConsolidationJob(
-        project_id=project_id,
-        run_id=run_id,
-        status=JobStatus.PENDING,
-        trigger_type=trigger_type,
-        triggered_by=triggered_by,
-        options=effective_options(options),
-    )
+    """One pending job (a manual one, or a test's)."""
+    job = ConsolidationJob(**_new_job(project_id, run_id, trigger_type, triggered_by, options))
     session.add(job)
     session.flush()
     return job
+
+
+def create_jobs(
+    session: Session,
+    projects: Sequence[tuple[uuid.UUID, dict[str, Any] | None]],
+    *,
+    run_id: uuid.UUID,
+    trigger_type: TriggerType,
+    now: datetime,
+) -> list[uuid.UUID]:
+    """A run's pending jobs, one per ``(project_id, options)``, in one bulk insert. Their
+    ``created_at`` grows by a microsecond each, so that they read back in this order."""
+    rows = [
+        {**_new_job(project_id, run_id, trigger_type, "system", options), "created_at": now + timedelta(microseconds=i)}
+        for i, (project_id, options) in enumerate(projects)
+    ]
+    if rows:
+        session.execute(insert(_JOBS), rows)
+    return [row["id"] for row in rows]
+
+
+def _new_job(
+    project_id: uuid.UUID,
+    run_id: uuid.UUID | None,
+    trigger_type: TriggerType,
+    triggered_by: str,
+    options: dict[str, Any] | None,
+) -> dict[str, Any]:
+    return {
+        "id": uuid.uuid4(),
+        "project_id": project_id,
+        "run_id": run_id,
+        "status": JobStatus.PENDING,
+        "trigger_type": trigger_type,
+        "triggered_by": triggered_by,
+        "options": effective_options(options),
+    }
 
 
 def effective_options(overrides: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -170,90 +231,127 @@ def begin_attempt(
     does nothing) or ends here: its project is gone or disabled, its options are
     invalid, or its last attempt died with its worker. Raises :class:`AlreadyRunning`
     if another attempt of it is alive, :class:`AttemptFailed` if another job holds
-    the project (the attempt counts)."""
+    the project (the attempt counts).
+
+    On PostgreSQL the common case is one statement (``statements.START``); anything
+    unusual takes the portable path, which decides under the job row's lock."""
+    if db.is_postgresql():
+        started = _start_in_one_statement(job_id, settings, celery_task_id, force)
+        if started is not None:
+            return started
+    return _start(job_id, settings, celery_task_id, force)
+
+
+def _start_in_one_statement(
+    job_id: uuid.UUID, settings: Settings, celery_task_id: str | None, force: bool
+) -> Attempt | JobOutcome | None:
+    now = utcnow()
+    with db.statement_scope() as session:
+        row = statements.start(
+            session, job_id, now, max_attempts=settings.max_retries + 1, celery_task_id=celery_task_id, force=force
+        )
+    if row is None:
+        raise JobNotFound(f"job {job_id} does not exist")
+    if row.number is None:
+        return None
+    bind_job(row)
+    try:
+        options = resolve_options(row.consolidation_options)
+    except InvalidOptions as exc:
+        return fail(row.id, row.number, str(exc))  # started before its options were read: ends now
+    if options.as_dict() != row.options:  # the project's options changed since the job was created
+        with db.session_scope() as session:
+            session.execute(update(_JOBS).where(_JOBS.c.id == row.id).values(options=options.as_dict()))
+    lease = Lease(row.project_id, row.id, row.number)
+    return Attempt(row.id, row.project_id, row.number, options, lease, time.monotonic())
+
+
+def _start(job_id: uuid.UUID, settings: Settings, celery_task_id: str | None, force: bool) -> Attempt | JobOutcome:
+    """The portable start: one transaction that reads the job under lock and decides."""
     now = utcnow()
     busy: ProjectBusy | None = None
-    with session_scope() as session:
-        # The project and its lock come with the job: one round trip, and the job row
-        # is written once, by the lock statement's autoflush.
-        row = session.execute(
-            select(ConsolidationJob, Project, ProjectLock)
-            .outerjoin(Project, Project.id == ConsolidationJob.project_id)
-            .outerjoin(ProjectLock, ProjectLock.project_id == ConsolidationJob.project_id)
-            .where(ConsolidationJob.id == job_id)
-            .with_for_update(of=ConsolidationJob)
-        ).first()
+    with db.session_scope() as session:
+        # The project and its lock come with the job, as plain rows: one round trip and
+        # no ORM work on the hot path (every job of every night starts here).
+        row = session.execute(_START.where(_JOBS.c.id == job_id)).first()
         if row is None:
             raise JobNotFound(f"job {job_id} does not exist")
-        job, lock = row.ConsolidationJob, row.ProjectLock
-        bind_job(job)
-        if job.status in FINISHED_JOB_STATUSES:
-            log.info("job.already_finished", status=job.status)
-            return JobOutcome(str(job.id), job.status, job.error_message)
-        if lock is not None and job_of(lock.holder) == str(job.id) and lock.heartbeat_at >= now - heartbeat.LOST_AFTER:
-            raise AlreadyRunning(job, lock.holder, lock.heartbeat_at)
-        if job.attempts >= settings.max_retries + 1:
+        bind_job(row)
+        if row.status in FINISHED_JOB_STATUSES:
+            log.info("job.already_finished", status=row.status)
+            return JobOutcome(str(row.id), row.status, row.error_message)
+        if row.holder is not None and job_of(row.holder) == str(row.id) and row.lock_beat >= now - heartbeat.LOST_AFTER:
+            raise AlreadyRunning(row.id, row.holder, row.lock_beat)
+        if row.attempts >= settings.max_retries + 1:
             # Every start counts, and an attempt that ended normally never leaves the
             # job unfinished with no attempts left: the last one died with its worker.
-            return _end_now(session, job, JobStatus.FAILED, lost_error(job.attempts, settings), now)
-        first = job.started_at is None
-        job.attempts += 1
-        job.status = JobStatus.RUNNING
-        job.started_at = job.started_at or now
-        job.heartbeat_at = now
-        job.error_message = None
-        job.celery_task_id = celery_task_id or job.celery_task_id
+            return _end_now(session, row.id, JobStatus.FAILED, lost_error(row.attempts, settings), now, count=False)
         try:
-            if job.project_id is None:
+            if row.project_id is None:
                 raise ProjectGone(f"the project of job {job_id} was deleted")
-            project = check_project(row.Project, job.project_id, force=force)
-            if first:
-                job.memories_before = counts.active_count_expr(job.project_id)
-            options = resolve_options(project.consolidation_options)
+            check_project(row if row.project_exists else None, row.project_id, force=force)
+            options = resolve_options(row.consolidation_options)
         except (ProjectGone, ProjectDisabled) as exc:
-            return _end_now(session, job, JobStatus.SKIPPED, str(exc), now)
+            return _end_now(session, row.id, JobStatus.SKIPPED, str(exc), now)
         except InvalidOptions as exc:
-            return _end_now(session, job, JobStatus.FAILED, str(exc), now)
-        job.options = options.as_dict()
-        lease = Lease(job.project_id, job.id, job.attempts)
-        attempt = Attempt(job.id, job.project_id, job.attempts, options, lease, time.monotonic())
+            return _end_now(session, row.id, JobStatus.FAILED, str(exc), now)
+        number = row.attempts + 1
+        session.execute(
+            update(_JOBS)
+            .where(_JOBS.c.id == row.id)
+            .values(
+                attempts=number,
+                status=JobStatus.RUNNING,
+                started_at=row.started_at or now,
+                heartbeat_at=now,
+                error_message=None,
+                celery_task_id=celery_task_id or row.celery_task_id,
+                options=options.as_dict(),
+                **({"memories_before": counts.active_count_expr(row.project_id)} if row.started_at is None else {}),
+            )
+        )
+        attempt = Attempt(row.id, row.project_id, number, options, Lease(row.project_id, row.id, number), 0.0)
         try:
             attempt.lease.acquire(session, now)
         except ProjectBusy as exc:
-            busy = exc  # the attempt still counts: commit it, then fail it
+            if job_of(exc.holder) == str(row.id):
+                # This job's live attempt committed its start after this statement's
+                # snapshot was taken: a duplicate delivery after all (rolled back).
+                raise AlreadyRunning(row.id, exc.holder, now) from None
+            busy = exc  # another job holds the project: the attempt still counts, then fails
     if busy is not None:
         raise AttemptFailed(attempt.number, describe(busy)) from busy
+    attempt.started = time.monotonic()
     return attempt
 
 
 def consolidate(attempt: Attempt, *, progress: Progress | None = None, changed_by: str = "system") -> JobOutcome:
     """Consolidate the attempt's project: plan, apply batch by batch, then record the
-    job completed and give its lock back in one transaction. Any error but
-    :class:`Superseded` becomes :class:`AttemptFailed`, with the lock given back."""
+    job completed and give its lock back in one transaction (the plan's own, when
+    there is nothing to apply). Any error but :class:`Superseded` becomes
+    :class:`AttemptFailed`, with the lock given back."""
     report = progress or ProgressRecorder(attempt.job_id)
     try:
         with attempt.lease.held():
-            report("load", 0.0)
-            with session_scope() as session:
+            with db.statement_scope() as session:
                 planned = planning.plan(session, attempt.project_id, attempt.options, utcnow())
-            report("similarity", applying.PLANNED)
-            result = applying.apply(
-                planned,
-                attempt.options,
-                attempt.job_id,
-                changed_by=changed_by,
-                in_batch=lambda session, batch: _add_counts(session, attempt, batch.counters()),
-                progress=report,
-            )
-            with session_scope() as session:
-                counters = _complete(session, attempt)
-                attempt.lease.release(session)
+            result = ConsolidationResult.of(planned, dry_run=False)
+            if not planned.is_empty:
+                report("similarity", applying.PLANNED)
+                result = applying.apply(
+                    planned,
+                    attempt.options,
+                    attempt.job_id,
+                    changed_by=changed_by,
+                    in_batch=lambda session, batch: _add_counts(session, attempt, batch.counters()),
+                    progress=report,
+                )
+            counters = _finish(attempt)
     except Superseded as exc:
         log.warning("job.superseded", attempt=attempt.number, reason=str(exc))
         raise
     except Exception as exc:
         raise AttemptFailed(attempt.number, describe(exc)) from exc
-    report("done", 1.0)
     log.info(
         "job.completed",
         duration_s=round(time.monotonic() - attempt.started, 3),
@@ -278,6 +376,23 @@ def _add_counts(session: Session, attempt: Attempt, increments: dict[str, int]) 
     updated = session.execute(_fenced(attempt).values(heartbeat_at=utcnow(), **values))
     if isinstance(updated, CursorResult) and updated.rowcount == 0:
         raise Superseded(f"job {attempt.job_id}: attempt {attempt.number} was superseded by a newer attempt")
+
+
+def _finish(attempt: Attempt) -> dict[str, int]:
+    """Record the job completed (fenced) and give its lock back, in one transaction (one
+    statement on PostgreSQL); returns its counters."""
+    if db.is_postgresql():
+        with db.statement_scope() as session:
+            row = statements.finish(
+                session, attempt.job_id, attempt.number, attempt.project_id, attempt.lease.holder, utcnow()
+            )
+        if row is None:
+            raise Superseded(f"job {attempt.job_id}: attempt {attempt.number} was superseded")
+        return dict(row._asdict())
+    with db.session_scope() as session:
+        counters = _complete(session, attempt)
+        attempt.lease.release(session)
+    return counters
 
 
 def _complete(session: Session, attempt: Attempt) -> dict[str, int]:
@@ -318,7 +433,16 @@ def close_unfinished(session: Session, job: ConsolidationJob, status: JobStatus,
         free(session, job.project_id, holder_for(job.id, job.attempts))
 
 
-def _end_now(session: Session, job: ConsolidationJob, status: JobStatus, error: str, now: datetime) -> JobOutcome:
+def _end_now(
+    session: Session, job_id: uuid.UUID, status: JobStatus, error: str, now: datetime, count: bool = True
+) -> JobOutcome:
+    """A job that ends at its start; the start counts as an attempt unless ``count`` is false."""
+    job = session.get_one(ConsolidationJob, job_id)
+    if count:
+        if job.started_at is None and job.project_id is not None:
+            job.memories_before = counts.active_count_expr(job.project_id)
+        job.attempts += 1
+        job.started_at = job.started_at or now
     close_unfinished(session, job, status, error, now)
     outcome = JobOutcome(str(job.id), status, error)
     log_end(outcome, job.attempts)
@@ -327,7 +451,7 @@ def _end_now(session: Session, job: ConsolidationJob, status: JobStatus, error: 
 
 def fail(job_id: uuid.UUID, attempts: int, error: str) -> JobOutcome:
     """End the job as failed (unless it finished meanwhile) and log ``job.failed``."""
-    with session_scope() as session:
+    with db.session_scope() as session:
         job = session.get(ConsolidationJob, job_id, with_for_update=True)
         if job is not None and job.status not in FINISHED_JOB_STATUSES:
             close_unfinished(session, job, JobStatus.FAILED, error, utcnow())
@@ -346,7 +470,7 @@ def log_end(outcome: JobOutcome, attempts: int) -> None:
 def mark_retrying(job_id: uuid.UUID, error: str) -> bool:
     """The running attempt failed with a transient error: free its lock and wait for
     the retry. ``False`` if the job was not running."""
-    with session_scope() as session:
+    with db.session_scope() as session:
         job = running_job(session, job_id)
         if job is None:
             return False
@@ -367,8 +491,8 @@ def running_job(session: Session, job_id: uuid.UUID) -> ConsolidationJob | None:
     return job if job is not None and job.status == JobStatus.RUNNING else None
 
 
-def job_ids(job: ConsolidationJob) -> dict[str, str | None]:
-    """The ids a job's log lines carry."""
+def job_ids(job: Any) -> dict[str, str | None]:
+    """The ids a job's log lines carry (``job``: its row, ORM object or plain row)."""
     return {
         "run_id": str(job.run_id) if job.run_id else None,
         "job_id": str(job.id),
@@ -376,6 +500,6 @@ def job_ids(job: ConsolidationJob) -> dict[str, str | None]:
     }
 
 
-def bind_job(job: ConsolidationJob) -> None:
+def bind_job(job: Any) -> None:
     """Log lines from here on carry the job's run and project."""
     structlog.contextvars.bind_contextvars(**job_ids(job))

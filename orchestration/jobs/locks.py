@@ -52,7 +52,9 @@ class Lease:
     """The project lock of one attempt of a job, from the attempt's first transaction to
     its last: :meth:`acquire` in the transaction that starts the attempt, :meth:`held`
     around its work (heartbeat; given back if the work fails), :meth:`release` in the
-    transaction that records the attempt's end."""
+    transaction that records the attempt's end. On PostgreSQL the start and the end
+    are single statements that take and give back the same row
+    (``orchestration.jobs.statements``)."""
 
     def __init__(self, project_id: uuid.UUID, job_id: uuid.UUID, attempt: int):
         self.project_id = project_id

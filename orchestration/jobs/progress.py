@@ -17,28 +17,26 @@ log = get_logger(__name__)
 
 
 class ProgressRecorder:
-    """Progress callback: logs ``job.progress`` and writes the job row, at most every
-    :data:`INTERVAL_S`. Progress never moves backwards, even across attempts; 0 and 1
-    are not written (the start and the end of the job set those)."""
+    """Progress callback of a job between its start and its end (``job.started`` and
+    ``job.completed`` say those): logs ``job.progress`` and writes the job row, at most
+    every ``interval`` seconds (default :data:`INTERVAL_S`), so a job shorter than
+    that logs none. Progress never moves backwards, even across attempts."""
 
-    def __init__(self, job_id: uuid.UUID, interval: float = INTERVAL_S):
+    def __init__(self, job_id: uuid.UUID, interval: float | None = None):
         self.job_id = job_id
-        self.interval = interval
+        self.interval = INTERVAL_S if interval is None else interval
         self.last_write = time.monotonic()
-        self.last_value = -1.0
+        self.last_value = 0.0
 
     def __call__(self, stage: str, fraction: float) -> None:
         now = time.monotonic()
-        final = fraction >= 1.0
-        if fraction <= self.last_value or (0.0 < fraction < 1.0 and now - self.last_write < self.interval):
+        if not 0.0 < fraction < 1.0 or fraction <= self.last_value or now - self.last_write < self.interval:
             return
-        self.last_value = fraction
+        self.last_value, self.last_write = fraction, now
         log.info("job.progress", progress=round(fraction, 3), stage=stage)
-        if fraction > 0.0 and not final:
-            self.last_write = now
-            with session_scope() as session:
-                session.execute(
-                    update(ConsolidationJob)
-                    .where(ConsolidationJob.id == self.job_id, ConsolidationJob.progress < fraction)
-                    .values(progress=fraction, heartbeat_at=utcnow())
-                )
+        with session_scope() as session:
+            session.execute(
+                update(ConsolidationJob)
+                .where(ConsolidationJob.id == self.job_id, ConsolidationJob.progress < fraction)
+                .values(progress=fraction, heartbeat_at=utcnow())
+            )

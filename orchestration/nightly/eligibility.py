@@ -39,7 +39,7 @@ def eligible_query(default_threshold: int) -> Select:
         .where(
             Project.consolidation_enabled, active > func.coalesce(Project.consolidation_threshold, default_threshold)
         )
-        .order_by(Project.id)
+        .order_by(active.desc(), Project.id)  # largest first
     )
 
 

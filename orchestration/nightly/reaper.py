@@ -152,8 +152,8 @@ def _recover(session: Session, reaped: Reaped, job: ConsolidationJob, settings: 
         final_error=job.error_message,
     )
     if lost.status == JobStatus.RETRYING:
-        siblings = session.scalars(select(ConsolidationJob.id).where(ConsolidationJob.run_id == job.run_id))
-        lost.group_index = runs.chord_order(siblings).index(str(job.id))
+        assert job.run_id is not None
+        lost.group_index = runs.chord_order(session, job.run_id).index(job.id)
     reaped.lost.append(lost)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from orchestration.jobs.lifecycle import close_unfinished, create_job
+from orchestration.jobs.lifecycle import close_unfinished, create_jobs
 from orchestration.nightly.eligibility import check_projects
 from orchestration.store.db import session_scope
 from orchestration.store.documents import row_dict
@@ -64,8 +64,9 @@ def start_run(
     now: datetime | None = None,
     run_id: uuid.UUID | None = None,
 ) -> StartedRun | None:
-    """Claim the run, pick the eligible projects and create one pending job for each.
-    The caller commits before dispatching the jobs."""
+    """Claim the run, pick the eligible projects and create one pending job for each,
+    largest project first: the chord is sent in that order, so the longest jobs start
+    first and the night's tail is short. The caller commits before dispatching the jobs."""
     now = now or utcnow()
     claimed = claim_run(session, trigger_type, slot, now, run_id)
     if claimed is None:
@@ -78,11 +79,7 @@ def start_run(
         eligible=len(eligibility.eligible),
         skipped=eligibility.skipped,
     )
-    for project_id, options in eligibility.eligible:
-        job = create_job(
-            session, project_id, run_id=claimed, trigger_type=trigger_type, triggered_by="system", options=options
-        )
-        started.job_ids.append(job.id)
+    started.job_ids = create_jobs(session, eligibility.eligible, run_id=claimed, trigger_type=trigger_type, now=now)
     run = session.get_one(ConsolidationRun, claimed)
     run.projects_checked = started.checked
     run.projects_eligible = started.eligible
@@ -162,10 +159,17 @@ def undispatched_jobs(session: Session, run: ConsolidationRun, now: datetime) ->
     )
 
 
-def chord_order(job_ids: Iterable[uuid.UUID]) -> list[str]:
-    """A run's jobs in the order of its chord's header (by id), so that a job re-sent
-    into the chord takes its own place again."""
-    return sorted(str(job_id) for job_id in job_ids)
+def chord_order(session: Session, run_id: uuid.UUID) -> list[uuid.UUID]:
+    """A run's jobs in the order of its chord's header: the order they were created in,
+    largest project first (see :func:`start_run`). A job re-sent into the chord takes
+    its own place again."""
+    return list(
+        session.scalars(
+            select(ConsolidationJob.id)
+            .where(ConsolidationJob.run_id == run_id)
+            .order_by(ConsolidationJob.created_at, ConsolidationJob.id)
+        )
+    )
 
 
 def run_status(statuses: list[str]) -> RunStatus:

@@ -128,6 +128,27 @@ def session_scope() -> Iterator[Session]:
         session.close()
 
 
+@contextmanager
+def statement_scope() -> Iterator[Session]:
+    """A session in which every statement commits on its own, for reads and for single
+    statements that need no transaction around them: on PostgreSQL an autocommit
+    connection (no BEGIN and COMMIT round trips), on SQLite a :func:`session_scope`."""
+    engine = get_engine()
+    if engine.dialect.name != "postgresql":
+        with session_scope() as session:
+            yield session
+        return
+    with (
+        engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection,
+        Session(bind=connection) as session,
+    ):
+        yield session
+
+
+def is_postgresql() -> bool:
+    return get_engine().dialect.name == "postgresql"
+
+
 def chunks(items: Sequence[T], size: int = IN_CHUNK) -> Iterable[Sequence[T]]:
     """Consecutive slices of ``items`` of at most ``size`` (for IN lists and batches)."""
     for start in range(0, len(items), size):

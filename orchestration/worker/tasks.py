@@ -3,7 +3,8 @@ log context (``orchestration.worker.base``); the body calls the plain functions 
 ``nightly`` and ``jobs`` and logs. Every task is safe to run twice.
 
 A run's chord has fixed ids: the header's group id is the run id, each job's task id
-is the job id, and its place in the header is its place in :func:`runs.chord_order`.
+is the job id, and its place in the header is its place in :func:`runs.chord_order`
+(creation order, largest project first).
 So the reaper can re-send a job whose worker died into the same chord, and whichever
 of its deliveries finishes counts once (Celery's Redis backend keys chord parts by
 task id and place).
@@ -87,7 +88,7 @@ def _dispatch(run_id: uuid.UUID, job_ids: list[uuid.UUID]) -> None:
     if not job_ids:
         _close_run(run_id)
         return
-    header = [_job_signature(job_id) for job_id in runs.chord_order(job_ids)]
+    header = [_job_signature(job_id) for job_id in job_ids]  # in runs.chord_order
     # The chord's own task_id becomes the header's group id; the callback gets its own.
     chord(header, task_id=run_key)(_callback(run_key), task_id=str(uuid.uuid4()))
     with session_scope() as session:

@@ -4,14 +4,14 @@ fence that stops an attempt superseded by a newer one, and what the end records.
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from orchestration.consolidation import applying
 from orchestration.jobs import heartbeat, lifecycle
 from orchestration.store import db
 from orchestration.store.models import Project, ProjectLock, TaskMemory
 from orchestration.store.types import utcnow
-from support import failing_call, fingerprint, job_row, lock_holders
+from support import failing_call, fingerprint, job_row, lock_holders, wait_until
 
 
 def test_an_attempt_starts_running_with_its_lock_and_options(attempt, settings):
@@ -125,3 +125,61 @@ def test_counters_of_a_partial_attempt_are_kept_by_the_next(attempt, settings, m
             )
         )
     assert row.clusters_found == created and row.attempts == 2
+
+
+@pytest.mark.parametrize("second_path", ["portable", "public"])
+def test_a_duplicate_start_racing_the_live_start_stands_down(job_ids, settings, monkeypatch, second_path):
+    """Two deliveries of one job start at once. The second waits for the first's start
+    to commit; its own read may predate that commit (PostgreSQL), but the lock it then
+    fails to take is the live attempt's: it stands down without counting an attempt.
+    The second goes the portable way, or the public one (one statement on PostgreSQL)."""
+    import threading
+
+    from orchestration.jobs.locks import Lease
+
+    acquired, release = threading.Event(), threading.Event()
+    real_acquire = Lease.acquire
+
+    def acquire_then_wait(self, session, now):
+        real_acquire(self, session, now)
+        if threading.current_thread().name == "first":
+            acquired.set()
+            assert release.wait(30)  # the first start's transaction stays open
+
+    monkeypatch.setattr(Lease, "acquire", acquire_then_wait)
+    outcome: dict = {}
+    first = threading.Thread(
+        target=lambda: outcome.update(first=lifecycle._start(job_ids[0], settings, None, False)), name="first"
+    )
+    first.start()
+    assert acquired.wait(30)
+
+    def second_start():
+        try:
+            if second_path == "portable":
+                lifecycle._start(job_ids[0], settings, None, False)
+            else:
+                lifecycle.begin_attempt(job_ids[0], settings)
+        except lifecycle.AlreadyRunning as exc:
+            outcome["second"] = exc
+
+    second = threading.Thread(target=second_start, name="second")
+    second.start()
+    if db.is_postgresql():  # the second start is waiting for the first's row lock
+        wait_until(_someone_waits_for_a_lock, 30, "the second start waiting")
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert isinstance(outcome["first"], lifecycle.Attempt) and outcome["first"].number == 1
+    assert isinstance(outcome.get("second"), lifecycle.AlreadyRunning)
+    assert job_row(job_ids[0]).attempts == 1 and lock_holders() == [f"{job_ids[0]}#1"]
+
+
+def _someone_waits_for_a_lock() -> bool:
+    with db.session_scope() as session:
+        waiting = session.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            )
+        ).scalar_one()
+    return waiting > 0

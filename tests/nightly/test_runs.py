@@ -1,6 +1,5 @@
 """A night's run without Celery: claiming a slot, creating its jobs, the summary."""
 
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -9,7 +8,8 @@ from sqlalchemy import select, update
 from orchestration.demo.seed import seed
 from orchestration.nightly import runs
 from orchestration.store import db
-from orchestration.store.models import ConsolidationJob, ConsolidationRun
+from orchestration.store.counts import count_active
+from orchestration.store.models import ConsolidationJob, ConsolidationRun, Project
 from orchestration.store.statuses import TriggerType
 
 SLOT = datetime(2026, 11, 27, 2, tzinfo=UTC)
@@ -58,9 +58,17 @@ def test_a_claim_whose_chord_was_never_sent_is_redispatched_by_the_redelivery(ma
     assert sorted(again.dispatch) == sorted(first.dispatch)
 
 
-def test_chord_order_is_by_id():
-    ids = [uuid.uuid4() for _ in range(5)]
-    assert runs.chord_order(ids) == sorted(str(i) for i in ids) == runs.chord_order(reversed(ids))
+def test_jobs_are_created_and_sent_largest_project_first(manifests):
+    with db.session_scope() as session:
+        for size in (12, 30, 20):
+            seed(session, 1, size, seed=50 + size, dim=8)
+        session.execute(update(Project).values(consolidation_threshold=1))
+    claim = _claim()
+    with db.session_scope() as session:
+        order = runs.chord_order(session, claim.run_id)
+        sizes = [count_active(session, session.get_one(ConsolidationJob, job_id).project_id) for job_id in order]
+    assert order == claim.dispatch and len(order) > 2
+    assert sizes == sorted(sizes, reverse=True) and sizes[-3:] == [30, 20, 12]
 
 
 @pytest.mark.parametrize(

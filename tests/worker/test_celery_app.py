@@ -175,3 +175,11 @@ def test_settings_are_read_when_the_app_is_configured_not_at_import():
     )
     assert done.stdout == "imported\n" and done.returncode == 1
     assert done.stderr.strip().startswith("orchestration: ORCHESTRATION_TIMEZONE='Nowhere/Special': unknown time zone")
+
+
+def test_blas_threads_share_out_the_cpus():
+    from orchestration.celery_app import blas_threads
+
+    assert blas_threads(2, cpus=2) == 1 and blas_threads(3, cpus=2) == 1
+    assert blas_threads(1, cpus=2) == 2 and blas_threads(2, cpus=8) == 4
+    assert blas_threads(0, cpus=8) == 1  # concurrency not given: one process per CPU

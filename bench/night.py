@@ -1,0 +1,193 @@
+"""Benchmark: a realistic night, consolidated three ways on the same data.
+
+``--projects`` projects with sizes drawn log-normally between ``--min`` and ``--max``
+memories (384-dimension embeddings, duplicates and stale memories planted as in
+``bench/consolidation.py``), seeded once into a template PostgreSQL database; each
+measurement runs on a fresh copy of it:
+
+- *in-process*: one process runs every job of a manual run one after another
+  (``jobs.lifecycle.run``, the code a worker runs, without Celery), BLAS pinned to one
+  thread: the work itself, on one core;
+- *1-process worker*: the nightly run (``consolidation.run_scheduled``) on
+  ``celery -A orchestration.celery_app worker --concurrency 1``: what the chord and
+  the worker add to the same work;
+- *2-process worker*: the same with ``--concurrency 2``, the production defaults
+  (one BLAS thread per process on this 2-CPU machine, largest projects first);
+- *2-process, BLAS unpinned*: the same, but each process keeps OpenBLAS's default of
+  one thread per CPU (``bench/night_unpinned.py``), as before that default existed.
+
+Prints each wall time and the speedup of each worker over the in-process run (a line
+containing ``speedup``). PostgreSQL shares the machine's CPUs with the workers.
+
+    python bench/night.py                                   # 40 projects, 1,000-20,000 memories
+    python bench/night.py --projects 12 --max 6000          # make bench
+
+Servers: ORCHESTRATION_TEST_DATABASE_URL (admin URL) and ORCHESTRATION_TEST_REDIS_URL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from _common import ADMIN_URL, nightly, scratch_redis_db, worker, worker_env  # noqa: E402
+
+SLOT = "2026-01-02T02:00:00+00:00"
+
+
+def sizes(projects: int, low: int, high: int, seed: int) -> list[int]:
+    """Log-normal sizes: the median at the geometric middle of the range, two standard
+    deviations to either end, clipped to it."""
+    rng = np.random.default_rng(seed)
+    middle, spread = (math.log(low) + math.log(high)) / 2, (math.log(high) - math.log(low)) / 4
+    return [int(min(high, max(low, math.exp(x)))) for x in rng.normal(middle, spread, projects)]
+
+
+def _admin():
+    from sqlalchemy import create_engine
+
+    from orchestration.store.db import normalize_url
+
+    return create_engine(normalize_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
+
+
+def _url(name: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    from orchestration.store.db import normalize_url
+
+    return make_url(normalize_url(ADMIN_URL)).set(database=name).render_as_string(hide_password=False)
+
+
+def _create(name: str, template: str | None = None) -> str:
+    from sqlalchemy import text
+
+    engine = _admin()
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
+    engine.dispose()
+    return _url(name)
+
+
+def _drop(name: str) -> None:
+    from sqlalchemy import text
+
+    engine = _admin()
+    with engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+def _seed(url: str, project_sizes: list[int]) -> None:
+    from orchestration.demo.seed import seed
+    from orchestration.store import db, migrate
+
+    migrate.upgrade(url)
+    db.use_database(url)
+    for number, size in enumerate(project_sizes):
+        with db.session_scope() as session:
+            seed(session, 1, size, seed=1000 + number, dim=384)
+    db.dispose()
+
+
+def _in_process(url: str) -> None:
+    """Child: every job of a manual run, one after another (BLAS pinned by the parent)."""
+    from orchestration.jobs import lifecycle
+    from orchestration.nightly import runs
+    from orchestration.settings import get_settings
+    from orchestration.store import db
+    from orchestration.store.statuses import TriggerType
+
+    db.use_database(url)
+    started_at = time.perf_counter()
+    with db.session_scope() as session:
+        started = runs.start_run(session, TriggerType.MANUAL, None, get_settings().default_threshold)
+    assert started is not None
+    for job_id in started.job_ids:
+        assert lifecycle.run(job_id, get_settings()).status == "completed"
+    print(json.dumps({"wall": time.perf_counter() - started_at, "jobs": len(started.job_ids)}))
+
+
+def in_process(url: str) -> float:
+    done = subprocess.run(
+        [sys.executable, __file__, "_in_process", url],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "ORCHESTRATION_LOG_LEVEL": "WARNING"},
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"in-process run failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])["wall"]
+
+
+def nightly_on(url: str, broker: str, app: str, concurrency: int) -> float:
+    from orchestration.store import db
+
+    db.use_database(url)
+    try:
+        with worker(app, worker_env(url, broker), concurrency=concurrency):
+            return nightly(broker, SLOT, 3600)[0]
+    finally:
+        db.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--projects", type=int, default=40)
+    parser.add_argument("--min", type=int, default=1000)
+    parser.add_argument("--max", type=int, default=20000)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    project_sizes = sizes(args.projects, args.min, args.max, args.seed)
+    print(
+        f"{args.projects} projects, {sum(project_sizes):,} memories (sizes {min(project_sizes):,} to "
+        f"{max(project_sizes):,}, median {int(np.median(project_sizes)):,}), 384 dimensions",
+        flush=True,
+    )
+    template = f"orch_night_{uuid.uuid4().hex[:8]}"
+    broker, redis_client = scratch_redis_db()
+    variants = {
+        "in-process": lambda url: in_process(url),
+        "1-process worker": lambda url: nightly_on(url, broker, "orchestration.celery_app", 1),
+        "2-process worker": lambda url: nightly_on(url, broker, "orchestration.celery_app", 2),
+        "2-process, BLAS unpinned": lambda url: nightly_on(url, broker, "night_unpinned", 2),
+    }
+    walls: dict[str, float] = {}
+    try:
+        started = time.perf_counter()
+        _seed(_create(template), project_sizes)
+        print(f"seeded in {time.perf_counter() - started:.0f}s", flush=True)
+        for name, measure in variants.items():
+            copy = f"{template}_{len(walls)}"
+            try:
+                walls[name] = measure(_create(copy, template))
+            finally:
+                _drop(copy)
+            redis_client.flushdb()
+            print(f"{name:<26} {walls[name]:7.2f}s", flush=True)
+    finally:
+        _drop(template)
+        redis_client.flushdb()
+    base = walls["in-process"]
+    print(f"1-process worker / in-process: {walls['1-process worker'] / base:.2f}")
+    for name in ("2-process worker", "2-process, BLAS unpinned"):
+        print(f"speedup of the {name} over in-process: {base / walls[name]:.2f}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "_in_process":
+        _in_process(sys.argv[2])
+    else:
+        main()

@@ -1,0 +1,108 @@
+"""A job's start and end on PostgreSQL, each as one statement.
+
+Every job of every night starts and ends, so these two are the hot path of a run:
+each is one data-modifying statement sent in autocommit mode (one round trip, where
+the portable path in ``lifecycle`` needs five: BEGIN, three statements, COMMIT). They
+do exactly what the portable path does in the common case and nothing in the others:
+a start that finds anything unusual (the job finished, its project gone or disabled,
+no attempts left, the project's lock held by a live attempt of this or another job)
+changes nothing, and the caller takes the portable path, which decides under the job
+row's lock.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from orchestration.jobs import heartbeat
+
+_ACTIVE_COUNT = """
+    coalesce((SELECT c.active_count FROM project_memory_counts c WHERE c.project_id = job.project_id), 0)
+    + coalesce((SELECT sum(d.delta) FROM project_memory_count_deltas d WHERE d.project_id = job.project_id), 0)
+"""
+
+# The lock is taken before the attempt is counted: a conflict with a live holder is
+# decided on the latest committed lock row (ON CONFLICT), never on this statement's
+# snapshot, which may predate a concurrent start of the same job.
+START = text(f"""
+WITH job AS (
+    SELECT j.id, j.run_id, j.project_id, j.status, j.attempts, j.started_at, j.error_message,
+           j.celery_task_id, j.options, p.consolidation_options
+    FROM consolidation_jobs j
+    LEFT JOIN projects p ON p.id = j.project_id
+    WHERE j.id = :job_id
+    FOR UPDATE OF j
+), locked AS (
+    INSERT INTO project_locks (project_id, holder, acquired_at, heartbeat_at)
+    SELECT job.project_id, :job_key || '#' || (job.attempts + 1), :now, :now
+    FROM job JOIN projects p ON p.id = job.project_id
+    WHERE job.status IN ('pending', 'running', 'retrying') AND job.attempts < :max_attempts
+      AND (p.consolidation_enabled OR :force)
+    ON CONFLICT (project_id) DO UPDATE
+        SET holder = excluded.holder, acquired_at = excluded.acquired_at, heartbeat_at = excluded.heartbeat_at
+        WHERE project_locks.heartbeat_at < :alive_since
+    RETURNING holder
+), started AS (
+    UPDATE consolidation_jobs AS j
+    SET attempts = job.attempts + 1, status = 'running', started_at = coalesce(job.started_at, :now),
+        heartbeat_at = :now, error_message = NULL, celery_task_id = coalesce(:celery_task_id, job.celery_task_id),
+        memories_before = CASE WHEN job.started_at IS NULL THEN {_ACTIVE_COUNT} ELSE j.memories_before END
+    FROM job
+    WHERE j.id = job.id AND EXISTS (SELECT 1 FROM locked)
+    RETURNING j.attempts
+)
+SELECT job.*, (SELECT attempts FROM started) AS number FROM job
+""")
+
+FINISH = text(f"""
+WITH done AS (
+    UPDATE consolidation_jobs AS job
+    SET status = 'completed', progress = 1.0, memories_after = {_ACTIVE_COUNT},
+        completed_at = :now, heartbeat_at = :now, error_message = NULL
+    WHERE job.id = :job_id AND job.attempts = :attempt
+    RETURNING memories_before, memories_after, clusters_found, memories_merged, memories_archived
+), freed AS (
+    DELETE FROM project_locks WHERE project_id = :project_id AND holder = :holder
+)
+SELECT * FROM done
+""")
+
+
+def start(
+    session: Session,
+    job_id: uuid.UUID,
+    now: datetime,
+    *,
+    max_attempts: int,
+    celery_task_id: str | None,
+    force: bool,
+) -> Any:
+    """Start the job's next attempt, lock taken, if nothing is unusual. The row has the
+    job and its project's options as they were, and ``number``: the attempt started,
+    or ``None`` (the job finished, has no attempts left, its project is gone or
+    disabled, or the project's lock is held); ``None`` if the job does not exist."""
+    return session.execute(
+        START,
+        {
+            "job_id": job_id,
+            "job_key": str(job_id),
+            "now": now,
+            "alive_since": now - heartbeat.LOST_AFTER,
+            "max_attempts": max_attempts,
+            "celery_task_id": celery_task_id,
+            "force": force,
+        },
+    ).first()
+
+
+def finish(session: Session, job_id: uuid.UUID, attempt: int, project_id: uuid.UUID, holder: str, now: datetime) -> Any:
+    """Record the attempt's job completed (fenced on the attempt) and give its lock back;
+    the job's counters, or ``None`` if a newer attempt took the job over."""
+    return session.execute(
+        FINISH, {"job_id": job_id, "attempt": attempt, "project_id": project_id, "holder": holder, "now": now}
+    ).first()
