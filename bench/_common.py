@@ -97,6 +97,14 @@ def client(broker: str):
     return app
 
 
+def _die_with_parent() -> None:
+    """Linux: the worker gets SIGTERM when this benchmark dies, even if it is killed (a
+    timeout), instead of living on and taking the next run's messages."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 @contextmanager
 def worker(app: str, env: dict[str, str], *options: str, concurrency: int = 2) -> Iterator[None]:
     """``celery -A <app> worker`` (prefork), output discarded, answering before the block
@@ -119,6 +127,7 @@ def worker(app: str, env: dict[str, str], *options: str, concurrency: int = 2) -
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=_die_with_parent,
     )
     try:
         probe = ("plain.noop", (0,)) if app == "plain_app" else ("consolidation.prune_audit", ())

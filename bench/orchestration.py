@@ -69,8 +69,9 @@ def _plain(size: int) -> float:
 
     plain = client(os.environ["BENCH_BROKER"])
     noop, collect = plain.signature("plain.noop"), plain.signature("plain.collect")
+    header = [noop.clone(args=(i,)) for i in range(size)]  # a list, as run_scheduled sends it
     started = time.perf_counter()
-    result = chord(noop.clone(args=(i,)) for i in range(size))(collect.clone())
+    result = chord(header)(collect.clone())
     assert result.get(timeout=3600) == size
     return time.perf_counter() - started
 
