@@ -50,9 +50,13 @@ def _crash_recovery_events(project_id) -> None:
     """job.worker_lost, job.already_running, job.superseded, worker.record_failed and
     broker.consumer_timeout, each as its code path writes it."""
     from types import SimpleNamespace
+    from unittest.mock import patch
+
+    from sqlalchemy.exc import OperationalError
 
     from orchestration.celery_app import warn_consumer_timeout
     from orchestration.jobs import heartbeat, lifecycle, recovery
+    from orchestration.jobs.locks import Lease
     from orchestration.store.models import ProjectLock
     from orchestration.worker.requests import JobRequest
 
@@ -79,7 +83,18 @@ def _crash_recovery_events(project_id) -> None:
     def unreachable(*_):
         raise OSError("database unreachable")
 
+    def unreachable_db():
+        raise OperationalError("DELETE FROM project_locks", {}, Exception("connection refused"))
+
     JobRequest._record(SimpleNamespace(_job_id=lambda: job_id), unreachable, "worker lost")
+    # An attempt fails while the database is down: its lock cannot be given back.
+    lease = Lease(project_id, job_id, 9)
+    with (
+        patch.object(lease, "release", lambda _: unreachable_db()),
+        contextlib.suppress(RuntimeError),
+        lease.held(),
+    ):
+        raise RuntimeError("the attempt failed")
     # A project disabled after the run's check: its job is skipped at its start.
     other = next(j for j in started.job_ids if j != job_id)
     with db.session_scope() as session:
