@@ -17,24 +17,41 @@ ADMIN_URL = os.environ.get("ORCHESTRATION_TEST_DATABASE_URL", "postgresql://post
 REDIS_URL = os.environ.get("ORCHESTRATION_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 
 
-def scratch_pg_database() -> tuple[str, Callable[[], None]]:
-    """Create an empty database; returns its URL and a function that drops it."""
-    from sqlalchemy import create_engine, text
+def _admin():
+    from sqlalchemy import create_engine
+
+    from orchestration.store.db import normalize_url
+
+    return create_engine(normalize_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
+
+
+def create_database(name: str, template: str | None = None) -> str:
+    """Create database ``name`` (a copy of ``template`` if given); returns its URL."""
+    from sqlalchemy import text
     from sqlalchemy.engine import make_url
 
     from orchestration.store.db import normalize_url
 
-    name = f"orch_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(normalize_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
+    admin = _admin()
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
+    admin.dispose()
+    return make_url(normalize_url(ADMIN_URL)).set(database=name).render_as_string(hide_password=False)
 
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
-    return make_url(normalize_url(ADMIN_URL)).set(database=name).render_as_string(hide_password=False), drop
+def drop_database(name: str) -> None:
+    from sqlalchemy import text
+
+    admin = _admin()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def scratch_pg_database() -> tuple[str, Callable[[], None]]:
+    """Create an empty database; returns its URL and a function that drops it."""
+    name = f"orch_bench_{uuid.uuid4().hex[:10]}"
+    return create_database(name), lambda: drop_database(name)
 
 
 def scratch_redis_db():

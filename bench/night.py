@@ -42,7 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _common import ADMIN_URL, nightly, scratch_redis_db, worker, worker_env  # noqa: E402
+from _common import create_database, drop_database, nightly, scratch_redis_db, worker, worker_env  # noqa: E402
 
 SLOT = "2026-01-02T02:00:00+00:00"
 
@@ -53,41 +53,6 @@ def sizes(projects: int, low: int, high: int, seed: int) -> list[int]:
     rng = np.random.default_rng(seed)
     middle, spread = (math.log(low) + math.log(high)) / 2, (math.log(high) - math.log(low)) / 4
     return [int(min(high, max(low, math.exp(x)))) for x in rng.normal(middle, spread, projects)]
-
-
-def _admin():
-    from sqlalchemy import create_engine
-
-    from orchestration.store.db import normalize_url
-
-    return create_engine(normalize_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
-
-
-def _url(name: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    from orchestration.store.db import normalize_url
-
-    return make_url(normalize_url(ADMIN_URL)).set(database=name).render_as_string(hide_password=False)
-
-
-def _create(name: str, template: str | None = None) -> str:
-    from sqlalchemy import text
-
-    engine = _admin()
-    with engine.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
-    engine.dispose()
-    return _url(name)
-
-
-def _drop(name: str) -> None:
-    from sqlalchemy import text
-
-    engine = _admin()
-    with engine.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    engine.dispose()
 
 
 def _seed(url: str, project_sizes: list[int]) -> None:
@@ -167,18 +132,18 @@ def main() -> None:
     walls: dict[str, float] = {}
     try:
         started = time.perf_counter()
-        _seed(_create(template), project_sizes)
+        _seed(create_database(template), project_sizes)
         print(f"seeded in {time.perf_counter() - started:.0f}s", flush=True)
         for name, measure in variants.items():
             copy = f"{template}_{len(walls)}"
             try:
-                walls[name] = measure(_create(copy, template))
+                walls[name] = measure(create_database(copy, template))
             finally:
-                _drop(copy)
+                drop_database(copy)
             redis_client.flushdb()
             print(f"{name:<26} {walls[name]:7.2f}s", flush=True)
     finally:
-        _drop(template)
+        drop_database(template)
         redis_client.flushdb()
     base = walls["in-process"]
     print(f"1-process worker / in-process: {walls['1-process worker'] / base:.2f}")

@@ -326,17 +326,18 @@ def _start(job_id: uuid.UUID, settings: Settings, celery_task_id: str | None, fo
 
 
 def consolidate(attempt: Attempt, *, progress: Progress | None = None, changed_by: str = "system") -> JobOutcome:
-    """Consolidate the attempt's project: plan, apply batch by batch, then record the
-    job completed and give its lock back in one transaction (the plan's own, when
-    there is nothing to apply). Any error but :class:`Superseded` becomes
-    :class:`AttemptFailed`, with the lock given back."""
+    """Consolidate the attempt's project: plan, apply batch by batch (when there is
+    anything to apply), then record the job completed and give its lock back in one
+    transaction. Any error but :class:`Superseded` becomes :class:`AttemptFailed`,
+    with the lock given back."""
     report = progress or ProgressRecorder(attempt.job_id)
     try:
         with attempt.lease.held():
             with db.statement_scope() as session:
                 planned = planning.plan(session, attempt.project_id, attempt.options, utcnow())
-            result = ConsolidationResult.of(planned, dry_run=False)
-            if not planned.is_empty:
+            if planned.is_empty:
+                result = ConsolidationResult.of(planned, dry_run=False)
+            else:
                 report("similarity", applying.PLANNED)
                 result = applying.apply(
                     planned,
@@ -386,19 +387,19 @@ def _finish(attempt: Attempt) -> dict[str, int]:
             row = statements.finish(
                 session, attempt.job_id, attempt.number, attempt.project_id, attempt.lease.holder, utcnow()
             )
-        if row is None:
-            raise Superseded(f"job {attempt.job_id}: attempt {attempt.number} was superseded")
-        return dict(row._asdict())
-    with db.session_scope() as session:
-        counters = _complete(session, attempt)
-        attempt.lease.release(session)
-    return counters
+    else:
+        with db.session_scope() as session:
+            row = _complete(session, attempt)
+            attempt.lease.release(session)  # a no-op if a newer attempt took the lock over
+    if row is None:
+        raise Superseded(f"job {attempt.job_id}: attempt {attempt.number} was superseded")
+    return dict(row._asdict())
 
 
-def _complete(session: Session, attempt: Attempt) -> dict[str, int]:
-    """Record the job completed (fenced); returns its counters."""
+def _complete(session: Session, attempt: Attempt) -> Any:
+    """Record the job completed (fenced); its counters, or ``None`` if superseded."""
     now = utcnow()
-    row = session.execute(
+    return session.execute(
         _fenced(attempt)
         .values(
             status=JobStatus.COMPLETED,
@@ -416,9 +417,6 @@ def _complete(session: Session, attempt: Attempt) -> dict[str, int]:
             ConsolidationJob.memories_archived,
         )
     ).one_or_none()
-    if row is None:
-        raise Superseded(f"job {attempt.job_id}: attempt {attempt.number} was superseded")
-    return dict(row._asdict())
 
 
 def close_unfinished(session: Session, job: ConsolidationJob, status: JobStatus, error: str, now: datetime) -> None:

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from orchestration.jobs import heartbeat
 
+# counts.active_count_expr as SQL text: the kept count plus the unfolded deltas.
 _ACTIVE_COUNT = """
     coalesce((SELECT c.active_count FROM project_memory_counts c WHERE c.project_id = job.project_id), 0)
     + coalesce((SELECT sum(d.delta) FROM project_memory_count_deltas d WHERE d.project_id = job.project_id), 0)
