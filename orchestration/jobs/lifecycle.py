@@ -49,13 +49,15 @@ class JobNotFound(LookupError):
 
 class AlreadyRunning(RuntimeError):
     """Another attempt of the job is alive (its lock's heartbeat is fresh): this
-    delivery is a duplicate and must do nothing."""
+    delivery is a duplicate and must not start it. ``task_id`` is the Celery task that
+    started the live attempt, when known."""
 
-    def __init__(self, job_id: uuid.UUID, holder: str, beat: datetime):
+    def __init__(self, job_id: uuid.UUID, holder: str, beat: datetime, task_id: str | None = None):
         super().__init__(
             f"attempt {holder.partition('#')[2] or '?'} of job {job_id} is alive "
-            f"(heartbeat {beat.isoformat()}); this delivery does nothing"
+            f"(heartbeat {beat.isoformat()}); this delivery does not start it"
         )
+        self.task_id = task_id
 
 
 class Superseded(RuntimeError):
@@ -281,7 +283,7 @@ def _start(job_id: uuid.UUID, settings: Settings, celery_task_id: str | None, fo
             log.info("job.already_finished", status=row.status)
             return JobOutcome(str(row.id), row.status, row.error_message)
         if row.holder is not None and job_of(row.holder) == str(row.id) and row.lock_beat >= now - heartbeat.LOST_AFTER:
-            raise AlreadyRunning(row.id, row.holder, row.lock_beat)
+            raise AlreadyRunning(row.id, row.holder, row.lock_beat, row.celery_task_id)
         if row.attempts >= settings.max_retries + 1:
             # Every start counts, and an attempt that ended normally never leaves the
             # job unfinished with no attempts left: the last one died with its worker.

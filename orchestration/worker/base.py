@@ -29,6 +29,8 @@ T = TypeVar("T")
 
 # First retry waits up to this many seconds (full jitter), doubling each time up to the cap.
 RETRY_BACKOFF_BASE = 30
+# A chord's delivery whose job another delivery is running looks again after this long.
+RECHECK_S = 15
 
 
 class OrchestrationTask(Task):
@@ -86,7 +88,10 @@ class JobTask(OrchestrationTask):
     """``consolidation.run_project``: how an attempt's end becomes the task's end.
 
     - a duplicate delivery while the attempt is alive, or an attempt that a newer one
-      superseded: acknowledged with ``Ignore`` (the live attempt counts);
+      superseded: acknowledged with ``Ignore`` (the live attempt counts). But when the
+      live attempt was started by another message (one sent by hand, outside the
+      run's chord), this delivery is the one its chord waits for: it is sent again,
+      as it is, to look after :data:`RECHECK_S` and report the job's outcome;
     - an unknown job: ``task.rejected``;
     - a failure: retried with backoff while attempts are left (every start counts,
       starts whose worker died too), else the job fails; a soft time limit fails it at
@@ -102,7 +107,12 @@ class JobTask(OrchestrationTask):
             log.error("task.rejected", reason=str(exc))
             return {"job_id": str(job_id), "status": "unknown"}
         except lifecycle.AlreadyRunning as exc:
-            log.info("job.already_running", reason=str(exc))
+            # The chord's own delivery, while another message runs its job, looks again.
+            recheck = self.request.chord is not None and exc.task_id != self.request.id
+            log.info("job.already_running", reason=str(exc), recheck_in_s=RECHECK_S if recheck else None)
+            if recheck:
+                # Same task id, place in the chord and retry count: not a retry, a later look.
+                self.signature_from_request(countdown=RECHECK_S).apply_async()
             raise Ignore() from None
         except lifecycle.Superseded:
             raise Ignore() from None

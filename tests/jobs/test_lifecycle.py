@@ -39,9 +39,17 @@ def test_a_finished_job_is_not_started_again(job_ids, settings):
 
 
 def test_a_second_delivery_while_the_attempt_is_alive_does_nothing(attempt, settings):
-    with pytest.raises(lifecycle.AlreadyRunning, match="attempt 1 of job .* is alive"):
+    with pytest.raises(lifecycle.AlreadyRunning, match="attempt 1 of job .* is alive") as raised:
         lifecycle.begin_attempt(attempt.job_id, settings)
+    assert raised.value.task_id is None  # started by hand, not by a Celery task
     assert job_row(attempt.job_id).attempts == 1 and lock_holders() == [f"{attempt.job_id}#1"]
+
+
+def test_a_second_delivery_learns_which_task_runs_the_job(job_ids, settings):
+    lifecycle.begin_attempt(job_ids[0], settings, celery_task_id="the-first-delivery")
+    with pytest.raises(lifecycle.AlreadyRunning) as raised:
+        lifecycle.begin_attempt(job_ids[0], settings, celery_task_id="another-delivery")
+    assert raised.value.task_id == "the-first-delivery"
 
 
 @pytest.mark.parametrize(

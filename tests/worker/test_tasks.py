@@ -387,6 +387,36 @@ def test_a_duplicate_delivery_while_the_job_is_alive_does_nothing(celery_worker,
     assert lifecycle.consolidate(live).status == "completed"  # the live attempt finishes undisturbed
 
 
+def test_a_chord_completes_when_a_message_sent_by_hand_runs_one_of_its_jobs(
+    celery_worker, sqlite_database, captured_logs, monkeypatch
+):
+    from celery import chord
+
+    from orchestration.jobs import lifecycle
+    from orchestration.nightly import runs
+    from orchestration.worker import base
+
+    monkeypatch.setattr(base, "RECHECK_S", 0.5)  # 15 s in production: the fault suite runs with it
+    _seed(projects=3)
+    with db.session_scope() as session:
+        started = runs.start_run(session, "manual", None, 1000)
+    job_id = started.job_ids[0]
+    # Another message (sent by hand, outside the chord) started the job first.
+    live = lifecycle.begin_attempt(job_id, get_settings(), celery_task_id=str(uuid.uuid4()))
+    chord(run_project.s(str(j)) for j in started.job_ids)(finalize_run.s(str(started.run_id)))
+    wait_until(
+        lambda: sum(e.get("recheck_in_s") is not None for e in captured_logs()) >= 2,
+        what="the chord's delivery looking again",
+    )
+    with db.session_scope() as session:
+        assert session.get(ConsolidationRun, started.run_id).status == "running"  # waiting for that job
+    assert lifecycle.consolidate(live).status == "completed"
+    run = wait_for_run(lambda s: s.get(ConsolidationRun, started.run_id))
+    assert run.status == "completed" and run.jobs_completed == len(started.job_ids)
+    with db.session_scope() as session:
+        assert session.get(ConsolidationJob, job_id).attempts == 1  # looked, never started again
+
+
 def test_a_job_with_no_attempts_left_fails_at_its_start(celery_worker, sqlite_database, settings_env):
     from orchestration.nightly import runs
 
