@@ -178,6 +178,7 @@ def consolidate(project_id: str, dry_run: bool, force: bool, as_json: bool) -> N
         f"  active memories {document['memories_before']} -> {document['memories_after']}\n"
         f"  {label} merge {document['memories_merged']} memories into {document['clusters_found']} consolidated\n"
         f"  {label} archive {document['memories_archived']} stale memories"
+        + (f"\n  value guard kept {document['pairs_kept_apart']} similar pairs apart" if dry_run else "")
     )
 
 

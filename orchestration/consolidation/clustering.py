@@ -7,6 +7,10 @@ representative; all its unassigned neighbours join its cluster. So **every membe
 at least the threshold similar to its cluster's representative**, the memory the
 merged text is built around.
 
+With the value guard (:mod:`values`), a neighbour joins a cluster only if it states
+no value that conflicts with the representative's or an earlier member's; one that
+does stays free for a later representative.
+
 Why not connected components: similarity is not transitive, so components chain
 A~B~C into one cluster even when A and C are unrelated, and a long chain can swallow
 a whole topic. Star clusters cannot drift that way, and the result is deterministic.
@@ -18,7 +22,7 @@ block: peak memory is one ``block x n`` float32 matrix, never ``n x n``.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -43,32 +47,55 @@ def similar_pairs(vectors: np.ndarray, threshold: float, block: int = DEFAULT_BL
     return neighbours
 
 
+Clusters = list[tuple[int, list[tuple[int, float]]]]
+
+
 def star_clusters(
     vectors: np.ndarray,
     priority: Sequence[int],
     threshold: float,
     min_size: int = 2,
     block: int = DEFAULT_BLOCK,
-) -> list[tuple[int, list[tuple[int, float]]]]:
+    apart: Callable[[int, int], bool] | None = None,
+) -> Clusters:
     """Clusters as ``(representative, [(member, similarity_to_representative), ...])``.
 
     ``priority`` lists row indexes, most preferred representative first. Members are
-    ordered by priority too; the representative is not among them.
+    ordered by priority too; the representative is not among them. ``apart(i, j)``
+    says that two rows must never share a cluster.
     """
-    neighbours = similar_pairs(vectors, threshold, block)
+    return clusters_of(similar_pairs(vectors, threshold, block), priority, min_size, apart)
+
+
+def clusters_of(
+    neighbours: Mapping[int, Mapping[int, float]],
+    priority: Sequence[int],
+    min_size: int = 2,
+    apart: Callable[[int, int], bool] | None = None,
+) -> Clusters:
+    """:func:`star_clusters` from a neighbour map already computed."""
     rank = {index: position for position, index in enumerate(priority)}
     assigned: set[int] = set()
-    clusters: list[tuple[int, list[tuple[int, float]]]] = []
+    clusters: Clusters = []
     for rep in priority:
         if rep in assigned or rep not in neighbours:
             continue
-        members = sorted(
+        candidates = sorted(
             ((j, s) for j, s in neighbours[rep].items() if j not in assigned),
             key=lambda item: rank[item[0]],
         )
+        members: list[tuple[int, float]] = []
+        for j, s in candidates:
+            if apart is None or not any(apart(j, k) for k in (rep, *(m for m, _ in members))):
+                members.append((j, s))
         if len(members) + 1 < min_size:
             continue
         assigned.add(rep)
         assigned.update(j for j, _ in members)
         clusters.append((rep, members))
     return clusters
+
+
+def pairs_apart(neighbours: Mapping[int, Mapping[int, float]], apart: Callable[[int, int], bool]) -> int:
+    """How many neighbour pairs ``apart`` keeps out of any one cluster."""
+    return sum(1 for i, row in neighbours.items() for j in row if i < j and apart(i, j))

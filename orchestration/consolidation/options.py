@@ -29,6 +29,7 @@ class ConsolidationOptions:
     same_type_only: bool = True
     archive_stale_days: int = 90
     archive_min_reuse: int = 3
+    value_guard: bool = True  # never cluster memories that state different values (values.py)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -15,10 +15,12 @@ import numpy as np
 from sqlalchemy import ColumnElement, and_, case, select
 from sqlalchemy.orm import Session
 
-from orchestration.consolidation.clustering import star_clusters
+from orchestration.consolidation import values
+from orchestration.consolidation.clustering import clusters_of, pairs_apart, similar_pairs
 from orchestration.consolidation.embeddings import normalize_rows, to_bytes
 from orchestration.consolidation.options import ConsolidationOptions
 from orchestration.consolidation.spaces import LEXICAL, effective_types, vector_spaces
+from orchestration.store.db import chunks
 from orchestration.store.models import TaskMemory
 
 
@@ -41,6 +43,7 @@ class Plan:
     clusters: list[Cluster] = field(default_factory=list)
     archive: list[uuid.UUID] = field(default_factory=list)
     skipped_invalid: int = 0
+    pairs_kept_apart: int = 0  # similar pairs the value guard kept out of one cluster
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -87,7 +90,7 @@ def plan(session: Session, project_id: uuid.UUID, options: ConsolidationOptions,
             for i in indexes:
                 groups[types.get(rows[i].id, "*")].append(i)
             for _, members in sorted(groups.items()):
-                result.clusters.extend(_cluster_group(rows, vectors, members, options, lexical=space == LEXICAL))
+                result.clusters.extend(_cluster_group(session, result, rows, vectors, members, options, space))
         in_cluster = {m for c in result.clusters for m in c.source_ids}
     result.timings["similarity"] = time.perf_counter() - started - result.timings["load"]
     if options.archive:
@@ -106,11 +109,13 @@ def is_stale(row: Any, options: ConsolidationOptions, cutoff: datetime) -> bool:
 
 
 def _cluster_group(
+    session: Session,
+    result: Plan,
     rows: Sequence[Any],
     vectors: list[np.ndarray | None],
     members: list[int],
     options: ConsolidationOptions,
-    lexical: bool,
+    space: str,
 ) -> list[Cluster]:
     if len(members) < options.min_cluster_size:
         return []
@@ -121,11 +126,16 @@ def _cluster_group(
         range(len(members)),
         key=lambda k: (-rows[members[k]].reused_count, rows[members[k]].learned_at, str(rows[members[k]].id)),
     )
+    neighbours = similar_pairs(matrix, options.similarity_threshold)
+    apart = None
+    if options.value_guard and neighbours:
+        apart = value_guard(session, [rows[members[k]] for k in range(len(members))], neighbours)
+        result.pairs_kept_apart += pairs_apart(neighbours, apart)
     clusters = []
-    for rep, cluster_members in star_clusters(matrix, priority, options.similarity_threshold, options.min_cluster_size):
+    for rep, cluster_members in clusters_of(neighbours, priority, options.min_cluster_size, apart):
         indexes = [rep, *(k for k, _ in cluster_members)]
         embedding = None
-        if not lexical:
+        if space != LEXICAL:
             mean = matrix[indexes].mean(axis=0)
             embedding = to_bytes(mean / (np.linalg.norm(mean) or 1.0))
         clusters.append(
@@ -136,3 +146,15 @@ def _cluster_group(
             )
         )
     return clusters
+
+
+def value_guard(session: Session, rows: Sequence[Any], neighbours: Mapping[int, Any]) -> Callable[[int, int], bool]:
+    """``apart(i, j)``: rows ``i`` and ``j`` state conflicting values. Only rows with a
+    neighbour above the threshold are read and parsed, once each."""
+    texts = {rows[i].id: rows[i].lexical_text for i in neighbours if rows[i].lexical_text is not None}
+    missing = [rows[i].id for i in neighbours if rows[i].id not in texts]
+    for chunk in chunks(missing):
+        query = select(TaskMemory.id, TaskMemory.content).where(TaskMemory.id.in_(chunk))
+        texts.update((memory_id, content) for memory_id, content in session.execute(query))
+    stated = {i: values.extract(texts.get(rows[i].id) or "") for i in neighbours}
+    return lambda i, j: values.conflict(stated[i], stated[j])

@@ -19,6 +19,7 @@ class ConsolidationResult:
     memories_archived: int = 0
     skipped_invalid: int = 0
     conflicts: int = 0
+    pairs_kept_apart: int = 0  # similar pairs the value guard kept apart
     clusters: list[dict[str, Any]] = field(default_factory=list)
     archived: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
@@ -32,6 +33,7 @@ class ConsolidationResult:
             memories_before=plan.memories_before,
             memories_after=plan.memories_before,
             skipped_invalid=plan.skipped_invalid,
+            pairs_kept_apart=plan.pairs_kept_apart,
             timings=dict(plan.timings),
         )
 

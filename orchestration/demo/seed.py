@@ -194,7 +194,7 @@ def _seed_project(session: Session, gen: _Generator, number: int, kind: str, cou
                 add(
                     gen.near(base),
                     memory_type,
-                    " ".join([*shared, gen.sentence(f"Detail {len(rows)}")]),
+                    " ".join([*shared, gen.sentence("Detail")]),
                     reused_count=10 - k,
                 )
                 for k in range(size)
@@ -203,7 +203,7 @@ def _seed_project(session: Session, gen: _Generator, number: int, kind: str, cou
     for _ in range(budget["near"] // 2):
         a, memory_type = gen.unit(), str(gen.rng.choice(BASE_TYPES))
         b = gen.at_similarity(a, NEAR_MISS_SIMILARITY)
-        manifest.near_miss.append([add(v, memory_type, gen.sentence(f"Near miss {len(rows)}")) for v in (a, b)])
+        manifest.near_miss.append([add(v, memory_type, gen.sentence("Near miss")) for v in (a, b)])
     old = gen.now - timedelta(days=STALE_DAYS)
     for _ in range(budget["stale"]):
         manifest.stale.append(

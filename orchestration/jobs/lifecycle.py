@@ -360,6 +360,7 @@ def consolidate(attempt: Attempt, *, progress: Progress | None = None, changed_b
         duration_s=round(time.monotonic() - attempt.started, 3),
         skipped_invalid=result.skipped_invalid,
         conflicts=result.conflicts,
+        pairs_kept_apart=result.pairs_kept_apart,
         **counters,
     )
     return JobOutcome(str(attempt.job_id), JobStatus.COMPLETED)

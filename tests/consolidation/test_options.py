@@ -13,6 +13,7 @@ def test_defaults():
         "same_type_only": True,
         "archive_stale_days": 90,
         "archive_min_reuse": 3,
+        "value_guard": True,
     }
 
 
