@@ -11,6 +11,7 @@ import getpass
 import sys
 import uuid
 from collections.abc import Sequence
+from dataclasses import asdict
 from datetime import timedelta
 from typing import Any
 
@@ -180,6 +181,27 @@ def consolidate(project_id: str, dry_run: bool, force: bool, as_json: bool) -> N
         f"  {label} archive {document['memories_archived']} stale memories"
         + (f"\n  value guard kept {document['pairs_kept_apart']} similar pairs apart" if dry_run else "")
     )
+
+
+@main.command()
+@click.argument("project_id")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def similarity(project_id: str, as_json: bool) -> None:
+    """How similar a project's memories are: to pick its similarity_threshold."""
+    from orchestration.consolidation.calibration import calibrate
+    from orchestration.consolidation.options import InvalidOptions, resolve_options
+
+    project = _find(Project, project_id, "project")
+    try:
+        options = resolve_options(project.consolidation_options)
+    except InvalidOptions as exc:
+        raise CliError(str(exc)) from None
+    with db.session_scope() as session:
+        report = calibrate(session, project.id, options)
+    if as_json:
+        _echo_json(asdict(report))
+        return
+    click.echo(reports.calibration_text(report, project.name))
 
 
 def _user() -> str:

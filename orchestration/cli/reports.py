@@ -7,7 +7,7 @@ import json
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import case, select
 
@@ -15,6 +15,9 @@ from orchestration.store.db import session_scope
 from orchestration.store.documents import jsonable, row_dict
 from orchestration.store.models import ConsolidationJob, ConsolidationRun, Project
 from orchestration.store.statuses import JobStatus
+
+if TYPE_CHECKING:
+    from orchestration.consolidation.calibration import Calibration
 
 
 def dumps(document: Any) -> str:
@@ -159,3 +162,43 @@ def job_text(doc: dict[str, Any]) -> str:
     if doc.get("error_message"):
         lines.append(f"  error: {_first_line(doc['error_message'], 200)}")
     return "\n".join(lines)
+
+
+def calibration_text(report: Calibration, name: str) -> str:
+    """``orchestration similarity`` for people: distribution, thresholds, sample pairs."""
+    guard = "on" if report.value_guard else "off"
+    lines = [
+        f"project {name} ({report.project_id}): {report.memories} active memories, {report.compared} compared, "
+        f"threshold {report.threshold:.2f}, value guard {guard}"
+        + (f", {report.skipped_invalid} with invalid embeddings skipped" if report.skipped_invalid else ""),
+        "",
+        "nearest-neighbour similarity: "
+        + "  ".join(f"{k} {'-' if v is None else f'{v:.3f}'}" for k, v in report.nearest.items()),
+    ]
+    most = max((bin_["memories"] for bin_ in report.histogram), default=0) or 1
+    for bin_ in report.histogram:
+        bar = "#" * round(40 * bin_["memories"] / most)
+        lines.append(f"  {bin_['from']:>5.2f} - {bin_['to']:<4.2f} {bin_['memories']:>7}  {bar}")
+    lines += ["", "what would merge at each threshold (* the project's):"]
+    rows = [
+        (
+            f"{row.threshold:.2f}" + (" *" if row.threshold == report.threshold else ""),
+            row.memories_with_neighbour,
+            row.memories_merged,
+            row.clusters,
+            row.pairs_kept_apart,
+        )
+        for row in report.thresholds
+    ]
+    lines.append(table(["threshold", "with a neighbour", "merged", "clusters", "kept apart"], rows))
+    for title, pairs in (("just at or above", report.above), ("just below", report.below)):
+        lines += ["", f"pairs {title} {report.threshold:.2f}:"]
+        lines += [
+            f"  {p['similarity']:.3f}  {_clip(p['a']['content'])}\n         {_clip(p['b']['content'])}" for p in pairs
+        ] or ["  (none)"]
+    return "\n".join(lines)
+
+
+def _clip(text: str, width: int = 100) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"

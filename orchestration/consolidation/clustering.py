@@ -47,6 +47,19 @@ def similar_pairs(vectors: np.ndarray, threshold: float, block: int = DEFAULT_BL
     return neighbours
 
 
+def nearest(vectors: np.ndarray, block: int = DEFAULT_BLOCK) -> np.ndarray:
+    """Each row's similarity to its most similar other row (``-1`` for a lone row)."""
+    n = len(vectors)
+    best = np.full(n, -1.0, dtype=np.float32)
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        sims = vectors[start:stop] @ vectors.T
+        sims[np.arange(stop - start), np.arange(start, stop)] = -np.inf  # not itself
+        if n > 1:
+            best[start:stop] = sims.max(axis=1)
+    return best
+
+
 Clusters = list[tuple[int, list[tuple[int, float]]]]
 
 

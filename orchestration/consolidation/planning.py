@@ -57,11 +57,10 @@ def active_filter() -> ColumnElement[bool]:
     return and_(~TaskMemory.is_duplicate, ~TaskMemory.is_archived)
 
 
-def plan(session: Session, project_id: uuid.UUID, options: ConsolidationOptions, now: datetime) -> Plan:
-    """Read the project's active memories and decide what to merge and archive."""
-    started = time.perf_counter()
+def read_active(session: Session, project_id: uuid.UUID) -> Sequence[Any]:
+    """The project's active memories, with what planning needs of each."""
     # Plain Core rows: the ORM adds nothing to a column select but per-row overhead.
-    rows = (
+    return (
         session.connection()
         .execute(
             select(
@@ -79,18 +78,57 @@ def plan(session: Session, project_id: uuid.UUID, options: ConsolidationOptions,
         )
         .all()
     )
+
+
+@dataclass
+class Group:
+    """Memories compared with each other: one vector space and, by default, one type."""
+
+    space: str
+    members: list[int]  # row indexes, ascending
+    matrix: np.ndarray  # their unit vectors, in that order
+    priority: list[int]  # positions in ``members``, the preferred representative first
+
+
+def comparison_groups(
+    session: Session,
+    rows: Sequence[Any],
+    spaces: dict[str, list[int]],
+    vectors: list[np.ndarray | None],
+    options: ConsolidationOptions,
+) -> list[Group]:
+    """The groups whose memories are compared, each of at least ``min_cluster_size``."""
+    types = effective_types(session, rows) if options.same_type_only else {}
+    found = []
+    for space, indexes in sorted(spaces.items()):
+        by_type: dict[str, list[int]] = defaultdict(list)
+        for i in indexes:
+            by_type[types.get(rows[i].id, "*")].append(i)
+        for _, members in sorted(by_type.items()):
+            if len(members) < options.min_cluster_size:
+                continue
+            # Every member has a vector: the groups are made from the vector spaces.
+            matrix = normalize_rows(np.stack([cast(np.ndarray, vectors[i]) for i in members]))
+            # Most reused first, then the oldest, then by id: the representative is the most reused source.
+            priority = sorted(
+                range(len(members)),
+                key=lambda k: (-rows[members[k]].reused_count, rows[members[k]].learned_at, str(rows[members[k]].id)),
+            )
+            found.append(Group(space, members, matrix, priority))
+    return found
+
+
+def plan(session: Session, project_id: uuid.UUID, options: ConsolidationOptions, now: datetime) -> Plan:
+    """Read the project's active memories and decide what to merge and archive."""
+    started = time.perf_counter()
+    rows = read_active(session, project_id)
     result = Plan(project_id=project_id, memories_before=len(rows), versions={r.id: r.version for r in rows})
     spaces, vectors, result.skipped_invalid = vector_spaces(rows)
     result.timings["load"] = time.perf_counter() - started
     in_cluster: set[uuid.UUID] = set()
     if options.merge:
-        types = effective_types(session, rows) if options.same_type_only else {}
-        for space, indexes in sorted(spaces.items()):
-            groups: dict[str, list[int]] = defaultdict(list)
-            for i in indexes:
-                groups[types.get(rows[i].id, "*")].append(i)
-            for _, members in sorted(groups.items()):
-                result.clusters.extend(_cluster_group(session, result, rows, vectors, members, options, space))
+        for group in comparison_groups(session, rows, spaces, vectors, options):
+            result.clusters.extend(_cluster_group(session, result, rows, group, options))
         in_cluster = {m for c in result.clusters for m in c.source_ids}
     result.timings["similarity"] = time.perf_counter() - started - result.timings["load"]
     if options.archive:
@@ -109,39 +147,24 @@ def is_stale(row: Any, options: ConsolidationOptions, cutoff: datetime) -> bool:
 
 
 def _cluster_group(
-    session: Session,
-    result: Plan,
-    rows: Sequence[Any],
-    vectors: list[np.ndarray | None],
-    members: list[int],
-    options: ConsolidationOptions,
-    space: str,
+    session: Session, result: Plan, rows: Sequence[Any], group: Group, options: ConsolidationOptions
 ) -> list[Cluster]:
-    if len(members) < options.min_cluster_size:
-        return []
-    # Every member has a vector: the groups are made from the vector spaces.
-    matrix = normalize_rows(np.stack([cast(np.ndarray, vectors[i]) for i in members]))
-    # Most reused first, then the oldest, then by id: the representative is the most reused source.
-    priority = sorted(
-        range(len(members)),
-        key=lambda k: (-rows[members[k]].reused_count, rows[members[k]].learned_at, str(rows[members[k]].id)),
-    )
-    neighbours = similar_pairs(matrix, options.similarity_threshold)
+    neighbours = similar_pairs(group.matrix, options.similarity_threshold)
     apart = None
     if options.value_guard and neighbours:
-        apart = value_guard(session, [rows[members[k]] for k in range(len(members))], neighbours)
+        apart = value_guard(session, [rows[i] for i in group.members], neighbours)
         result.pairs_kept_apart += pairs_apart(neighbours, apart)
     clusters = []
-    for rep, cluster_members in clusters_of(neighbours, priority, options.min_cluster_size, apart):
+    for rep, cluster_members in clusters_of(neighbours, group.priority, options.min_cluster_size, apart):
         indexes = [rep, *(k for k, _ in cluster_members)]
         embedding = None
-        if space != LEXICAL:
-            mean = matrix[indexes].mean(axis=0)
+        if group.space != LEXICAL:
+            mean = group.matrix[indexes].mean(axis=0)
             embedding = to_bytes(mean / (np.linalg.norm(mean) or 1.0))
         clusters.append(
             Cluster(
-                representative=rows[members[rep]].id,
-                members=[(rows[members[k]].id, round(s, 6)) for k, s in cluster_members],
+                representative=rows[group.members[rep]].id,
+                members=[(rows[group.members[k]].id, round(s, 6)) for k, s in cluster_members],
                 embedding=embedding,
             )
         )
