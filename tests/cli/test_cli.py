@@ -70,6 +70,27 @@ def test_consolidate_text_output(sqlite_database):
     project = _seed()[0]
     out = cli("consolidate", project["id"], "--dry-run")
     assert out.startswith("dry run: project project-000-eligible") and "would merge" in out
+    assert "value guard kept 0 similar pairs apart" in out
+
+
+def test_similarity_report(sqlite_database):
+    project = _seed()[0]
+    dry = json.loads(cli("consolidate", project["id"], "--dry-run", "--json"))
+    report = json.loads(cli("similarity", project["id"][:8], "--json"))
+    assert set(report) == {
+        "project_id", "memories", "compared", "skipped_invalid", "threshold", "value_guard",
+        "nearest", "histogram", "thresholds", "above", "below",
+    }  # fmt: skip
+    assert report["project_id"] == project["id"] and report["memories"] == dry["memories_before"]
+    assert list(report["nearest"]) == ["p10", "p25", "p50", "p75", "p90", "p99", "max"]
+    assert sum(b["memories"] for b in report["histogram"]) == report["compared"]
+    (current,) = [row for row in report["thresholds"] if row["threshold"] == report["threshold"]]
+    assert (current["memories_merged"], current["clusters"]) == (dry["memories_merged"], dry["clusters_found"])
+    merged = [row["memories_merged"] for row in report["thresholds"]]
+    assert merged == sorted(merged, reverse=True) and len(merged) == 10  # fewer merge as the threshold rises
+    out = cli("similarity", project["id"])
+    assert "nearest-neighbour similarity: p10" in out and "0.90 *" in out and "pairs just below 0.90:" in out
+    assert cli("similarity", str(uuid.uuid4()), code=1).startswith("Error: no project")
 
 
 @pytest.mark.parametrize("case", ["unknown", "disabled", "malformed", "not-an-id"])

@@ -1,6 +1,6 @@
 import numpy as np
 
-from orchestration.consolidation.clustering import similar_pairs, star_clusters
+from orchestration.consolidation.clustering import clusters_of, nearest, pairs_apart, similar_pairs, star_clusters
 from orchestration.consolidation.embeddings import LEXICAL_DIM, from_bytes, lexical_embedding, normalize_rows, to_bytes
 
 
@@ -51,3 +51,26 @@ def test_lexical_embedding_is_deterministic_and_unit_length():
 def test_vector_bytes_round_trip():
     v = np.array([0.5, -1.25, 3.0], dtype=np.float32)
     assert np.array_equal(from_bytes(to_bytes(v)), v) and len(to_bytes(v)) == 12
+
+
+def test_a_neighbour_apart_from_the_representative_or_a_member_stays_out():
+    # Four near-identical rows; 1 conflicts with the representative 0, 3 with the member 2.
+    neighbours = {i: {j: 0.95 for j in range(4) if j != i} for i in range(4)}
+    conflicts = {frozenset((0, 1)), frozenset((2, 3))}
+
+    def apart(i, j):
+        return frozenset((i, j)) in conflicts
+
+    assert clusters_of(neighbours, [0, 1, 2, 3], apart=apart) == [(0, [(2, 0.95)]), (1, [(3, 0.95)])]
+    assert clusters_of(neighbours, [0, 1, 2, 3]) == [(0, [(1, 0.95), (2, 0.95), (3, 0.95)])]
+    assert pairs_apart(neighbours, apart) == 2
+
+
+def test_nearest_is_each_rows_best_other_row():
+    rng = np.random.default_rng(3)
+    vectors = _unit(rng, 50, 8)
+    full = vectors @ vectors.T
+    np.fill_diagonal(full, -np.inf)
+    for block in (1, 7, 4096):
+        assert np.allclose(nearest(vectors, block=block), full.max(axis=1))
+    assert nearest(vectors[:1]).tolist() == [-1.0]
