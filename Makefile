@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/orchestration.py --sizes 100,1000
 	$(BIN)/python bench/eligibility.py --projects 2000 --memories 200000
 	$(BIN)/python bench/night.py --projects 12 --max 6000
+	$(BIN)/python bench/quality.py
 
 ## check: models and migrations agree (alembic check) on a scratch SQLite database
 check: $(STAMP)

@@ -151,19 +151,31 @@ def main() -> int:
         on["recall_drop"] = round(off["recall"] - on["recall"], 3)
         if on["precision"] < PRECISION_TARGET or on["recall_drop"] > RECALL_DROP:
             missed.append(on["threshold"])
+    verdict = "met at every threshold" if not missed else f"missed at {', '.join(map(str, missed))}"
     if args.json:
-        print(json.dumps({"model": model, "sentences": len(texts), "same_pairs": len(same),
-                          "value_pairs": len(differ), "results": rows}, indent=2))  # fmt: skip
-    else:
-        print(f"{len(texts)} sentences ({len(same)} pairs that say the same thing, {len(differ)} that differ in "
-              f"one value), embedded by {model}")  # fmt: skip
-        print(f"{'threshold':>9} {'guard':>5} {'merged':>6} {'precision':>9} {'recall':>6} "
-              f"{'value merges':>12} {'kept apart':>10}")  # fmt: skip
-        for r in rows:
-            print(f"{r['threshold']:>9.2f} {'on' if r['value_guard'] else 'off':>5} {r['merged_pairs']:>6} "
-                  f"{r['precision']:>9.3f} {r['recall']:>6.3f} {r['value_merges']:>12} {r['pairs_kept_apart']:>10}")  # fmt: skip
-        print(f"targets: precision >= {PRECISION_TARGET} with the guard, recall drop <= {RECALL_DROP}: "
-              + ("met at every threshold" if not missed else f"missed at {', '.join(map(str, missed))}"))  # fmt: skip
+        document = {"model": model, "sentences": len(texts), "same_pairs": len(same), "value_pairs": len(differ)}
+        print(json.dumps({**document, "results": rows, "targets": verdict}, indent=2))
+        return 1 if args.check and missed else 0
+    print(
+        f"{len(texts)} sentences ({len(same)} pairs that say the same thing, {len(differ)} that differ in one value), "
+        f"embedded by {model}"
+    )
+    line = "{:>9} {:>5} {:>6} {:>9} {:>6} {:>12} {:>10}"
+    print(line.format("threshold", "guard", "merged", "precision", "recall", "value merges", "kept apart"))
+    for r in rows:
+        guard = "on" if r["value_guard"] else "off"
+        print(
+            line.format(
+                f"{r['threshold']:.2f}",
+                guard,
+                r["merged_pairs"],
+                f"{r['precision']:.3f}",
+                f"{r['recall']:.3f}",
+                r["value_merges"],
+                r["pairs_kept_apart"],
+            )
+        )
+    print(f"targets: precision >= {PRECISION_TARGET} with the guard, recall drop <= {RECALL_DROP}: {verdict}")
     return 1 if args.check and missed else 0
 
 

@@ -73,3 +73,15 @@ def test_fanout_benchmark(pg_template, redis_url):
     rows = re.findall(r"^\s+(20|60)\s+[\d.]+s\s+[\d.]+s\s+[\d.-]+\s+[\d.]+MB\s+[\d.]+s$", out, re.M)
     assert rows == ["20", "60"], out
     assert re.search(r"run per project grows [\d.]+x from N=20 to N=60", out), out
+
+
+def test_quality_benchmark():
+    """Without the optional model: the lexical fallback, scored against the labels."""
+    import json
+
+    report = json.loads(_bench("quality.py", "--thresholds", "0.7", "--json", "--check"))
+    off, on = report["results"]
+    assert report["model"].startswith("lexical fallback") and report["same_pairs"] == 54
+    assert (off["value_guard"], on["value_guard"]) == (False, True)
+    assert on["value_merges"] == 0 < off["value_merges"] and on["pairs_kept_apart"] > 0
+    assert on["precision"] >= 0.97
