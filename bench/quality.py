@@ -29,7 +29,6 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -72,32 +71,13 @@ def embed(texts: list[str]) -> tuple[list[bytes | None], str]:
 
 
 def store(url: str, texts: list[str], embeddings: list[bytes | None]) -> tuple[uuid.UUID, list[uuid.UUID]]:
+    from orchestration.demo.seed import plant_texts
     from orchestration.store import db, migrate
-    from orchestration.store.models import Project, TaskMemory
-    from orchestration.store.types import utcnow
 
     migrate.upgrade(url)
     db.use_database(url)
-    now = utcnow()
-    project_id = uuid.uuid4()
-    ids = [uuid.uuid4() for _ in texts]
     with db.session_scope() as session:
-        session.add(Project(id=project_id, name="quality"))
-        session.flush()
-        for k, (memory_id, text, embedding) in enumerate(zip(ids, texts, embeddings, strict=True)):
-            session.add(
-                TaskMemory(
-                    id=memory_id,
-                    project_id=project_id,
-                    memory_type="learning",
-                    content=text,
-                    embedding=embedding,
-                    reused_count=5,
-                    learned_at=now - timedelta(minutes=k),
-                    last_reused_at=now,
-                )
-            )
-    return project_id, ids
+        return plant_texts(session, "quality", texts, embeddings)
 
 
 def evaluate(project_id: uuid.UUID, ids: list[uuid.UUID], threshold: float, guard: bool, labels) -> dict:

@@ -62,13 +62,12 @@ def calibrate(session: Session, project_id: uuid.UUID, options: ConsolidationOpt
     """The report for the project's active memories under ``options``."""
     rows = read_active(session, project_id)
     spaces, vectors, invalid = vector_spaces(rows)
-    groups = comparison_groups(session, rows, spaces, vectors, options)
     current = options.similarity_threshold
     levels = sorted({*THRESHOLDS, current})
     report = Calibration(
         project_id=str(project_id),
         memories=len(rows),
-        compared=sum(len(g.members) for g in groups),
+        compared=0,
         skipped_invalid=invalid,
         threshold=current,
         value_guard=options.value_guard,
@@ -77,11 +76,14 @@ def calibrate(session: Session, project_id: uuid.UUID, options: ConsolidationOpt
     nearest_all: list[np.ndarray] = []
     above: list[tuple[float, uuid.UUID, uuid.UUID]] = []
     below: list[tuple[float, uuid.UUID, uuid.UUID]] = []
-    for group in groups:
+    for group in comparison_groups(session, rows, spaces, vectors, options):
+        report.compared += len(group.members)
         ids = [rows[i].id for i in group.members]
-        closest = nearest(group.matrix)
+        matrix = group.unit_vectors()
+        closest = nearest(matrix)
         nearest_all.append(closest)
-        neighbours = similar_pairs(group.matrix, min(levels[0], current - NEAR))
+        neighbours = similar_pairs(matrix, min(levels[0], current - NEAR))
+        del matrix  # before the next group's is built
         apart = value_guard(session, [rows[i] for i in group.members], neighbours) if options.value_guard else None
         for row in report.thresholds:
             kept = {i: {j: s for j, s in near.items() if s >= row.threshold} for i, near in neighbours.items()}

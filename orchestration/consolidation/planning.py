@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -86,8 +86,13 @@ class Group:
 
     space: str
     members: list[int]  # row indexes, ascending
-    matrix: np.ndarray  # their unit vectors, in that order
     priority: list[int]  # positions in ``members``, the preferred representative first
+    vectors: list[np.ndarray | None]  # of all rows (every member has one)
+
+    def unit_vectors(self) -> np.ndarray:
+        """The members' unit vectors, in order: built on use, so that only one group's
+        matrix is alive at a time."""
+        return normalize_rows(np.stack([cast(np.ndarray, self.vectors[i]) for i in self.members]))
 
 
 def comparison_groups(
@@ -96,10 +101,9 @@ def comparison_groups(
     spaces: dict[str, list[int]],
     vectors: list[np.ndarray | None],
     options: ConsolidationOptions,
-) -> list[Group]:
+) -> Iterator[Group]:
     """The groups whose memories are compared, each of at least ``min_cluster_size``."""
     types = effective_types(session, rows) if options.same_type_only else {}
-    found = []
     for space, indexes in sorted(spaces.items()):
         by_type: dict[str, list[int]] = defaultdict(list)
         for i in indexes:
@@ -107,15 +111,12 @@ def comparison_groups(
         for _, members in sorted(by_type.items()):
             if len(members) < options.min_cluster_size:
                 continue
-            # Every member has a vector: the groups are made from the vector spaces.
-            matrix = normalize_rows(np.stack([cast(np.ndarray, vectors[i]) for i in members]))
             # Most reused first, then the oldest, then by id: the representative is the most reused source.
             priority = sorted(
                 range(len(members)),
                 key=lambda k: (-rows[members[k]].reused_count, rows[members[k]].learned_at, str(rows[members[k]].id)),
             )
-            found.append(Group(space, members, matrix, priority))
-    return found
+            yield Group(space, members, priority, vectors)
 
 
 def plan(session: Session, project_id: uuid.UUID, options: ConsolidationOptions, now: datetime) -> Plan:
@@ -149,7 +150,8 @@ def is_stale(row: Any, options: ConsolidationOptions, cutoff: datetime) -> bool:
 def _cluster_group(
     session: Session, result: Plan, rows: Sequence[Any], group: Group, options: ConsolidationOptions
 ) -> list[Cluster]:
-    neighbours = similar_pairs(group.matrix, options.similarity_threshold)
+    matrix = group.unit_vectors()
+    neighbours = similar_pairs(matrix, options.similarity_threshold)
     apart = None
     if options.value_guard and neighbours:
         apart = value_guard(session, [rows[i] for i in group.members], neighbours)
@@ -159,7 +161,7 @@ def _cluster_group(
         indexes = [rep, *(k for k, _ in cluster_members)]
         embedding = None
         if group.space != LEXICAL:
-            mean = group.matrix[indexes].mean(axis=0)
+            mean = matrix[indexes].mean(axis=0)
             embedding = to_bytes(mean / (np.linalg.norm(mean) or 1.0))
         clusters.append(
             Cluster(

@@ -232,3 +232,31 @@ def _seed_project(session: Session, gen: _Generator, number: int, kind: str, cou
     session.execute(insert(TaskMemory), rows)
     manifest.memories = len(rows)
     return manifest
+
+
+def plant_texts(
+    session: Session, name: str, texts: list[str], embeddings: list[bytes | None], memory_type: str = "learning"
+) -> tuple[uuid.UUID, list[uuid.UUID]]:
+    """A project whose active memories are ``texts`` with these embeddings (``None``: the
+    lexical fallback), fresh, the first the most reused; its id and the memories' ids."""
+    now = utcnow()
+    project_id, ids = uuid.uuid4(), [uuid.uuid4() for _ in texts]
+    session.add(Project(id=project_id, name=name))
+    session.flush()
+    session.execute(
+        insert(TaskMemory),
+        [
+            {
+                "id": memory_id,
+                "project_id": project_id,
+                "memory_type": memory_type,
+                "content": text,
+                "embedding": embedding,
+                "reused_count": len(texts) - k,
+                "learned_at": now - timedelta(days=1),
+                "last_reused_at": now,
+            }
+            for k, (memory_id, text, embedding) in enumerate(zip(ids, texts, embeddings, strict=True))
+        ],
+    )
+    return project_id, ids

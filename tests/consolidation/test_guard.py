@@ -2,7 +2,6 @@
 embed alike but state different values are never merged into one."""
 
 import uuid
-from datetime import timedelta
 
 import numpy as np
 from sqlalchemy import select
@@ -11,9 +10,9 @@ from orchestration.consolidation.calibration import THRESHOLDS, calibrate
 from orchestration.consolidation.embeddings import normalize_rows, to_bytes
 from orchestration.consolidation.options import resolve_options
 from orchestration.consolidation.preview import preview
+from orchestration.demo.seed import plant_texts
 from orchestration.store import db
-from orchestration.store.models import Project, TaskMemory
-from orchestration.store.types import utcnow
+from orchestration.store.models import TaskMemory
 from support import consolidate, manual_job
 
 # Four memories that embed almost alike: two say 40 s, two say 4 minutes.
@@ -26,25 +25,8 @@ BUILD = [
 
 
 def _project(texts, vectors) -> tuple[uuid.UUID, list[uuid.UUID]]:
-    now = utcnow()
-    project_id, ids = uuid.uuid4(), [uuid.uuid4() for _ in texts]
     with db.session_scope() as session:
-        session.add(Project(id=project_id, name="guard"))
-        session.flush()
-        for k, (memory_id, content, vector) in enumerate(zip(ids, texts, vectors, strict=True)):
-            session.add(
-                TaskMemory(
-                    id=memory_id,
-                    project_id=project_id,
-                    memory_type="learning",
-                    content=content,
-                    embedding=to_bytes(vector),
-                    reused_count=10 - k,  # the first is the representative
-                    learned_at=now - timedelta(days=1),
-                    last_reused_at=now,
-                )
-            )
-    return project_id, ids
+        return plant_texts(session, "guard", texts, [to_bytes(v) for v in vectors])
 
 
 def _alike(n, seed=0, noise=0.02):
