@@ -9,7 +9,7 @@ equal:
 - ``url``: ``http(s)://`` or ``ftp://`` addresses, trailing punctuation and ``/`` dropped;
 - ``path``: file paths: starting with ``/``, ``./``, ``../``, ``~/`` or a drive
   (``C:\\``), or with two slashes or more, or a slash and a file extension
-  (``src/app/main.py``); ``and/or`` and ``km/h`` are not paths;
+  (``src/app/main.py``); ``and/or`` and ``km/h`` are not paths; a path ends at a space;
 - ``date`` and ``time``: ``2026-11-28`` (with an optional time) and ``14:30``;
 - ``version``: ``v`` and a number (``v2``, ``v1.4``) or three dotted parts and more
   (``1.4.2``, ``2.0.0-rc1``); the ``v`` is dropped, so ``v1.4.2`` equals ``1.4.2``;
@@ -51,7 +51,7 @@ _URL = re.compile(r"\b(?:https?|ftp)://[^\s<>\"'`]+", re.IGNORECASE)
 _UUID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", re.IGNORECASE)
 _SEGMENT = r"[\w.@+-]+"
 _PATH = re.compile(
-    rf"(?<![\w/])(?:[A-Za-z]:\\[\w.\\ -]*\w|(?:~|\.{{1,2}})?/{_SEGMENT}(?:/{_SEGMENT})*/?|{_SEGMENT}(?:/{_SEGMENT})+/?)"
+    rf"(?<![\w/])(?:[A-Za-z]:\\[\w.\\-]*\w|(?:~|\.{{1,2}})?/{_SEGMENT}(?:/{_SEGMENT})*/?|{_SEGMENT}(?:/{_SEGMENT})+/?)"
 )
 _EXTENSION = re.compile(r"\.[A-Za-z][A-Za-z0-9]{0,5}$")
 _DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2})?)?\b")

@@ -18,6 +18,7 @@ from orchestration.consolidation.values import conflict, extract
             {"path": {"/etc/nginx/conf.d/gateway.conf", "src/app/main.py"}},
         ),  # fmt: skip
         ("files go to migrations/versions/ and ./run.sh", {"path": {"migrations/versions", "./run.sh"}}),
+        (r"logs in C:\logs\app.log and the rest", {"path": {r"C:\logs\app.log"}}),
         ("see https://pypi.example.com/simple/.", {"url": {"https://pypi.example.com/simple"}}),
         ("on 2026-03-31 at 03:00 and 9:30 pm", {"date": {"2026-03-31"}, "time": {"03:00", "9:30pm"}}),
         (
