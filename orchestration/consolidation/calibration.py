@@ -19,7 +19,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from orchestration.consolidation.clustering import clusters_of, nearest, pairs_apart, similar_pairs
+from orchestration.consolidation.clustering import clusters_of, pairs_apart, scan
 from orchestration.consolidation.options import ConsolidationOptions
 from orchestration.consolidation.planning import comparison_groups, read_active, value_guard
 from orchestration.consolidation.spaces import vector_spaces
@@ -79,11 +79,9 @@ def calibrate(session: Session, project_id: uuid.UUID, options: ConsolidationOpt
     for group in comparison_groups(session, rows, spaces, vectors, options):
         report.compared += len(group.members)
         ids = [rows[i].id for i in group.members]
-        matrix = group.unit_vectors()
-        closest = nearest(matrix)
+        neighbours, closest = scan(group.unit_vectors(), min(levels[0], current - NEAR))
+        assert closest is not None
         nearest_all.append(closest)
-        neighbours = similar_pairs(matrix, min(levels[0], current - NEAR))
-        del matrix  # before the next group's is built
         apart = value_guard(session, [rows[i] for i in group.members], neighbours) if options.value_guard else None
         for row in report.thresholds:
             kept = {i: {j: s for j, s in near.items() if s >= row.threshold} for i, near in neighbours.items()}

@@ -23,41 +23,45 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 DEFAULT_BLOCK = 2048
 
 
-def similar_pairs(vectors: np.ndarray, threshold: float, block: int = DEFAULT_BLOCK) -> dict[int, dict[int, float]]:
-    """Neighbour map ``i -> {j: similarity}`` of all pairs ``i != j`` at or above ``threshold``."""
+class Scan(NamedTuple):
+    neighbours: dict[int, dict[int, float]]  # i -> {j: similarity} for pairs at or above the threshold
+    nearest: np.ndarray | None  # each row's similarity to its most similar other row (-1 for a lone row)
+
+
+def scan(vectors: np.ndarray, threshold: float, block: int = DEFAULT_BLOCK, with_nearest: bool = True) -> Scan:
+    """One blocked pass over the upper triangle of the similarity matrix: the pairs at
+    or above ``threshold`` and (``with_nearest``) every row's nearest-neighbour similarity."""
     neighbours: dict[int, dict[int, float]] = defaultdict(dict)
     n = len(vectors)
+    nearest = np.full(n, -1.0, dtype=np.float32) if with_nearest else None
     for start in range(0, n, block):
         stop = min(start + block, n)
-        # Upper triangle only: compare this block with itself and everything after it.
+        # Compare this block with itself and everything after it; column c is row start + c.
         sims = vectors[start:stop] @ vectors[start:].T
+        size = stop - start
+        sims[:, :size][np.tri(size, dtype=bool)] = -np.inf  # keep j > i only
         rows, cols = np.nonzero(sims >= threshold)
-        above_diagonal = cols > rows  # column c is row start + c: keep j > i only
-        rows, cols = rows[above_diagonal], cols[above_diagonal]
         for r, c, s in zip(rows.tolist(), cols.tolist(), sims[rows, cols].tolist(), strict=True):
             i, j = start + r, start + c
             neighbours[i][j] = s
             neighbours[j][i] = s
-    return neighbours
+        if nearest is not None:
+            # Row maxima cover the later rows, column maxima this block's rows for each later one.
+            np.maximum(nearest[start:stop], sims.max(axis=1), out=nearest[start:stop])
+            np.maximum(nearest[start:], sims.max(axis=0), out=nearest[start:])
+    return Scan(neighbours, nearest)
 
 
-def nearest(vectors: np.ndarray, block: int = DEFAULT_BLOCK) -> np.ndarray:
-    """Each row's similarity to its most similar other row (``-1`` for a lone row)."""
-    n = len(vectors)
-    best = np.full(n, -1.0, dtype=np.float32)
-    for start in range(0, n, block):
-        stop = min(start + block, n)
-        sims = vectors[start:stop] @ vectors.T
-        sims[np.arange(stop - start), np.arange(start, stop)] = -np.inf  # not itself
-        if n > 1:
-            best[start:stop] = sims.max(axis=1)
-    return best
+def similar_pairs(vectors: np.ndarray, threshold: float, block: int = DEFAULT_BLOCK) -> dict[int, dict[int, float]]:
+    """Neighbour map ``i -> {j: similarity}`` of all pairs ``i != j`` at or above ``threshold``."""
+    return scan(vectors, threshold, block, with_nearest=False).neighbours
 
 
 Clusters = list[tuple[int, list[tuple[int, float]]]]

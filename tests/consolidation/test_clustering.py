@@ -1,6 +1,6 @@
 import numpy as np
 
-from orchestration.consolidation.clustering import clusters_of, nearest, pairs_apart, similar_pairs, star_clusters
+from orchestration.consolidation.clustering import clusters_of, pairs_apart, scan, similar_pairs, star_clusters
 from orchestration.consolidation.embeddings import LEXICAL_DIM, from_bytes, lexical_embedding, normalize_rows, to_bytes
 
 
@@ -72,5 +72,6 @@ def test_nearest_is_each_rows_best_other_row():
     full = vectors @ vectors.T
     np.fill_diagonal(full, -np.inf)
     for block in (1, 7, 4096):
-        assert np.allclose(nearest(vectors, block=block), full.max(axis=1))
-    assert nearest(vectors[:1]).tolist() == [-1.0]
+        assert np.allclose(scan(vectors, 0.9, block=block).nearest, full.max(axis=1))
+    assert scan(vectors[:1], 0.9).nearest.tolist() == [-1.0]
+    assert scan(vectors, 0.9, with_nearest=False).nearest is None
