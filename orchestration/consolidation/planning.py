@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 import numpy as np
-from sqlalchemy import ColumnElement, and_, case, select
+from sqlalchemy import ColumnElement, and_, bindparam, case, select
 from sqlalchemy.orm import Session
 
 from orchestration.consolidation import values
@@ -20,7 +20,7 @@ from orchestration.consolidation.clustering import clusters_of, pairs_apart, sim
 from orchestration.consolidation.embeddings import normalize_rows, to_bytes
 from orchestration.consolidation.options import ConsolidationOptions
 from orchestration.consolidation.spaces import LEXICAL, effective_types, vector_spaces
-from orchestration.store.db import chunks
+from orchestration.store.db import Executor, chunks
 from orchestration.store.models import TaskMemory
 
 
@@ -57,27 +57,27 @@ def active_filter() -> ColumnElement[bool]:
     return and_(~TaskMemory.is_duplicate, ~TaskMemory.is_archived)
 
 
-def read_active(session: Session, project_id: uuid.UUID) -> Sequence[Any]:
+# Built once: every job of every night runs it, and building a statement and its cache
+# key costs more than running it on a small project.
+_READ_ACTIVE = select(
+    TaskMemory.id,
+    TaskMemory.memory_type,
+    TaskMemory.embedding,
+    # Text is only needed where a lexical embedding must be computed.
+    case((TaskMemory.embedding.is_(None), TaskMemory.content), else_=None).label("lexical_text"),
+    TaskMemory.reused_count,
+    TaskMemory.last_reused_at,
+    TaskMemory.learned_at,
+    TaskMemory.version,
+    TaskMemory.consolidated_from,
+).where(TaskMemory.project_id == bindparam("project_id"), active_filter())
+
+
+def read_active(source: Executor, project_id: uuid.UUID) -> Sequence[Any]:
     """The project's active memories, with what planning needs of each."""
     # Plain Core rows: the ORM adds nothing to a column select but per-row overhead.
-    return (
-        session.connection()
-        .execute(
-            select(
-                TaskMemory.id,
-                TaskMemory.memory_type,
-                TaskMemory.embedding,
-                # Text is only needed where a lexical embedding must be computed.
-                case((TaskMemory.embedding.is_(None), TaskMemory.content), else_=None).label("lexical_text"),
-                TaskMemory.reused_count,
-                TaskMemory.last_reused_at,
-                TaskMemory.learned_at,
-                TaskMemory.version,
-                TaskMemory.consolidated_from,
-            ).where(TaskMemory.project_id == project_id, active_filter())
-        )
-        .all()
-    )
+    connection = source.connection() if isinstance(source, Session) else source
+    return connection.execute(_READ_ACTIVE, {"project_id": project_id}).all()
 
 
 @dataclass
@@ -96,7 +96,7 @@ class Group:
 
 
 def comparison_groups(
-    session: Session,
+    session: Executor,
     rows: Sequence[Any],
     spaces: dict[str, list[int]],
     vectors: list[np.ndarray | None],
@@ -119,7 +119,7 @@ def comparison_groups(
             yield Group(space, members, priority, vectors)
 
 
-def plan(session: Session, project_id: uuid.UUID, options: ConsolidationOptions, now: datetime) -> Plan:
+def plan(session: Executor, project_id: uuid.UUID, options: ConsolidationOptions, now: datetime) -> Plan:
     """Read the project's active memories and decide what to merge and archive."""
     started = time.perf_counter()
     rows = read_active(session, project_id)
@@ -148,7 +148,7 @@ def is_stale(row: Any, options: ConsolidationOptions, cutoff: datetime) -> bool:
 
 
 def _cluster_group(
-    session: Session, result: Plan, rows: Sequence[Any], group: Group, options: ConsolidationOptions
+    session: Executor, result: Plan, rows: Sequence[Any], group: Group, options: ConsolidationOptions
 ) -> list[Cluster]:
     matrix = group.unit_vectors()
     neighbours = similar_pairs(matrix, options.similarity_threshold)
@@ -173,7 +173,7 @@ def _cluster_group(
     return clusters
 
 
-def value_guard(session: Session, rows: Sequence[Any], neighbours: Mapping[int, Any]) -> Callable[[int, int], bool]:
+def value_guard(session: Executor, rows: Sequence[Any], neighbours: Mapping[int, Any]) -> Callable[[int, int], bool]:
     """``apart(i, j)``: rows ``i`` and ``j`` state conflicting values. Only rows with a
     neighbour above the threshold are read and parsed, once each."""
     texts = {rows[i].id: rows[i].lexical_text for i in neighbours if rows[i].lexical_text is not None}

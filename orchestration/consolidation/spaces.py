@@ -14,10 +14,9 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from orchestration.consolidation.embeddings import from_bytes, lexical_embedding
-from orchestration.store.db import chunks
+from orchestration.store.db import Executor, chunks
 from orchestration.store.models import TaskMemory
 from orchestration.store.statuses import MemoryType
 
@@ -54,7 +53,7 @@ def vector_spaces(rows: Sequence[Any]) -> tuple[dict[str, list[int]], list[np.nd
     return spaces, vectors, invalid
 
 
-def effective_types(session: Session, rows: Sequence[Any]) -> dict[uuid.UUID, str]:
+def effective_types(session: Executor, rows: Sequence[Any]) -> dict[uuid.UUID, str]:
     """Memory type for grouping: a ``consolidated`` memory counts as its representative's
     type, so it can merge again with new memories of that type on a later night."""
     types = {row.id: row.memory_type for row in rows}

@@ -248,9 +248,9 @@ def _start_in_one_statement(
     job_id: uuid.UUID, settings: Settings, celery_task_id: str | None, force: bool
 ) -> Attempt | JobOutcome | None:
     now = utcnow()
-    with db.statement_scope() as session:
+    with db.statement_scope() as connection:
         row = statements.start(
-            session, job_id, now, max_attempts=settings.max_retries + 1, celery_task_id=celery_task_id, force=force
+            connection, job_id, now, max_attempts=settings.max_retries + 1, celery_task_id=celery_task_id, force=force
         )
     if row is None:
         raise JobNotFound(f"job {job_id} does not exist")
@@ -335,8 +335,8 @@ def consolidate(attempt: Attempt, *, progress: Progress | None = None, changed_b
     report = progress or ProgressRecorder(attempt.job_id)
     try:
         with attempt.lease.held():
-            with db.statement_scope() as session:
-                planned = planning.plan(session, attempt.project_id, attempt.options, utcnow())
+            with db.statement_scope() as connection:
+                planned = planning.plan(connection, attempt.project_id, attempt.options, utcnow())
             if planned.is_empty:
                 result = ConsolidationResult.of(planned, dry_run=False)
             else:
@@ -386,9 +386,9 @@ def _finish(attempt: Attempt) -> dict[str, int]:
     """Record the job completed (fenced) and give its lock back, in one transaction (one
     statement on PostgreSQL); returns its counters."""
     if db.is_postgresql():
-        with db.statement_scope() as session:
+        with db.statement_scope() as connection:
             row = statements.finish(
-                session, attempt.job_id, attempt.number, attempt.project_id, attempt.lease.holder, utcnow()
+                connection, attempt.job_id, attempt.number, attempt.project_id, attempt.lease.holder, utcnow()
             )
     else:
         with db.session_scope() as session:

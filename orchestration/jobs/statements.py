@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.orm import Session
+from sqlalchemy.engine import Connection
 
 from orchestration.jobs import heartbeat
 
@@ -75,7 +75,7 @@ SELECT * FROM done
 
 
 def start(
-    session: Session,
+    connection: Connection,
     job_id: uuid.UUID,
     now: datetime,
     *,
@@ -87,7 +87,7 @@ def start(
     job and its project's options as they were, and ``number``: the attempt started,
     or ``None`` (the job finished, has no attempts left, its project is gone or
     disabled, or the project's lock is held); ``None`` if the job does not exist."""
-    return session.execute(
+    return connection.execute(
         START,
         {
             "job_id": job_id,
@@ -101,9 +101,11 @@ def start(
     ).first()
 
 
-def finish(session: Session, job_id: uuid.UUID, attempt: int, project_id: uuid.UUID, holder: str, now: datetime) -> Any:
+def finish(
+    connection: Connection, job_id: uuid.UUID, attempt: int, project_id: uuid.UUID, holder: str, now: datetime
+) -> Any:
     """Record the attempt's job completed (fenced on the attempt) and give its lock back;
     the job's counters, or ``None`` if a newer attempt took the job over."""
-    return session.execute(
+    return connection.execute(
         FINISH, {"job_id": job_id, "attempt": attempt, "project_id": project_id, "holder": holder, "now": now}
     ).first()

@@ -12,10 +12,10 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeAlias, TypeVar
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestration.settings import get_settings, mask_url
@@ -24,10 +24,14 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Ids per "IN (...)" list: well below SQLite's bound-parameter limit.
 IN_CHUNK = 900
 T = TypeVar("T")
+# What runs Core statements: a session, or a connection of statement_scope.
+Executor: TypeAlias = Session | Connection
 
 _lock = threading.Lock()
 _url_override: str | None = None
 _engine: Engine | None = None
+# PostgreSQL: connections that are in autocommit mode from the start, for statement_scope.
+_autocommit_engine: Engine | None = None
 _sessionmaker: sessionmaker[Session] | None = None
 
 
@@ -88,22 +92,45 @@ def use_database(url: str | None) -> None:
 
 
 def get_engine() -> Engine:
-    global _engine, _sessionmaker
+    global _engine, _autocommit_engine, _sessionmaker
     with _lock:
         if _engine is None:
             _engine = build_engine(current_url())
             _sessionmaker = sessionmaker(_engine, expire_on_commit=False)
+            if _engine.dialect.name == "postgresql":
+                _autocommit_engine = _build_autocommit_engine(_engine)
         return _engine
 
 
+def _build_autocommit_engine(engine: Engine) -> Engine:
+    """Connections for :func:`statement_scope`: in autocommit mode from the start (a
+    pool of its own: switching a pooled connection to autocommit and back on every
+    checkout costs more than the statement it runs), whose commits do not wait for the
+    WAL flush. That is safe for what runs here (a job's start, its plan's read, its
+    end): a crash of PostgreSQL can lose at most the last fraction of a second of
+    them, never a later commit (WAL is written in order, and every batch and run
+    summary commits durably), and a job whose start or end was lost is found by its
+    silent heartbeat and run again, which applies nothing twice
+    (docs/reliability.md, "Durability of a job's start and end")."""
+    autocommit = create_engine(engine.url, isolation_level="AUTOCOMMIT", pool_size=2, max_overflow=8)
+
+    @event.listens_for(autocommit, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SET synchronous_commit = off")
+
+    return autocommit
+
+
 def dispose(close: bool = True) -> None:
-    """Drop the engine when switching databases; ``close=False`` after a fork, so the
+    """Drop the engines when switching databases; ``close=False`` after a fork, so the
     child never closes connections that belong to its parent."""
-    global _engine, _sessionmaker
+    global _engine, _autocommit_engine, _sessionmaker
     with _lock:
-        if _engine is not None:
-            _engine.dispose(close=close)
-        _engine = None
+        for engine in (_engine, _autocommit_engine):
+            if engine is not None:
+                engine.dispose(close=close)
+        _engine = _autocommit_engine = None
         _sessionmaker = None
 
 
@@ -129,20 +156,19 @@ def session_scope() -> Iterator[Session]:
 
 
 @contextmanager
-def statement_scope() -> Iterator[Session]:
-    """A session in which every statement commits on its own, for reads and for single
-    statements that need no transaction around them: on PostgreSQL an autocommit
-    connection (no BEGIN and COMMIT round trips), on SQLite a :func:`session_scope`."""
+def statement_scope() -> Iterator[Connection]:
+    """A connection on which every statement commits on its own, for reads and for
+    single statements that need no transaction around them (a job's start, its plan's
+    read and its end: no session, no BEGIN and COMMIT round trips). On PostgreSQL an
+    autocommit connection whose commits do not wait for the WAL flush (see
+    :func:`_build_autocommit_engine`); on SQLite one transaction committed at the end."""
     engine = get_engine()
-    if engine.dialect.name != "postgresql":
-        with session_scope() as session:
-            yield session
+    if _autocommit_engine is None:
+        with engine.begin() as connection:
+            yield connection
         return
-    with (
-        engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection,
-        Session(bind=connection) as session,
-    ):
-        yield session
+    with _autocommit_engine.connect() as connection:
+        yield connection
 
 
 def is_postgresql() -> bool:

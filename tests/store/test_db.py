@@ -3,7 +3,7 @@ from datetime import UTC, datetime
 
 import pytest
 from alembic.util.exc import CommandError
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, insert, inspect, text
 
 from orchestration.store import db, migrate
 from orchestration.store.models import Base, Project
@@ -79,6 +79,27 @@ def test_session_scope_commits_and_rolls_back(database):
         raise RuntimeError("boom")
     with db.session_scope() as session:
         assert [p.name for p in session.query(Project)] == ["kept"]
+
+
+def test_statement_scope_commits_each_statement(database):
+    with pytest.raises(RuntimeError), db.statement_scope() as connection:
+        connection.execute(insert(Project).values(name="first"))
+        if db.is_postgresql():  # committed on its own, at once: another connection sees it
+            with db.session_scope() as session:
+                assert [p.name for p in session.query(Project)] == ["first"]
+        raise RuntimeError("boom")
+    with db.session_scope() as session:
+        # PostgreSQL: the statement had committed; SQLite: one transaction, rolled back.
+        assert [p.name for p in session.query(Project)] == (["first"] if db.is_postgresql() else [])
+
+
+@pytest.mark.integration
+def test_statement_scope_on_postgresql_is_autocommit_without_waiting_for_the_wal_flush(pg_database):
+    with db.statement_scope() as connection:
+        assert connection.connection.driver_connection.autocommit
+        assert connection.execute(text("SHOW synchronous_commit")).scalar() == "off"
+    with db.session_scope() as session:  # every other transaction commits durably
+        assert session.execute(text("SHOW synchronous_commit")).scalar() == "on"
 
 
 def test_uuid_and_timestamps_round_trip(database):
