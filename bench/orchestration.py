@@ -12,9 +12,12 @@ side on the same broker, alternating the order, medians of ``--repeat`` runs:
 - *plain + INFO*: the same worker logging at INFO (Celery's two lines per task);
 - *nightly*: ``consolidation.run_scheduled`` to the run row being finished, on
   ``celery -A orchestration.celery_app worker`` with the production defaults (task
-  events on, INFO, JSON logs).
+  events on, INFO, JSON logs);
+- *nightly, no events*: the same with task events off (``bench/nightly_without_events.py``),
+  to compare like with like: the nightly run's own cost beyond the plain chord.
 
 Prints each figure, the ratio nightly / plain (and a line containing ``ratio``), the
+like-for-like ratios (nightly / plain + events, nightly without events / plain), the
 per-job overhead, and the database round trips of one job (counted in-process on the
 same code path the task runs). Worker output goes to /dev/null for every variant.
 
@@ -82,6 +85,7 @@ VARIANTS = {
     "plain + events": ("plain_app", ["--loglevel", "WARNING", "-E"], _plain),
     "plain + INFO": ("plain_app", ["--loglevel", "INFO"], _plain),
     "nightly": ("orchestration.celery_app", [], _nightly),
+    "nightly, no events": ("nightly_without_events", [], _nightly),
 }
 
 
@@ -109,20 +113,19 @@ def _round_trips_per_job() -> tuple[float, float]:
     def counter(name):
         def count_one(connection, *_):
             # An autocommit connection sends no BEGIN or COMMIT: no round trips of its own.
-            if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT" or name != "begin":
+            if name != "begin" or not connection.connection.driver_connection.autocommit:
                 count[name] += 1
 
         return count_one
 
-    engine = db.get_engine()
-    listeners = [(name, counter(name)) for name in count]
-    for name, listener in listeners:
+    listeners = [(engine, name, counter(name)) for engine in db.engines() for name in count]
+    for engine, name, listener in listeners:
         event.listen(engine, name, listener)
     try:
         for job_id in created:
             lifecycle.run(job_id, get_settings())
     finally:
-        for name, listener in listeners:
+        for engine, name, listener in listeners:
             event.remove(engine, name, listener)
     with db.session_scope() as session:
         session.query(ConsolidationJob).filter(ConsolidationJob.id.in_(created)).delete()
@@ -160,17 +163,22 @@ def main() -> None:
         figures = measure([int(s) for s in args.sizes.split(",")], args.repeat, env)
         names = list(VARIANTS)
         print(f"medians of {args.repeat}, seconds from sending to the chord's (run's) end")
-        print(f"{'N':>6}  " + "  ".join(f"{n:>14}" for n in names) + f"  {'ratio':>6}  {'overhead/job':>12}")
+        print(f"{'N':>6}  " + "  ".join(f"{n:>18}" for n in names) + f"  {'ratio':>6}  {'overhead/job':>12}")
         for size, by_name in figures.items():
             median = {n: statistics.median(v) for n, v in by_name.items()}
             ratio = median["nightly"] / median["plain"]
             overhead_ms = (median["nightly"] - median["plain"]) / size * 1000
             print(
                 f"{size:>6}  "
-                + "  ".join(f"{median[n]:13.2f}s" for n in names)
+                + "  ".join(f"{median[n]:17.2f}s" for n in names)
                 + f"  {ratio:6.2f}  {overhead_ms:9.2f} ms"
                 f"   ratio {ratio:.2f} at N={size} (nightly / plain)",
                 flush=True,
+            )
+            print(
+                f"        like for like: nightly / plain + events "
+                f"{median['nightly'] / median['plain + events']:.2f}, "
+                f"nightly without events / plain {median['nightly, no events'] / median['plain']:.2f}"
             )
             print("        all runs: " + "; ".join(f"{n} " + ", ".join(f"{v:.2f}" for v in by_name[n]) for n in names))
         statements, transactions = _round_trips_per_job()

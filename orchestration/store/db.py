@@ -102,6 +102,12 @@ def get_engine() -> Engine:
         return _engine
 
 
+def engines() -> list[Engine]:
+    """Every engine in use: the main one and, on PostgreSQL, :func:`statement_scope`'s."""
+    get_engine()
+    return [e for e in (_engine, _autocommit_engine) if e is not None]
+
+
 def _build_autocommit_engine(engine: Engine) -> Engine:
     """Connections for :func:`statement_scope`: in autocommit mode from the start (a
     pool of its own: switching a pooled connection to autocommit and back on every
