@@ -96,14 +96,14 @@ class Group:
 
 
 def comparison_groups(
-    session: Executor,
+    source: Executor,
     rows: Sequence[Any],
     spaces: dict[str, list[int]],
     vectors: list[np.ndarray | None],
     options: ConsolidationOptions,
 ) -> Iterator[Group]:
     """The groups whose memories are compared, each of at least ``min_cluster_size``."""
-    types = effective_types(session, rows) if options.same_type_only else {}
+    types = effective_types(source, rows) if options.same_type_only else {}
     for space, indexes in sorted(spaces.items()):
         by_type: dict[str, list[int]] = defaultdict(list)
         for i in indexes:
@@ -119,17 +119,17 @@ def comparison_groups(
             yield Group(space, members, priority, vectors)
 
 
-def plan(session: Executor, project_id: uuid.UUID, options: ConsolidationOptions, now: datetime) -> Plan:
+def plan(source: Executor, project_id: uuid.UUID, options: ConsolidationOptions, now: datetime) -> Plan:
     """Read the project's active memories and decide what to merge and archive."""
     started = time.perf_counter()
-    rows = read_active(session, project_id)
+    rows = read_active(source, project_id)
     result = Plan(project_id=project_id, memories_before=len(rows), versions={r.id: r.version for r in rows})
     spaces, vectors, result.skipped_invalid = vector_spaces(rows)
     result.timings["load"] = time.perf_counter() - started
     in_cluster: set[uuid.UUID] = set()
     if options.merge:
-        for group in comparison_groups(session, rows, spaces, vectors, options):
-            result.clusters.extend(_cluster_group(session, result, rows, group, options))
+        for group in comparison_groups(source, rows, spaces, vectors, options):
+            result.clusters.extend(_cluster_group(source, result, rows, group, options))
         in_cluster = {m for c in result.clusters for m in c.source_ids}
     result.timings["similarity"] = time.perf_counter() - started - result.timings["load"]
     if options.archive:
@@ -148,13 +148,13 @@ def is_stale(row: Any, options: ConsolidationOptions, cutoff: datetime) -> bool:
 
 
 def _cluster_group(
-    session: Executor, result: Plan, rows: Sequence[Any], group: Group, options: ConsolidationOptions
+    source: Executor, result: Plan, rows: Sequence[Any], group: Group, options: ConsolidationOptions
 ) -> list[Cluster]:
     matrix = group.unit_vectors()
     neighbours = similar_pairs(matrix, options.similarity_threshold)
     apart = None
     if options.value_guard and neighbours:
-        apart = value_guard(session, [rows[i] for i in group.members], neighbours)
+        apart = value_guard(source, [rows[i] for i in group.members], neighbours)
         result.pairs_kept_apart += pairs_apart(neighbours, apart)
     clusters = []
     for rep, cluster_members in clusters_of(neighbours, group.priority, options.min_cluster_size, apart):
@@ -173,13 +173,13 @@ def _cluster_group(
     return clusters
 
 
-def value_guard(session: Executor, rows: Sequence[Any], neighbours: Mapping[int, Any]) -> Callable[[int, int], bool]:
+def value_guard(source: Executor, rows: Sequence[Any], neighbours: Mapping[int, Any]) -> Callable[[int, int], bool]:
     """``apart(i, j)``: rows ``i`` and ``j`` state conflicting values. Only rows with a
     neighbour above the threshold are read and parsed, once each."""
     texts = {rows[i].id: rows[i].lexical_text for i in neighbours if rows[i].lexical_text is not None}
     missing = [rows[i].id for i in neighbours if rows[i].id not in texts]
     for chunk in chunks(missing):
         query = select(TaskMemory.id, TaskMemory.content).where(TaskMemory.id.in_(chunk))
-        texts.update((memory_id, content) for memory_id, content in session.execute(query))
+        texts.update((memory_id, content) for memory_id, content in source.execute(query))
     stated = {i: values.extract(texts.get(rows[i].id) or "") for i in neighbours}
     return lambda i, j: values.conflict(stated[i], stated[j])

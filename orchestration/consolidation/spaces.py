@@ -53,7 +53,7 @@ def vector_spaces(rows: Sequence[Any]) -> tuple[dict[str, list[int]], list[np.nd
     return spaces, vectors, invalid
 
 
-def effective_types(session: Executor, rows: Sequence[Any]) -> dict[uuid.UUID, str]:
+def effective_types(source: Executor, rows: Sequence[Any]) -> dict[uuid.UUID, str]:
     """Memory type for grouping: a ``consolidated`` memory counts as its representative's
     type, so it can merge again with new memories of that type on a later night."""
     types = {row.id: row.memory_type for row in rows}
@@ -68,20 +68,20 @@ def effective_types(session: Executor, rows: Sequence[Any]) -> dict[uuid.UUID, s
         found = {
             r.id: r
             for chunk in chunks(list(set(pending.values())))
-            for r in session.execute(
+            for r in source.execute(
                 select(TaskMemory.id, TaskMemory.memory_type, TaskMemory.consolidated_from).where(
                     TaskMemory.id.in_(chunk)
                 )
             )
         }
         next_pending = {}
-        for memory_id, source_id in pending.items():
-            source = found.get(source_id)
-            if source is None:
+        for memory_id, origin_id in pending.items():
+            origin = found.get(origin_id)
+            if origin is None:
                 continue
-            if source.memory_type == MemoryType.CONSOLIDATED and source.consolidated_from:
-                next_pending[memory_id] = uuid.UUID(source.consolidated_from[0])
+            if origin.memory_type == MemoryType.CONSOLIDATED and origin.consolidated_from:
+                next_pending[memory_id] = uuid.UUID(origin.consolidated_from[0])
             else:
-                types[memory_id] = source.memory_type
+                types[memory_id] = origin.memory_type
         pending = next_pending
     return types
