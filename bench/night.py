@@ -17,9 +17,11 @@ measurement runs on a fresh copy of it:
   one thread per CPU (``bench/night_unpinned.py``), as before that default existed.
 
 Prints each wall time and the speedup of each worker over the in-process run (a line
-containing ``speedup``). PostgreSQL shares the machine's CPUs with the workers.
+containing ``speedup``), medians of ``--repeat`` rounds that alternate the order of
+the variants (one run varies by about 10% on a shared machine). PostgreSQL shares the
+machine's CPUs with the workers.
 
-    python bench/night.py                                   # 40 projects, 1,000-20,000 memories
+    python bench/night.py --repeat 3                        # 40 projects, 1,000-20,000 memories
     python bench/night.py --projects 12 --max 6000          # make bench
 
 Servers: ORCHESTRATION_TEST_DATABASE_URL (admin URL) and ORCHESTRATION_TEST_REDIS_URL.
@@ -31,6 +33,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -114,6 +117,7 @@ def main() -> None:
     parser.add_argument("--min", type=int, default=1000)
     parser.add_argument("--max", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
     project_sizes = sizes(args.projects, args.min, args.max, args.seed)
     print(
@@ -129,22 +133,27 @@ def main() -> None:
         "2-process worker": lambda url: nightly_on(url, broker, "orchestration.celery_app", 2),
         "2-process, BLAS unpinned": lambda url: nightly_on(url, broker, "night_unpinned", 2),
     }
-    walls: dict[str, float] = {}
+    runs: dict[str, list[float]] = {name: [] for name in variants}
     try:
         started = time.perf_counter()
         _seed(create_database(template), project_sizes)
         print(f"seeded in {time.perf_counter() - started:.0f}s", flush=True)
-        for name, measure in variants.items():
-            copy = f"{template}_{len(walls)}"
-            try:
-                walls[name] = measure(create_database(copy, template))
-            finally:
-                drop_database(copy)
-            redis_client.flushdb()
-            print(f"{name:<26} {walls[name]:7.2f}s", flush=True)
+        for round_ in range(args.repeat):
+            for name in list(variants) if round_ % 2 == 0 else list(reversed(variants)):
+                copy = f"{template}_copy"
+                try:
+                    runs[name].append(variants[name](create_database(copy, template)))
+                finally:
+                    drop_database(copy)
+                redis_client.flushdb()
+                print(f"{name:<26} {runs[name][-1]:7.2f}s", flush=True)
     finally:
         drop_database(template)
         redis_client.flushdb()
+    walls = {name: statistics.median(values) for name, values in runs.items()}
+    if args.repeat > 1:
+        for name, values in runs.items():
+            print(f"{name:<26} median {walls[name]:7.2f}s of " + ", ".join(f"{v:.2f}" for v in values))
     base = walls["in-process"]
     print(f"1-process worker / in-process: {walls['1-process worker'] / base:.2f}")
     for name in ("2-process worker", "2-process, BLAS unpinned"):
