@@ -16,15 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from orchestration.consolidation.clustering import clusters_of, pairs_apart, scan
 from orchestration.consolidation.options import ConsolidationOptions
-from orchestration.consolidation.planning import comparison_groups, read_active, value_guard
+from orchestration.consolidation.planning import comparison_groups, read_active, read_contents, value_guard
 from orchestration.consolidation.spaces import vector_spaces
-from orchestration.store.db import chunks
-from orchestration.store.models import TaskMemory
 
 THRESHOLDS = tuple(round(0.80 + 0.02 * k, 2) for k in range(10))  # 0.80, 0.82, ..., 0.98
 # Sample pairs come from this close above and below the project's threshold.
@@ -112,11 +109,7 @@ def calibrate(session: Session, project_id: uuid.UUID, options: ConsolidationOpt
 
 
 def _samples(session: Session, *picked: list[tuple[float, uuid.UUID, uuid.UUID]]) -> tuple[list[dict[str, Any]], ...]:
-    wanted = list({memory_id for pairs in picked for _, a, b in pairs for memory_id in (a, b)})
-    texts: dict[uuid.UUID, str] = {}
-    for chunk in chunks(wanted):
-        query = select(TaskMemory.id, TaskMemory.content).where(TaskMemory.id.in_(chunk))
-        texts.update((memory_id, content) for memory_id, content in session.execute(query))
+    texts = read_contents(session, list({memory_id for pairs in picked for _, a, b in pairs for memory_id in (a, b)}))
     return tuple(
         [
             {

@@ -67,30 +67,19 @@ def similar_pairs(vectors: np.ndarray, threshold: float, block: int = DEFAULT_BL
 Clusters = list[tuple[int, list[tuple[int, float]]]]
 
 
-def star_clusters(
-    vectors: np.ndarray,
-    priority: Sequence[int],
-    threshold: float,
-    min_size: int = 2,
-    block: int = DEFAULT_BLOCK,
-    apart: Callable[[int, int], bool] | None = None,
-) -> Clusters:
-    """Clusters as ``(representative, [(member, similarity_to_representative), ...])``.
-
-    ``priority`` lists row indexes, most preferred representative first. Members are
-    ordered by priority too; the representative is not among them. ``apart(i, j)``
-    says that two rows must never share a cluster.
-    """
-    return clusters_of(similar_pairs(vectors, threshold, block), priority, min_size, apart)
-
-
 def clusters_of(
     neighbours: Mapping[int, Mapping[int, float]],
     priority: Sequence[int],
     min_size: int = 2,
     apart: Callable[[int, int], bool] | None = None,
 ) -> Clusters:
-    """:func:`star_clusters` from a neighbour map already computed."""
+    """Star clusters from a neighbour map (:func:`similar_pairs`), as
+    ``(representative, [(member, similarity_to_representative), ...])``.
+
+    ``priority`` lists row indexes, most preferred representative first. Members are
+    ordered by priority too; the representative is not among them. ``apart(i, j)``
+    says that two rows must never share a cluster.
+    """
     rank = {index: position for position, index in enumerate(priority)}
     assigned: set[int] = set()
     clusters: Clusters = []

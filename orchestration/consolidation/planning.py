@@ -177,9 +177,15 @@ def value_guard(source: Executor, rows: Sequence[Any], neighbours: Mapping[int, 
     """``apart(i, j)``: rows ``i`` and ``j`` state conflicting values. Only rows with a
     neighbour above the threshold are read and parsed, once each."""
     texts = {rows[i].id: rows[i].lexical_text for i in neighbours if rows[i].lexical_text is not None}
-    missing = [rows[i].id for i in neighbours if rows[i].id not in texts]
-    for chunk in chunks(missing):
-        query = select(TaskMemory.id, TaskMemory.content).where(TaskMemory.id.in_(chunk))
-        texts.update((memory_id, content) for memory_id, content in source.execute(query))
+    texts.update(read_contents(source, [rows[i].id for i in neighbours if rows[i].id not in texts]))
     stated = {i: values.extract(texts.get(rows[i].id) or "") for i in neighbours}
     return lambda i, j: values.conflict(stated[i], stated[j])
+
+
+def read_contents(source: Executor, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """The text of these memories (planning reads it only where it needs it)."""
+    texts: dict[uuid.UUID, str] = {}
+    for chunk in chunks(ids):
+        query = select(TaskMemory.id, TaskMemory.content).where(TaskMemory.id.in_(chunk))
+        texts.update((memory_id, content) for memory_id, content in source.execute(query))
+    return texts

@@ -1,6 +1,6 @@
 import numpy as np
 
-from orchestration.consolidation.clustering import clusters_of, pairs_apart, scan, similar_pairs, star_clusters
+from orchestration.consolidation.clustering import clusters_of, pairs_apart, scan, similar_pairs
 from orchestration.consolidation.embeddings import LEXICAL_DIM, from_bytes, lexical_embedding, normalize_rows, to_bytes
 
 
@@ -17,6 +17,10 @@ def test_blocked_pairs_equal_the_full_matrix():
     for block in (1, 7, 64, 4096):
         pairs = similar_pairs(vectors, 0.9, block=block)
         assert {(i, j) for i, js in pairs.items() for j in js} == expected
+
+
+def star_clusters(vectors, priority, threshold, min_size=2):
+    return clusters_of(similar_pairs(vectors, threshold), priority, min_size)
 
 
 def test_every_member_is_above_threshold_to_its_representative():
