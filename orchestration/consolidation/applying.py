@@ -208,8 +208,7 @@ def merge_batch(session: Session, plan: Plan, clusters: Sequence[Cluster], autho
         counts.clusters_found += 1
         counts.memories_merged += len(sources)
     _repoint(session, replaced, batch, author)
-    if batch.created:
-        session.execute(insert(TaskMemory), batch.created)
+    _insert(session, TaskMemory, batch.created)
     _write(session, batch)
     return counts
 
@@ -294,5 +293,13 @@ def _write(session: Session, batch: _Batch) -> None:
             .values({name: bindparam(name) for name in columns})
         )
         session.execute(stmt, [{"match_id": u.memory_id, "match_version": u.version, **u.values} for u in items])
-    if batch.changes:
-        session.execute(insert(ConsolidationChange), batch.changes)
+    _insert(session, ConsolidationChange, batch.changes)
+
+
+def _insert(session: Session, model: type[TaskMemory | ConsolidationChange], rows: list[dict[str, Any]]) -> None:
+    """Insert ``rows`` in one statement. A Core insert: the ORM's bulk insert starts a
+    new statement wherever the rows' ``None`` values change places (a created memory's
+    audit row has no previous state, a duplicate mark's has one), which made a merge
+    batch's audit rows hundreds of statements (measured: docs/benchmarks.md)."""
+    if rows:
+        session.connection().execute(insert(table_of(model)), rows)

@@ -2,7 +2,8 @@
 
 - :class:`GUID`: native ``uuid`` on PostgreSQL, a 36-character string on SQLite.
 - :class:`UTCDateTime`: timezone-aware UTC in Python on both (SQLite stores naive UTC).
-- :data:`JSONType`: ``jsonb`` on PostgreSQL, JSON text on SQLite.
+- :data:`JSONType`: ``jsonb`` on PostgreSQL, JSON text on SQLite; Python ``None`` is
+  SQL ``NULL`` (never the JSON ``null``), however the row is written.
 Embeddings are little-endian float32 bytes in a ``LargeBinary`` column (see embeddings.py).
 """
 
@@ -63,7 +64,7 @@ class UTCDateTime(TypeDecorator):
         return value.astimezone(UTC)
 
 
-JSONType = JSON().with_variant(postgresql.JSONB(), "postgresql")
+JSONType = JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
 
 
 def utcnow() -> datetime:

@@ -5,7 +5,7 @@ import uuid
 
 import numpy as np
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from orchestration.consolidation import applying, planning, text
 from orchestration.consolidation.embeddings import to_bytes
@@ -16,7 +16,7 @@ from orchestration.demo.seed import seed
 from orchestration.jobs import lifecycle
 from orchestration.settings import get_settings
 from orchestration.store import db
-from orchestration.store.models import ConsolidationJob, Project, TaskMemory
+from orchestration.store.models import ConsolidationChange, ConsolidationJob, Project, TaskMemory
 from orchestration.store.statuses import TriggerType
 from orchestration.store.types import utcnow
 from support import consolidate, failing_call, fingerprint, manual_job
@@ -79,6 +79,31 @@ def test_merged_memories_keep_every_sentence_tag_and_link(database):
         assert merged.content.startswith(text.sentences(sources[0].content)[0])
         vector = np.frombuffer(merged.embedding, dtype="<f4")
         assert abs(np.linalg.norm(vector) - 1.0) < 1e-5
+
+
+def test_each_batch_inserts_its_memories_and_audit_rows_in_one_statement(database):
+    (manifest,) = _seed()
+    pid = uuid.UUID(manifest.id)
+    inserts: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("INSERT"):
+            inserts.append(statement.split("(")[0].split()[-1])
+
+    event.listen(db.get_engine(), "before_cursor_execute", record)
+    try:
+        result = _run(pid)
+    finally:
+        event.remove(db.get_engine(), "before_cursor_execute", record)
+    assert len(manifest.groups) > 1 and manifest.stale  # a merge batch of several clusters, an archive batch
+    # Rows that differ in which values are None (a created memory has no previous
+    # state, a duplicate mark has one) still go in one statement per batch.
+    assert inserts.count("consolidation_changes") == 2
+    assert inserts.count("task_memories") == 1
+    with db.session_scope() as session:
+        created = session.scalars(select(ConsolidationChange).where(ConsolidationChange.previous_state.is_(None))).all()
+    assert len(created) == result.clusters_found  # SQL NULL, not a JSON null
+    assert all(change.new_state["created"] for change in created)
 
 
 def test_dry_run_changes_nothing_and_predicts_the_real_run(database):
