@@ -32,7 +32,7 @@ from orchestration.consolidation.planning import Cluster, Plan, is_stale
 from orchestration.consolidation.result import ConsolidationResult
 from orchestration.consolidation.text import merge_content, union
 from orchestration.store.db import chunks, session_scope
-from orchestration.store.models import ConsolidationChange, TaskMemory, table_of
+from orchestration.store.models import Base, ConsolidationChange, TaskMemory, table_of
 from orchestration.store.statuses import ArchiveReason, MemoryType, Operation
 from orchestration.store.types import utcnow
 
@@ -296,7 +296,7 @@ def _write(session: Session, batch: _Batch) -> None:
     _insert(session, ConsolidationChange, batch.changes)
 
 
-def _insert(session: Session, model: type[TaskMemory | ConsolidationChange], rows: list[dict[str, Any]]) -> None:
+def _insert(session: Session, model: type[Base], rows: list[dict[str, Any]]) -> None:
     """Insert ``rows`` in one statement. A Core insert: the ORM's bulk insert starts a
     new statement wherever the rows' ``None`` values change places (a created memory's
     audit row has no previous state, a duplicate mark's has one), which made a merge
