@@ -20,7 +20,7 @@ from orchestration.consolidation.clustering import clusters_of, pairs_apart, sim
 from orchestration.consolidation.embeddings import normalize_rows, to_bytes
 from orchestration.consolidation.options import ConsolidationOptions
 from orchestration.consolidation.spaces import LEXICAL, effective_types, vector_spaces
-from orchestration.store.db import Executor, chunks
+from orchestration.store.db import BINARY_ROWS, Executor, chunks
 from orchestration.store.models import TaskMemory
 
 
@@ -59,18 +59,22 @@ def active_filter() -> ColumnElement[bool]:
 
 # Built once: every job of every night runs it, and building a statement and its cache
 # key costs more than running it on a small project.
-_READ_ACTIVE = select(
-    TaskMemory.id,
-    TaskMemory.memory_type,
-    TaskMemory.embedding,
-    # Text is only needed where a lexical embedding must be computed.
-    case((TaskMemory.embedding.is_(None), TaskMemory.content), else_=None).label("lexical_text"),
-    TaskMemory.reused_count,
-    TaskMemory.last_reused_at,
-    TaskMemory.learned_at,
-    TaskMemory.version,
-    TaskMemory.consolidated_from,
-).where(TaskMemory.project_id == bindparam("project_id"), active_filter())
+_READ_ACTIVE = (
+    select(
+        TaskMemory.id,
+        TaskMemory.memory_type,
+        TaskMemory.embedding,
+        # Text is only needed where a lexical embedding must be computed.
+        case((TaskMemory.embedding.is_(None), TaskMemory.content), else_=None).label("lexical_text"),
+        TaskMemory.reused_count,
+        TaskMemory.last_reused_at,
+        TaskMemory.learned_at,
+        TaskMemory.version,
+        TaskMemory.consolidated_from,
+    )
+    .where(TaskMemory.project_id == bindparam("project_id"), active_filter())
+    .execution_options(**{BINARY_ROWS: True})  # the embeddings: see BINARY_ROWS
+)
 
 
 def read_active(source: Executor, project_id: uuid.UUID) -> Sequence[Any]:

@@ -21,6 +21,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from orchestration.settings import get_settings, mask_url
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Execution option: on PostgreSQL, this statement's rows come back in binary format.
+# A project's embeddings in bytea's text format (hex) took more than twice the CPU,
+# the server's and ours, of the same rows in binary (docs/benchmarks.md).
+BINARY_ROWS = "orchestration_binary_rows"
 # Ids per "IN (...)" list: well below SQLite's bound-parameter limit.
 IN_CHUNK = 900
 T = TypeVar("T")
@@ -60,6 +64,15 @@ def _sqlite_setup(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _postgresql_setup(engine: Engine) -> None:
+    from psycopg.pq import Format
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _rows_format(_conn, cursor, _statement, _parameters, context, _executemany) -> None:
+        if context is not None and context.execution_options.get(BINARY_ROWS):
+            cursor.format = Format.BINARY
+
+
 def build_engine(url: str) -> Engine:
     """Create an engine for ``url`` with the per-dialect setup described above."""
     url = normalize_url(url)
@@ -76,7 +89,9 @@ def build_engine(url: str) -> Engine:
     # No pre-ping: it would cost a round trip per transaction. A connection that died
     # with the server raises OperationalError, SQLAlchemy drops the pool, and the job
     # retries like after any other transient error.
-    return create_engine(url, pool_size=5, max_overflow=5)
+    engine = create_engine(url, pool_size=5, max_overflow=5)
+    _postgresql_setup(engine)
+    return engine
 
 
 def current_url() -> str:
@@ -125,6 +140,7 @@ def _build_autocommit_engine(engine: Engine) -> Engine:
         with dbapi_connection.cursor() as cursor:
             cursor.execute("SET synchronous_commit = off")
 
+    _postgresql_setup(autocommit)
     return autocommit
 
 
