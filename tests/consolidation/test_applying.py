@@ -81,14 +81,18 @@ def test_merged_memories_keep_every_sentence_tag_and_link(database):
         assert abs(np.linalg.norm(vector) - 1.0) < 1e-5
 
 
-def test_each_batch_inserts_its_memories_and_audit_rows_in_one_statement(database):
+def test_each_batch_inserts_and_updates_in_one_statement_per_table(database):
     (manifest,) = _seed()
     pid = uuid.UUID(manifest.id)
     inserts: list[str] = []
+    memory_updates: list[bool] = []  # executemany?
 
     def record(conn, cursor, statement, parameters, context, executemany):
-        if statement.lstrip().upper().startswith("INSERT"):
+        words = statement.split()
+        if words[0] == "INSERT":
             inserts.append(statement.split("(")[0].split()[-1])
+        elif words[:2] == ["UPDATE", "task_memories"]:
+            memory_updates.append(executemany)
 
     event.listen(db.get_engine(), "before_cursor_execute", record)
     try:
@@ -100,6 +104,9 @@ def test_each_batch_inserts_its_memories_and_audit_rows_in_one_statement(databas
     # state, a duplicate mark has one) still go in one statement per batch.
     assert inserts.count("consolidation_changes") == 2
     assert inserts.count("task_memories") == 1
+    # The duplicate marks, then the archives. PostgreSQL: one statement over arrays of
+    # the values, not one execution per row (SQLite: an executemany, in-process).
+    assert memory_updates == [not db.is_postgresql()] * 2
     with db.session_scope() as session:
         created = session.scalars(select(ConsolidationChange).where(ConsolidationChange.previous_state.is_(None))).all()
     assert len(created) == result.clusters_found  # SQL NULL, not a JSON null
