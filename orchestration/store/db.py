@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TypeAlias, TypeVar
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestration.settings import get_settings, mask_url
@@ -89,9 +89,17 @@ def build_engine(url: str) -> Engine:
     # No pre-ping: it would cost a round trip per transaction. A connection that died
     # with the server raises OperationalError, SQLAlchemy drops the pool, and the job
     # retries like after any other transient error.
-    engine = create_engine(url, pool_size=5, max_overflow=5)
+    engine = create_engine(url, pool_size=5, max_overflow=5, connect_args=utc_session(parsed))
     _postgresql_setup(engine)
     return engine
+
+
+def utc_session(url: URL) -> dict[str, str]:
+    """Connection arguments that start a PostgreSQL session in UTC (added to any
+    ``options`` the URL has), so timestamps arrive in UTC and need no conversion."""
+    given = url.query.get("options", "")
+    given = " ".join(given) if isinstance(given, tuple) else given
+    return {"options": f"{given} -c TimeZone=UTC".strip()}
 
 
 def current_url() -> str:
@@ -133,7 +141,9 @@ def _build_autocommit_engine(engine: Engine) -> Engine:
     summary commits durably), and a job whose start or end was lost is found by its
     silent heartbeat and run again, which applies nothing twice
     (docs/reliability.md, "Durability of a job's start and end")."""
-    autocommit = create_engine(engine.url, isolation_level="AUTOCOMMIT", pool_size=2, max_overflow=8)
+    autocommit = create_engine(
+        engine.url, isolation_level="AUTOCOMMIT", pool_size=2, max_overflow=8, connect_args=utc_session(engine.url)
+    )
 
     @event.listens_for(autocommit, "connect")
     def _on_connect(dbapi_connection, _record) -> None:

@@ -1,9 +1,11 @@
 import uuid
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 from alembic.util.exc import CommandError
 from sqlalchemy import create_engine, insert, inspect, text
+from sqlalchemy.engine import make_url
 
 from orchestration.store import db, migrate
 from orchestration.store.models import Base, Project
@@ -98,8 +100,32 @@ def test_statement_scope_on_postgresql_is_autocommit_without_waiting_for_the_wal
     with db.statement_scope() as connection:
         assert connection.connection.driver_connection.autocommit
         assert connection.execute(text("SHOW synchronous_commit")).scalar() == "off"
+        assert connection.execute(text("SHOW TimeZone")).scalar() == "UTC"
     with db.session_scope() as session:  # every other transaction commits durably
         assert session.execute(text("SHOW synchronous_commit")).scalar() == "on"
+
+
+@pytest.mark.integration
+def test_postgresql_sessions_run_in_utc_and_keep_the_urls_own_options(pg_url):
+    url = make_url(pg_url).update_query_dict({"options": "-c statement_timeout=12345"})
+    engine = db.build_engine(url.render_as_string(hide_password=False))
+    try:
+        with engine.connect() as connection:
+            assert connection.execute(text("SHOW TimeZone")).scalar() == "UTC"
+            assert connection.execute(text("SHOW statement_timeout")).scalar() == "12345ms"
+            assert connection.execute(text("SELECT now()")).scalar().tzinfo is UTC  # nothing to convert
+    finally:
+        engine.dispose()
+
+
+def test_timestamps_in_another_zone_are_stored_and_read_as_utc(database):
+    stamp = datetime(2026, 3, 29, 3, 30, tzinfo=ZoneInfo("Europe/Berlin"))  # 01:30 UTC
+    with db.session_scope() as session:
+        project = Project(name="p", created_at=stamp)
+        session.add(project)
+    with db.session_scope() as session:
+        loaded = session.get(Project, project.id).created_at
+    assert loaded == stamp and loaded.tzinfo is UTC and loaded.hour == 1
 
 
 def test_uuid_and_timestamps_round_trip(database):
