@@ -4,6 +4,8 @@ The engine comes from ``ORCHESTRATION_DATABASE_URL`` (or :func:`use_database` in
 tests and the demo). SQLite is set up for several worker threads at once: WAL
 journal, a busy timeout, foreign keys on, and ``BEGIN IMMEDIATE`` so that two
 writers queue on the lock instead of failing with "database is locked".
+PostgreSQL sessions run in UTC, and a statement can ask for its rows in binary format
+(:data:`BINARY_ROWS`).
 """
 
 from __future__ import annotations
