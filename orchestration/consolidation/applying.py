@@ -296,17 +296,16 @@ def _update(session: Session, columns: tuple[str, ...], items: list[_Update]) ->
     (``unnest``): an ``executemany`` runs the statement once per row, which cost the
     server 1.7 times as much (docs/benchmarks.md)."""
     table = table_of(TaskMemory)
-    values = {
-        "match_id": [u.memory_id for u in items],
-        "match_version": [u.version for u in items],
-        **{name: [u.values[name] for u in items] for name in columns},
-    }
     if session.get_bind().dialect.name == "postgresql":
-        types = {"match_id": table.c.id.type, "match_version": table.c.version.type}
-        arrays = [bindparam(n, v, type_=ARRAY(types.get(n) or table.c[n].type)) for n, v in values.items()]
-        given = func.unnest(*arrays).table_valued(*values).render_derived()
+        arrays = {
+            "match_id": (table.c.id.type, [u.memory_id for u in items]),
+            "match_version": (table.c.version.type, [u.version for u in items]),
+            **{name: (table.c[name].type, [u.values[name] for u in items]) for name in columns},
+        }
+        binds = [bindparam(name, values, type_=ARRAY(type_)) for name, (type_, values) in arrays.items()]
+        given = func.unnest(*binds).table_valued(*arrays).render_derived()
         where = (table.c.id == given.c.match_id, table.c.version == given.c.match_version)
-        session.execute(update(table).where(*where).values({n: given.c[n] for n in columns}))
+        session.execute(update(table).where(*where).values({name: given.c[name] for name in columns}))
         return
     # Bind names of the WHERE clause must differ from the column names being set.
     stmt = (
@@ -314,7 +313,7 @@ def _update(session: Session, columns: tuple[str, ...], items: list[_Update]) ->
         .where(table.c.id == bindparam("match_id"), table.c.version == bindparam("match_version"))
         .values({name: bindparam(name) for name in columns})
     )
-    session.execute(stmt, [dict(zip(values, row, strict=True)) for row in zip(*values.values(), strict=True)])
+    session.execute(stmt, [{"match_id": u.memory_id, "match_version": u.version, **u.values} for u in items])
 
 
 def _insert(session: Session, model: type[Base], rows: list[dict[str, Any]]) -> None:

@@ -67,6 +67,7 @@ def _sqlite_setup(engine: Engine) -> None:
 
 
 def _postgresql_setup(engine: Engine) -> None:
+    """Rows in binary format for statements that ask for it (:data:`BINARY_ROWS`)."""
     from psycopg.pq import Format
 
     @event.listens_for(engine, "before_cursor_execute")
@@ -91,12 +92,12 @@ def build_engine(url: str) -> Engine:
     # No pre-ping: it would cost a round trip per transaction. A connection that died
     # with the server raises OperationalError, SQLAlchemy drops the pool, and the job
     # retries like after any other transient error.
-    engine = create_engine(url, pool_size=5, max_overflow=5, connect_args=utc_session(parsed))
+    engine = create_engine(url, pool_size=5, max_overflow=5, connect_args=_utc_session(parsed))
     _postgresql_setup(engine)
     return engine
 
 
-def utc_session(url: URL) -> dict[str, str]:
+def _utc_session(url: URL) -> dict[str, str]:
     """Connection arguments that start a PostgreSQL session in UTC (added to any
     ``options`` the URL has), so timestamps arrive in UTC and need no conversion."""
     given = url.query.get("options", "")
@@ -144,7 +145,7 @@ def _build_autocommit_engine(engine: Engine) -> Engine:
     silent heartbeat and run again, which applies nothing twice
     (docs/reliability.md, "Durability of a job's start and end")."""
     autocommit = create_engine(
-        engine.url, isolation_level="AUTOCOMMIT", pool_size=2, max_overflow=8, connect_args=utc_session(engine.url)
+        engine.url, isolation_level="AUTOCOMMIT", pool_size=2, max_overflow=8, connect_args=_utc_session(engine.url)
     )
 
     @event.listens_for(autocommit, "connect")
