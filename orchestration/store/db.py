@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
@@ -66,14 +66,22 @@ def _sqlite_setup(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _postgresql_setup(engine: Engine) -> None:
-    """Rows in binary format for statements that ask for it (:data:`BINARY_ROWS`)."""
+def _postgresql_engine(url: URL, **kwargs: Any) -> Engine:
+    """An engine whose sessions start in UTC (``-c TimeZone=UTC`` added to any
+    ``options`` the URL has, so timestamps arrive in UTC and need no conversion), and
+    that returns rows in binary format to statements that ask (:data:`BINARY_ROWS`)."""
     from psycopg.pq import Format
+
+    given = url.query.get("options", "")
+    given = " ".join(given) if isinstance(given, tuple) else given
+    engine = create_engine(url, connect_args={"options": f"{given} -c TimeZone=UTC".strip()}, **kwargs)
 
     @event.listens_for(engine, "before_cursor_execute")
     def _rows_format(_conn, cursor, _statement, _parameters, context, _executemany) -> None:
         if context is not None and context.execution_options.get(BINARY_ROWS):
             cursor.format = Format.BINARY
+
+    return engine
 
 
 def build_engine(url: str) -> Engine:
@@ -92,17 +100,7 @@ def build_engine(url: str) -> Engine:
     # No pre-ping: it would cost a round trip per transaction. A connection that died
     # with the server raises OperationalError, SQLAlchemy drops the pool, and the job
     # retries like after any other transient error.
-    engine = create_engine(url, pool_size=5, max_overflow=5, connect_args=_utc_session(parsed))
-    _postgresql_setup(engine)
-    return engine
-
-
-def _utc_session(url: URL) -> dict[str, str]:
-    """Connection arguments that start a PostgreSQL session in UTC (added to any
-    ``options`` the URL has), so timestamps arrive in UTC and need no conversion."""
-    given = url.query.get("options", "")
-    given = " ".join(given) if isinstance(given, tuple) else given
-    return {"options": f"{given} -c TimeZone=UTC".strip()}
+    return _postgresql_engine(parsed, pool_size=5, max_overflow=5)
 
 
 def current_url() -> str:
@@ -144,16 +142,13 @@ def _build_autocommit_engine(engine: Engine) -> Engine:
     summary commits durably), and a job whose start or end was lost is found by its
     silent heartbeat and run again, which applies nothing twice
     (docs/reliability.md, "Durability of a job's start and end")."""
-    autocommit = create_engine(
-        engine.url, isolation_level="AUTOCOMMIT", pool_size=2, max_overflow=8, connect_args=_utc_session(engine.url)
-    )
+    autocommit = _postgresql_engine(engine.url, isolation_level="AUTOCOMMIT", pool_size=2, max_overflow=8)
 
     @event.listens_for(autocommit, "connect")
     def _on_connect(dbapi_connection, _record) -> None:
         with dbapi_connection.cursor() as cursor:
             cursor.execute("SET synchronous_commit = off")
 
-    _postgresql_setup(autocommit)
     return autocommit
 
 
