@@ -48,7 +48,7 @@ def mask_url(url: str) -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str = "sqlite:///var/orchestration.store.db"
+    database_url: str = "sqlite:///var/orchestration.db"
     broker_url: str = "redis://localhost:6379/0"
     result_backend: str = "redis://localhost:6379/1"
     schedule: str = "0 2 * * *"

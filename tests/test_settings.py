@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from orchestration.settings import Settings, SettingsError, load_settings, mask_url
@@ -6,7 +8,7 @@ from orchestration.settings import Settings, SettingsError, load_settings, mask_
 def test_defaults_match_the_contract():
     s = load_settings({})
     assert s == Settings()
-    assert s.database_url == "sqlite:///var/orchestration.store.db"
+    assert s.database_url == "sqlite:///var/orchestration.db"
     assert s.broker_url == "redis://localhost:6379/0"
     assert s.result_backend == "redis://localhost:6379/1"
     assert s.schedule == "0 2 * * *"
@@ -103,3 +105,34 @@ def test_a_bad_setting_stops_the_cli_with_one_line(monkeypatch):
         "Error: ORCHESTRATION_TIMEZONE='Nowhere/Special': unknown time zone "
         "(use an IANA name such as UTC or Europe/Berlin)"
     ]
+
+
+def _documented_defaults(path: Path) -> dict[str, str]:
+    """``variable -> default`` from a markdown table whose rows start with `ORCHESTRATION_...`."""
+    defaults = {}
+    for line in path.read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].startswith("`ORCHESTRATION_"):
+            defaults[cells[0].strip("`")] = cells[1].strip("`")
+    return defaults
+
+
+def _documents() -> list[Path]:
+    root = Path(__file__).resolve().parents[1]
+    spec = root.parent / "shared" / "SPEC.md"
+    return [root / "README.md"] + ([spec] if spec.exists() else [])
+
+
+@pytest.mark.parametrize("document", _documents(), ids=lambda path: path.name)
+def test_defaults_equal_the_documented_table(document: Path):
+    """What an operator reads as the default is what a process uses when the variable is unset."""
+    documented = _documented_defaults(document)
+    assert documented, f"no settings table found in {document}"
+    defaults = Settings()
+    for variable, shown in documented.items():
+        field = variable.removeprefix("ORCHESTRATION_").lower()
+        if not hasattr(defaults, field):
+            continue  # documented for a later part (e.g. the dashboard's token)
+        value = getattr(defaults, field)
+        expected = "unset" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+        assert shown == expected, f"{document.name}: {variable} documented as {shown!r}, default is {expected!r}"

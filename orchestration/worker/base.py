@@ -39,6 +39,8 @@ class OrchestrationTask(Task):
     Tasks are run by a worker, never called directly: the request must be Celery's."""
 
     id_args: ClassVar[tuple[str, ...]] = ()
+    # A message whose body does not fit the task is rejected, never allowed to stop the worker.
+    Strategy = "orchestration.worker.strategy:guarded"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         structlog.contextvars.clear_contextvars()
