@@ -27,6 +27,12 @@ from orchestration.store import db
 
 # Jobs whose worker died are found within heartbeat.LOST_AFTER plus this interval.
 REAP_INTERVAL = timedelta(minutes=1)
+# The chord callback and the reaper read and write a few rows: a database or broker
+# that hangs must not hold a worker process with them for longer than this.
+SHORT_TASK_LIMITS = {"soft_time_limit": 120, "time_limit": 180}
+# A webhook attempt has one total deadline (orchestration.nightly.notify); this bounds
+# all of its attempts together.
+NOTIFY_LIMITS = {"soft_time_limit": 60, "time_limit": 90}
 # RabbitMQ honours a consumer's own x-consumer-timeout from this version on; older
 # brokers apply only their global consumer_timeout (30 minutes by default).
 CONSUMER_TIMEOUT_SINCE = (3, 11, 15)
@@ -99,7 +105,10 @@ def task_annotations(settings: Settings) -> dict[str, dict[str, Any]]:
         "consolidation.finalize_run": {
             "retry_backoff_max": settings.retry_backoff_max,
             "max_retries": settings.max_retries,
+            **SHORT_TASK_LIMITS,
         },
+        "consolidation.reap_stale": SHORT_TASK_LIMITS,
+        "consolidation.notify": NOTIFY_LIMITS,
     }
 
 
@@ -108,6 +117,9 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "consolidation-nightly": {
             "task": "consolidation.run_scheduled",
             "schedule": settings.crontab,
+            # Beat's own schedule travels with the message: the slot is worked out with
+            # it, and a worker configured otherwise says so instead of skipping nights.
+            "kwargs": {"schedule": settings.schedule, "timezone": settings.timezone},
         },
         "consolidation-reap-stale": {
             "task": "consolidation.reap_stale",

@@ -7,12 +7,14 @@ only through :func:`mask_url` so passwords never reach a terminal or a log.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
-from collections.abc import Mapping
+import socket
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from celery.schedules import crontab
@@ -32,18 +34,98 @@ class SettingsError(ValueError):
     """A setting has a bad value; the message is one line fit for an operator."""
 
 
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_PORT = re.compile(r"^\d*$")
+
+
 def mask_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***`` (even if the rest is malformed)."""
+    """Return ``url`` with any password replaced by ``***``, however malformed the URL.
+
+    Not :func:`urllib.parse.urlsplit`: a password with an unencoded ``/``, ``?``, ``#``
+    or ``@`` makes it split in the wrong place. Everything between ``scheme://`` (or
+    the start, without a scheme) and the *last* ``@`` is taken as user info, and
+    whatever follows its first ``:`` is masked. Without an ``@``, a "port" that is not
+    a number may be a password that lost its ``@``: it is masked with the rest of the
+    URL. When in doubt this masks too much (an ``@`` in a query), never too little.
+    """
+    scheme = _SCHEME.match(url)
+    head, rest = (url[: scheme.end()], url[scheme.end() :]) if scheme else ("", url)
+    userinfo, at, after = rest.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        return f"{head}{user}:***@{after}" if colon else url
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if authority.startswith("[") and "]" in authority:  # [IPv6]:port
+        host, _, port = authority.partition("]")
+        host, port = host + "]", port.removeprefix(":")
+    else:
+        host, _, port = authority.partition(":")
+    return url if _PORT.match(port) else f"{head}{host}:***"
+
+
+def mask_endpoint(url: str) -> str:
+    """``scheme://host[:port]/***``: a webhook URL as logs may show it. The path and
+    query (a Slack-style URL's secret) and the user info are never shown; if an ``@``
+    follows the host (a password with an unencoded ``/``, ``?`` or ``#`` was cut
+    there, so "host" may be the user name and "port" half the password), neither is."""
     try:
         parts = urlsplit(url)
-        password = parts.password
+        host, port = parts.hostname, parts.port
     except ValueError:
-        return "<unparseable url>"
-    if password is None:
-        return url
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
+        return "?://***"
+    scheme = parts.scheme or "?"
+    if not host or ("@" in url and "@" not in parts.netloc):
+        return f"{scheme}://***"
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}{'' if port is None else f':{port}'}/***"
+
+
+def literal_address(host: str) -> str | None:
+    """The IP address ``host`` spells without DNS (``10.0.0.1``, ``[::1]``, also the
+    legacy ``2852039166`` or ``0xa9fea9fe`` forms the resolver accepts), else None."""
+    host = host.strip("[]")
+    if not host:
+        return None
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    except (socket.gaierror, UnicodeError, ValueError):
+        return None
+    return str(infos[0][4][0]) if infos else None
+
+
+def address_problem(address: str, allow_private: bool) -> str | None:
+    """Why a webhook may not be sent to IP ``address``, or None if it may.
+
+    Link-local (169.254.0.0/16, the cloud metadata service, and fe80::/10) and
+    multicast are refused always; loopback, private, unique-local, unspecified and
+    other non-global addresses unless ``allow_private``. An IPv6 address embedding an
+    IPv4 one (IPv4-mapped ``::ffff:a.b.c.d``, NAT64 ``64:ff9b::/96``, 6to4, IPv4-
+    compatible ``::a.b.c.d``) is judged by both."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return f"{address!r} is not an IP address"
+    candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
+    if isinstance(ip, ipaddress.IPv6Address):
+        packed = int(ip)
+        embedded = [ip.ipv4_mapped, ip.sixtofour]
+        if ip in _NAT64 or (packed >> 32 == 0 and packed > 1):
+            embedded.append(ipaddress.IPv4Address(packed & 0xFFFFFFFF))
+        candidates += [e for e in embedded if e is not None]
+    for candidate in candidates:
+        if candidate.is_link_local:
+            return f"{ip} is a link-local address (never allowed)"
+        if candidate.is_multicast:
+            return f"{ip} is a multicast address (never allowed)"
+    if allow_private:
+        return None
+    for candidate in candidates:
+        if not candidate.is_global:
+            return f"{ip} is a loopback or private address (allowed only with {PREFIX}NOTIFY_ALLOW_PRIVATE=true)"
+    return None
+
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 @dataclass(frozen=True)
@@ -61,6 +143,7 @@ class Settings:
     run_deadline: int = 21600
     audit_retention_days: int = 90
     notify_url: str | None = None
+    notify_allow_private: bool = False
     log_format: str = "auto"
     log_level: str = "INFO"
 
@@ -102,18 +185,95 @@ def _fail(name: str, shown: str, problem: str) -> SettingsError:
     return SettingsError(f"{PREFIX}{name}={shown!r}: {problem}")
 
 
-def _url(env: Mapping[str, str], name: str, default: str | None, schemes: tuple[str, ...]) -> str | None:
+def _url(
+    env: Mapping[str, str],
+    name: str,
+    default: str | None,
+    schemes: tuple[str, ...],
+    shown: Callable[[str], str] = mask_url,
+    check_cut: bool = True,
+) -> str | None:
+    """The URL in ``name``, its scheme and port checked; errors show it through ``shown``.
+    With ``check_cut``, an ``@`` after the host is refused (see :func:`_cut_userinfo`)."""
     value = (env.get(PREFIX + name) or "").strip() or default
     if value is None:
         return None
     scheme = value.split("://", 1)[0] if "://" in value else ""
     # "postgresql+psycopg" is a postgresql URL, "db+sqlite" a Celery database backend.
     if not any(scheme == s or scheme.startswith(s + "+") for s in schemes):
-        raise _fail(name, mask_url(value), f"URL scheme must be one of {', '.join(schemes)}")
+        raise _fail(name, shown(value), f"URL scheme must be one of {', '.join(schemes)}")
     try:
         urlsplit(value).port  # noqa: B018 - property access validates the port
     except ValueError as exc:
-        raise _fail(name, mask_url(value), f"malformed URL ({exc})") from None
+        # urlsplit's message quotes the bad "port", which may be half a password: see _url_problem.
+        raise _fail(name, shown(value), f"malformed URL ({_url_problem(value, exc)})") from None
+    if check_cut and _cut_userinfo(value):
+        raise _fail(name, shown(value), f"malformed URL ({_PERCENT_ENCODE})")
+    return value
+
+
+_PERCENT_ENCODE = "an @ after the host: percent-encode any / ? # @ in the user name or password"
+# URLs without a server (a file path may hold an "@").
+_LOCAL_SCHEMES = ("sqlite", "db+sqlite", "memory", "cache+memory")
+
+
+def _cut_userinfo(value: str) -> bool:
+    """Whether an ``@`` follows where :func:`urlsplit` ends the host, as when a password
+    with an unencoded ``/``, ``?`` or ``#`` is cut there: then "host" is the user name,
+    "port" may be half the password, and the rest lands in the path (shown by clients)."""
+    try:
+        netloc = urlsplit(value).netloc
+    except ValueError:
+        return False
+    head, sep, rest = value.partition("://")
+    return bool(sep) and "@" in rest[len(netloc) :] and not head.lower().startswith(_LOCAL_SCHEMES)
+
+
+def _url_problem(value: str, exc: ValueError) -> str:
+    """What is wrong with ``value``. urlsplit's own words quote the "port", which is
+    shown only after an intact ``user:password@``: without one, as in
+    ``postgresql://user:pass``, the "port" may be the password."""
+    text = str(exc)
+    cut = _cut_userinfo(value)
+    if text.startswith(("Port could not be cast", "Port out of range")) and not cut and "@" in urlsplit(value).netloc:
+        return text
+    problem = (
+        "the port is not a number"
+        if text.startswith("Port could not be cast")
+        else "the port is out of range 0-65535"
+        if text.startswith("Port out of range")
+        else "invalid IPv6 address"
+        if "IPv6" in text
+        else "cannot be parsed"
+    )
+    return f"{problem}; {_PERCENT_ENCODE}" if cut else problem
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(PREFIX + name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise _fail(name, raw, "must be true or false (or 1/0, yes/no)")
+
+
+def _notify_url(env: Mapping[str, str], allow_private: bool) -> str | None:
+    """The webhook URL: http(s), with a host; a literal IP host must be one
+    :func:`address_problem` allows (host names are checked when sending)."""
+    value = _url(env, "NOTIFY_URL", None, ("http", "https"), shown=mask_endpoint, check_cut=False)
+    if value is None:
+        return None
+    host = urlsplit(value).hostname
+    if not host:
+        raise _fail("NOTIFY_URL", mask_endpoint(value), "URL has no host")
+    address = literal_address(host)
+    problem = address_problem(address, allow_private) if address is not None else None
+    if problem is not None:
+        raise _fail("NOTIFY_URL", mask_endpoint(value), f"webhook address refused: {problem}")
     return value
 
 
@@ -159,6 +319,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     rate_limit = env.get(PREFIX + "PROJECT_RATE_LIMIT", "").strip() or None
     if rate_limit is not None and not _RATE_LIMIT.match(rate_limit):
         raise _fail("PROJECT_RATE_LIMIT", rate_limit, "must look like 30/m, 2/s or 100/h")
+    notify_allow_private = _bool(env, "NOTIFY_ALLOW_PRIVATE", Settings.notify_allow_private)
     return Settings(
         database_url=_required_url(env, "DATABASE_URL", Settings.database_url, DATABASE_SCHEMES),
         broker_url=_required_url(env, "BROKER_URL", Settings.broker_url, BROKER_SCHEMES),
@@ -172,7 +333,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         job_time_limit=_int(env, "JOB_TIME_LIMIT", Settings.job_time_limit, minimum=1),
         run_deadline=_int(env, "RUN_DEADLINE", Settings.run_deadline, minimum=1),
         audit_retention_days=_int(env, "AUDIT_RETENTION_DAYS", Settings.audit_retention_days, minimum=1),
-        notify_url=_url(env, "NOTIFY_URL", None, ("http", "https")),
+        notify_url=_notify_url(env, notify_allow_private),
+        notify_allow_private=notify_allow_private,
         log_format=_choice(env, "LOG_FORMAT", Settings.log_format, LOG_FORMATS),
         log_level=_choice(env, "LOG_LEVEL", Settings.log_level, LOG_LEVELS, upper=True),
     )

@@ -9,6 +9,7 @@ import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
+from unittest.mock import patch
 
 import structlog
 from sqlalchemy import select, update
@@ -24,7 +25,7 @@ from orchestration.store import db
 from orchestration.store.models import ConsolidationChange, ConsolidationJob, ConsolidationRun, Project
 from orchestration.store.types import utcnow
 from orchestration.worker.tasks import prune_audit, reap_stale, run_project, run_scheduled
-from support import wait_for_run
+from support import wait_for_run, wait_until
 
 CATALOGUE = Path(__file__).resolve().parent.parent / "docs" / "events.md"
 COMMON = {"event", "level", "logger", "timestamp", "task_id", "task", "run_id", "job_id", "project_id"}
@@ -62,7 +63,7 @@ def _crash_recovery_events(project_id) -> None:
 
     settings = get_settings()
     with db.session_scope() as session:
-        started = runs.start_run(session, "manual", None, 0)
+        started = runs.start_run(session, "manual", None, 1)
     job_id = next(j for j in started.job_ids if _job(j).project_id == project_id)
     live = lifecycle.begin_attempt(job_id, settings)
     run_project.apply_async(args=[str(job_id)])  # a duplicate delivery while the attempt is alive
@@ -103,6 +104,49 @@ def _crash_recovery_events(project_id) -> None:
     warn_consumer_timeout("3.10.8", settings)
 
 
+def _outage_and_schedule_events() -> None:
+    """database.unreachable and job.attempt_spared (an outage cuts an attempt short),
+    job.resent (the broker lost a sent chord's messages), schedule.mismatch (beat and
+    the worker on different schedules)."""
+    import psycopg
+    from sqlalchemy.exc import OperationalError
+
+    from orchestration.nightly import reaper
+    from orchestration.worker import base
+
+    with db.session_scope() as session:
+        started = runs.start_run(session, "manual", None, 10)
+        runs.mark_dispatched(session, started.run_id, utcnow() - reaper.QUEUE_GRACE * 2)  # and lost by the broker
+    real, calls = planning.plan, {"n": 0}
+
+    def outage_once(executor, project_id, *args, **kwargs):
+        if calls["n"] == 0:
+            calls["n"] += 1
+            raise OperationalError("SELECT 1", {}, psycopg.OperationalError("connection failed: Connection refused"))
+        return real(executor, project_id, *args, **kwargs)
+
+    with (
+        patch.object(planning, "plan", outage_once),
+        patch.object(base, "outage_countdown", lambda retries: 0.05),
+    ):
+        assert reap_stale.apply_async().get(timeout=60)["resent"] == len(started.job_ids)
+        wait_until(lambda: not _unfinished(started.run_id), 60, "the re-sent jobs finished")
+    beat_slot = parse_slot("2026-11-25T03:30:00+00:00")
+    run_scheduled.apply_async(kwargs={"slot": beat_slot.isoformat(), "schedule": "30 3 * * *"}).get(timeout=30)
+    wait_for_run(lambda s: s.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == beat_slot)))
+
+
+def _unfinished(run_id) -> bool:
+    with db.session_scope() as session:
+        return bool(
+            session.scalar(
+                select(ConsolidationJob.id).where(
+                    ConsolidationJob.run_id == run_id, ConsolidationJob.status.in_(("pending", "running", "retrying"))
+                )
+            )
+        )
+
+
 def _job(job_id):
     with db.session_scope() as session:
         return session.get(ConsolidationJob, job_id)
@@ -116,7 +160,12 @@ _STREAM: list = [None]
 
 
 def test_the_catalogue_matches_what_a_run_emits(celery_worker, sqlite_database, settings_env, monkeypatch):
-    settings_env(retry_backoff_max="1", max_retries="1", notify_url=f"http://127.0.0.1:{_closed_port()}/")
+    settings_env(
+        retry_backoff_max="1",
+        max_retries="1",
+        notify_url=f"http://127.0.0.1:{_closed_port()}/",
+        notify_allow_private="true",
+    )
     monkeypatch.setattr(job_progress, "INTERVAL_S", 0)  # the jobs here are shorter than 2 s
     stream = _STREAM[0] = io.StringIO()
     configure_logging(get_settings(), stream=stream)
@@ -159,6 +208,7 @@ def test_the_catalogue_matches_what_a_run_emits(celery_worker, sqlite_database, 
                 .values(status="running", heartbeat_at=long_ago)
             )
         reap_stale.apply_async().get(timeout=60)
+        _outage_and_schedule_events()
         _crash_recovery_events(flaky)
         with db.session_scope() as session:
             session.execute(update(ConsolidationChange).values(changed_at=long_ago - timedelta(days=100)))

@@ -136,3 +136,140 @@ def test_defaults_equal_the_documented_table(document: Path):
         value = getattr(defaults, field)
         expected = "unset" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
         assert shown == expected, f"{document.name}: {variable} documented as {shown!r}, default is {expected!r}"
+
+
+# Passwords with unencoded reserved characters: the secret is "Sx1<c>Qy2", and neither
+# half may appear wherever the URL is shown (urlsplit cuts such URLs in the wrong place).
+MALFORMED_URLS = [
+    "postgresql://u:Sx1#Qy2@db/x",
+    "postgresql+psycopg://u:Sx1/Qy2@db:5432/x",
+    "postgresql://u:Sx1?Qy2@db/x?sslmode=require",
+    "redis://:Sx1/Qy2@h:6379/0",
+    "redis://:1234/Qy2@h:6379/0",
+    "amqp://u:Sx1?Qy2@h//",
+    "amqp://u:Sx1@Qy2@h//",
+    "redis://u:Sx1@Qy2#Zz9@h:6379/0",
+    "redis://u:Sx1:Qy2@h:6379/0",
+    "redis://u:Sx1[Qy2@h:6379/0",
+    "redis://u:Sx1 Qy2@h:6379/0",
+    "redis://u:Sx1%Qy2@h:6379/0",
+    "redis://u:Sx1\nQy2@h:6379/0",
+    "sentinel://:Sx1@h1:26379;sentinel://:Qy2@h2:26379",
+    "u:Sx1#Qy2@h/db",
+    "//u:Sx1/Qy2@h/db",
+    "redis:/u:Sx1/Qy2@h",
+    "redis::Sx1/Qy2@h",
+    "://u:Sx1#Qy2@h",
+    "postgresql://u:Sx1",
+    "postgresql://u:Sx1#Qy2",
+    "postgresql://u:Sx1/Qy2",
+    "redis://[::1]:Sx1/Qy2",
+    " redis://u:Sx1/Qy2@h ",
+]
+SECRET_PARTS = ("Sx1", "Qy2", "Zz9", "1234")
+
+
+@pytest.mark.parametrize("url", MALFORMED_URLS)
+def test_a_password_is_masked_however_malformed_the_url(url):
+    shown = mask_url(url)
+    assert "***" in shown
+    for part in SECRET_PARTS:
+        assert part not in shown, shown
+
+
+@pytest.mark.parametrize("url", MALFORMED_URLS)
+@pytest.mark.parametrize("name", ["DATABASE_URL", "BROKER_URL", "RESULT_BACKEND", "NOTIFY_URL"])
+def test_a_malformed_url_setting_is_refused_without_showing_its_password(name, url):
+    try:
+        load_settings({f"ORCHESTRATION_{name}": url})
+    except SettingsError as exc:
+        message = str(exc)
+        assert message.startswith(f"ORCHESTRATION_{name}=") and "\n" not in message
+        for part in SECRET_PARTS:
+            assert part not in message, message
+
+
+def test_a_password_cut_by_an_unencoded_slash_is_refused_not_misread():
+    """urlsplit reads "redis://:1234/Qy2@h:6379/0" as port 1234 with the rest as the path:
+    the client would connect elsewhere and show half the password as its database."""
+    for name, url in [
+        ("BROKER_URL", "redis://:1234/Qy2@h:6379/0"),
+        ("BROKER_URL", "amqp://u:p@ss/x@h//"),
+        ("DATABASE_URL", "postgresql://u:Sx1#Qy2@db/x"),
+    ]:
+        with pytest.raises(SettingsError) as info:
+            load_settings({f"ORCHESTRATION_{name}": url})
+        assert "percent-encode" in str(info.value)
+    # Encoded, the same passwords are fine; an "@" in a SQLite path is not a password.
+    assert load_settings({"ORCHESTRATION_BROKER_URL": "redis://:1234%2FQy2@h:6379/0"}).broker_url.endswith("@h:6379/0")
+    sqlite = "sqlite:////data/a@b.db"
+    assert load_settings({"ORCHESTRATION_DATABASE_URL": sqlite}).database_url == sqlite
+
+
+def test_masking_keeps_what_is_no_secret():
+    assert mask_url("redis://[::1]:6379/0") == "redis://[::1]:6379/0"
+    assert mask_url("sqlite:///var/orchestration.db") == "sqlite:///var/orchestration.db"
+    assert mask_url("amqp://guest@rabbit//") == "amqp://guest@rabbit//"
+    assert mask_url("redis://u:Sx1/Qy2@cache:6379/0") == "redis://u:***@cache:6379/0"
+    assert mask_url("amqp://u:Sx1?Qy2@rabbit//") == "amqp://u:***@rabbit//"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("true", True), ("TRUE", True), (" Yes ", True), ("1", True), ("false", False), ("No", False), ("0", False)],
+)
+def test_notify_allow_private_reads_true_and_false(raw, expected):
+    assert load_settings({"ORCHESTRATION_NOTIFY_ALLOW_PRIVATE": raw}).notify_allow_private is expected
+    assert load_settings({}).notify_allow_private is False
+
+
+@pytest.mark.parametrize("raw", ["maybe", "2", "on", "enabled"])
+def test_a_bad_notify_allow_private_names_the_variable(raw):
+    with pytest.raises(SettingsError) as info:
+        load_settings({"ORCHESTRATION_NOTIFY_ALLOW_PRIVATE": raw})
+    assert str(info.value).startswith("ORCHESTRATION_NOTIFY_ALLOW_PRIVATE=") and "true or false" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/Xy9SecretPath",
+        "http://[fe80::1]/Xy9SecretPath",
+        "http://[::ffff:169.254.169.254]/Xy9SecretPath",
+        "http://2852039166/Xy9SecretPath",
+    ],
+)
+def test_a_link_local_webhook_is_refused_at_load_even_with_private_allowed(url):
+    for allow in ("false", "true"):
+        with pytest.raises(SettingsError) as info:
+            load_settings({"ORCHESTRATION_NOTIFY_URL": url, "ORCHESTRATION_NOTIFY_ALLOW_PRIVATE": allow})
+        message = str(info.value)
+        assert message.startswith("ORCHESTRATION_NOTIFY_URL=") and "link-local" in message
+        assert "Xy9SecretPath" not in message  # a webhook's path may be its secret
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8080/hook", "http://10.0.0.5/hook", "https://[::1]/hook", "http://[fd00::5]/hook"]
+)
+def test_a_private_webhook_address_needs_allow_private(url):
+    with pytest.raises(SettingsError) as info:
+        load_settings({"ORCHESTRATION_NOTIFY_URL": url})
+    assert "ORCHESTRATION_NOTIFY_ALLOW_PRIVATE" in str(info.value)
+    allowed = load_settings({"ORCHESTRATION_NOTIFY_URL": url, "ORCHESTRATION_NOTIFY_ALLOW_PRIVATE": "true"})
+    assert allowed.notify_url == url and allowed.notify_allow_private is True
+
+
+def test_only_a_literal_webhook_address_is_checked_at_load_a_host_name_when_sending():
+    with pytest.raises(SettingsError):
+        load_settings({"ORCHESTRATION_NOTIFY_URL": "http://127.0.0.1:9/hook"})
+    for url in ("http://localhost:9/hook", "https://hooks.example/a@b"):
+        assert load_settings({"ORCHESTRATION_NOTIFY_URL": url}).notify_url == url
+
+
+def test_a_webhook_error_shows_no_path_and_no_user_info():
+    with pytest.raises(SettingsError) as info:
+        load_settings({"ORCHESTRATION_NOTIFY_URL": "ftp://who:Sx1@hooks.example/services/Xy9SecretPath"})
+    message = str(info.value)
+    assert "hooks.example" in message and "URL scheme must be one of" in message
+    for secret in ("who", "Sx1", "services", "Xy9SecretPath"):
+        assert secret not in message

@@ -1,6 +1,8 @@
 """The commands of the ``orchestration`` command line (SPEC §6).
 
-Errors are one line on stderr with a non-zero exit, never a traceback. Commands
+Errors are one line on stderr with a non-zero exit, never a traceback. Text output
+shows values from the database with their control characters escaped (``text.clean``);
+``--json`` leaves that to JSON's own escaping. Commands
 import what they need (NumPy, the Celery app) when they run, so that quick commands
 such as ``runs list`` and ``health`` start quickly.
 """
@@ -20,6 +22,7 @@ from sqlalchemy import String, cast, func, select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from orchestration.cli import reports
+from orchestration.cli.text import clean
 from orchestration.logs import configure_logging
 from orchestration.settings import SettingsError, get_settings
 from orchestration.store import db, migrate
@@ -30,10 +33,11 @@ from orchestration.store.types import utcnow
 
 
 class CliError(click.ClickException):
-    """A one-line error with its own exit code."""
+    """A one-line error with its own exit code; control characters (newlines included)
+    in the message, which may quote names and error texts, are escaped."""
 
     def __init__(self, message: str, exit_code: int = 1):
-        super().__init__(message)
+        super().__init__(clean(message))
         self.exit_code = exit_code  # type: ignore[misc]  # click reads it per instance
 
 
@@ -61,6 +65,12 @@ def main() -> None:
 
 def _echo_json(document: Any) -> None:
     click.echo(reports.dumps(document))
+
+
+def _echo_text(text: str) -> None:
+    """Print a text report. Its parts are escaped where they are put together; this
+    keeps any control character that slipped through off the terminal all the same."""
+    click.echo(clean(text, multiline=True))
 
 
 def _find(model: type[ConsolidationRun] | type[ConsolidationJob] | type[Project], prefix: str, what: str) -> Any:
@@ -118,7 +128,7 @@ def seed(projects: int, memories: int, seed_value: int, dim: int, as_json: bool)
     if as_json:
         _echo_json([m.as_dict() for m in manifests])
         return
-    click.echo(
+    _echo_text(
         reports.table(
             ["project", "name", "kind", "memories", "dup groups", "stale"],
             [(m.id, m.name, m.kind, m.memories, len(m.groups), len(m.stale)) for m in manifests],
@@ -173,9 +183,8 @@ def consolidate(project_id: str, dry_run: bool, force: bool, as_json: bool) -> N
         _echo_json(document)
         return
     label = "would" if dry_run else "did"
-    click.echo(
-        f"{'dry run' if dry_run else 'job ' + str(document['job_id'] or document.get('id'))}: project {project.name} "
-        f"({project.id})\n"
+    _echo_text(
+        f"{'dry run' if dry_run else 'job ' + str(document['id'])}: project {clean(project.name)} ({project.id})\n"
         f"  active memories {document['memories_before']} -> {document['memories_after']}\n"
         f"  {label} merge {document['memories_merged']} memories into {document['clusters_found']} consolidated\n"
         f"  {label} archive {document['memories_archived']} stale memories"
@@ -201,7 +210,7 @@ def similarity(project_id: str, as_json: bool) -> None:
     if as_json:
         _echo_json(asdict(report))
         return
-    click.echo(reports.calibration_text(report, project.name))
+    _echo_text(reports.calibration_text(report, project.name))
 
 
 def _user() -> str:
@@ -234,7 +243,7 @@ def jobs_show(job_id: str, as_json: bool) -> None:
     if as_json:
         _echo_json(document)
         return
-    click.echo(reports.job_text(document))
+    _echo_text(reports.job_text(document))
 
 
 @jobs_group.command("rollback")
@@ -280,7 +289,7 @@ def runs_list(limit: int, status: str | None, as_json: bool) -> None:
     if not rows:
         click.echo("no runs yet")
         return
-    click.echo(reports.runs_table(rows))
+    _echo_text(reports.runs_table(rows))
 
 
 @runs_group.command("show")
@@ -293,7 +302,7 @@ def runs_show(run_id: str, as_json: bool) -> None:
     if as_json:
         _echo_json(document)
         return
-    click.echo(reports.run_text(document))
+    _echo_text(reports.run_text(document))
 
 
 @runs_group.command("watch")
@@ -314,30 +323,44 @@ def runs_watch(run_id: str, timeout: int | None) -> None:
 
 @main.command("run-now")
 @click.option("--wait", is_flag=True, help="Wait for the run to finish and print its summary.")
-@click.option("--slot", help="Start the scheduled run of this slot (ISO 8601) instead of a manual run.")
+@click.option(
+    "--slot", help="Start the scheduled run of this past slot (ISO 8601; naive is UTC) instead of a manual run."
+)
+@click.option("--backfill", is_flag=True, help="With --slot: allow a past time the schedule does not produce.")
 @click.option(
     "--timeout", type=click.IntRange(min=1), default=None, help="Seconds to wait at most (default: the run deadline)."
 )
-def run_now(wait: bool, slot: str | None, timeout: int | None) -> None:
+def run_now(wait: bool, slot: str | None, backfill: bool, timeout: int | None) -> None:
     """Start a run through the broker."""
-    from orchestration.nightly.schedule import parse_slot
+    from orchestration.nightly.schedule import SlotRefused, check_slot, parse_slot
     from orchestration.worker.tasks import run_scheduled
 
     settings = get_settings()
+    if backfill and slot is None:
+        raise CliError("--backfill needs --slot: it lets a past slot off the schedule run", 2)
     if slot is not None:
         try:
             slot_at = parse_slot(slot)
         except ValueError:
             raise CliError(f"--slot {slot!r} is not an ISO 8601 date and time") from None
+        try:  # before anything reaches the broker; the task checks again
+            check_slot(slot_at, settings.crontab, settings.tz, utcnow(), backfill=backfill)
+        except SlotRefused as exc:
+            raise CliError(str(exc)) from None
         with db.session_scope() as session:
             existing = session.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == slot_at))
         if existing is not None:
             click.echo(
-                f"slot {slot_at.isoformat()} already has run {existing.id} ({existing.status}); nothing started",
+                f"slot {slot_at.isoformat()} already has run {existing.id} ({clean(existing.status)}); nothing started",
                 err=True,
             )
         else:
-            run_scheduled.apply_async(kwargs={"slot": slot_at.isoformat()})
+            # backfill only when set, so that a worker without the parameter still
+            # takes the ordinary --slot message.
+            message: dict[str, Any] = {"slot": slot_at.isoformat()}
+            if backfill:
+                message["backfill"] = True
+            run_scheduled.apply_async(kwargs=message)
         finder = lambda s: s.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == slot_at))  # noqa: E731
         label = f"scheduled run for slot {slot_at.isoformat()}"
     else:
@@ -360,7 +383,7 @@ def _watch_and_report(finder: Any, timeout: float, label: str) -> None:
     if run is None:
         raise CliError(f"{label} did not finish within the timeout", 2)
     document = reports.run_document(run.id)
-    click.echo(reports.run_text(document))
+    _echo_text(reports.run_text(document))
     sys.exit(0 if document["status"] == RunStatus.COMPLETED else 1)
 
 
@@ -373,7 +396,7 @@ def demo(with_failure: bool, projects: int, memories: int) -> None:
     from orchestration.demo.embedded import run_demo
 
     document = run_demo(projects=projects, memories=memories, with_failure=with_failure, out=sys.stdout)
-    click.echo(reports.run_text(document))
+    _echo_text(reports.run_text(document))
     sys.exit(0 if document["status"] == RunStatus.COMPLETED else 1)
 
 
@@ -399,5 +422,5 @@ def health(max_age: float, as_json: bool) -> None:
     if as_json:
         _echo_json(document)
     else:
-        click.echo(f"{document['status'].upper()}: {document['message']}")
+        _echo_text(f"{document['status'].upper()}: {clean(document['message'])}")
     sys.exit(result.code)

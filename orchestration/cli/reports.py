@@ -1,5 +1,7 @@
 """Turning rows and results into what people and scripts read: JSON documents whose
-keys are the column names, and short aligned text tables."""
+keys are the column names, and short aligned text tables. Every value the text forms
+print from the database goes through ``text.clean`` (no control characters reach a
+terminal); JSON escapes them itself."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import case, select
 
+from orchestration.cli.text import clean
 from orchestration.store.db import session_scope
 from orchestration.store.documents import jsonable, row_dict
 from orchestration.store.models import ConsolidationJob, ConsolidationRun, Project
@@ -25,7 +28,7 @@ def dumps(document: Any) -> str:
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in row] for row in rows]
+    cells = [[clean(h) for h in headers]] + [["" if v is None else clean(v) for v in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -92,9 +95,12 @@ def run_document(run_id: uuid.UUID) -> dict[str, Any]:
 
 
 def _first_line(text: str | None, width: int = 60) -> str:
-    if not text:
+    """The first line of an error text, control characters escaped, cut to ``width``.
+    Lines end at a newline only: a lone carriage return is shown (as ``\\r``), not
+    taken as the end of a line."""
+    if not text or not text.strip():
         return ""
-    line = text.strip().splitlines()[0]
+    line = clean(text.strip().split("\n")[0].rstrip("\r"))
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
@@ -106,7 +112,7 @@ def run_text(doc: dict[str, Any]) -> str:
     """A run summary and its jobs (failed first), within 80 columns."""
     started, finished = _parse(doc["started_at"]), _parse(doc["finished_at"])
     lines = [
-        f"run {doc['id']}  {doc['trigger_type']}  status: {doc['status'].upper()}",
+        f"run {doc['id']}  {clean(doc['trigger_type'])}  status: {clean(doc['status'].upper())}",
         f"  slot {when(doc['scheduled_for'])}  took {duration(started, finished)}",
         f"  started {when(started)}  finished {when(finished)}",
         f"  projects: {doc['projects_checked']} checked, {doc['projects_eligible']} eligible, "
@@ -145,14 +151,15 @@ def run_text(doc: dict[str, Any]) -> str:
 
 
 def _project(job: dict[str, Any]) -> str:
-    return (job.get("project_name") or short(job.get("project_id")))[:20]
+    return clean(job.get("project_name") or short(job.get("project_id")))[:20]
 
 
 def job_text(doc: dict[str, Any]) -> str:
-    changes = ", ".join(f"{k} {v}" for k, v in sorted(doc.get("changes", {}).items())) or "none"
+    changes = ", ".join(f"{clean(k)} {v}" for k, v in sorted(doc.get("changes", {}).items())) or "none"
     lines = [
-        f"job {doc['id']}  {doc['trigger_type']} by {doc['triggered_by']}  status: {doc['status'].upper()}",
-        f"  project {doc.get('project_name') or '-'} ({doc['project_id']})  run {doc['run_id'] or '-'}",
+        f"job {doc['id']}  {clean(doc['trigger_type'])} by {clean(doc['triggered_by'])}  "
+        f"status: {clean(doc['status'].upper())}",
+        f"  project {clean(doc.get('project_name') or '-')} ({doc['project_id']})  run {doc['run_id'] or '-'}",
         f"  attempts {doc['attempts']}  progress {doc['progress']:.0%}  started {when(doc['started_at'])}"
         f"  completed {when(doc['completed_at'])}",
         f"  memories: {doc['memories_before']} -> {doc['memories_after']} active, {doc['clusters_found']} clusters, "
@@ -168,9 +175,9 @@ def calibration_text(report: Calibration, name: str) -> str:
     """``orchestration similarity`` for people: distribution, thresholds, sample pairs."""
     guard = "on" if report.value_guard else "off"
     lines = [
-        f"project {name} ({report.project_id}): {report.memories} active memories, {report.compared} compared, "
+        f"project {clean(name)} ({report.project_id}): {report.memories} active memories, {report.compared} compared, "
         f"threshold {report.threshold:.2f}, value guard {guard}"
-        + (f", {report.skipped_invalid} with invalid embeddings skipped" if report.skipped_invalid else ""),
+        + (f", {report.skipped_invalid} with invalid data skipped" if report.skipped_invalid else ""),
         "",
         "nearest-neighbour similarity: "
         + "  ".join(f"{k} {'-' if v is None else f'{v:.3f}'}" for k, v in report.nearest.items()),
@@ -200,5 +207,5 @@ def calibration_text(report: Calibration, name: str) -> str:
 
 
 def _clip(text: str, width: int = 100) -> str:
-    text = " ".join(text.split())
+    text = clean(" ".join(text.split()))
     return text if len(text) <= width else text[: width - 1] + "…"

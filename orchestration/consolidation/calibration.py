@@ -20,8 +20,13 @@ from sqlalchemy.orm import Session
 
 from orchestration.consolidation.clustering import clusters_of, pairs_apart, scan
 from orchestration.consolidation.options import ConsolidationOptions
-from orchestration.consolidation.planning import comparison_groups, read_active, read_contents, value_guard
-from orchestration.consolidation.spaces import vector_spaces
+from orchestration.consolidation.planning import (
+    comparison_groups,
+    read_active,
+    read_contents,
+    usable_spaces,
+    value_guard,
+)
 
 THRESHOLDS = tuple(round(0.80 + 0.02 * k, 2) for k in range(10))  # 0.80, 0.82, ..., 0.98
 # Sample pairs come from this close above and below the project's threshold.
@@ -58,14 +63,14 @@ class Calibration:
 def calibrate(session: Session, project_id: uuid.UUID, options: ConsolidationOptions) -> Calibration:
     """The report for the project's active memories under ``options``."""
     rows = read_active(session, project_id)
-    spaces, vectors, invalid = vector_spaces(rows)
+    spaces, vectors, invalid = usable_spaces(session, rows)
     current = options.similarity_threshold
     levels = sorted({*THRESHOLDS, current})
     report = Calibration(
         project_id=str(project_id),
         memories=len(rows),
         compared=0,
-        skipped_invalid=invalid,
+        skipped_invalid=len(invalid),
         threshold=current,
         value_guard=options.value_guard,
         thresholds=[AtThreshold(t) for t in levels],

@@ -15,9 +15,11 @@ import numpy as np
 from sqlalchemy import ColumnElement, and_, bindparam, case, select
 from sqlalchemy.orm import Session
 
-from orchestration.consolidation import values
+from orchestration.consolidation import checks, values
+from orchestration.consolidation.checks import problem, readable
 from orchestration.consolidation.clustering import clusters_of, pairs_apart, similar_pairs
 from orchestration.consolidation.embeddings import normalize_rows, to_bytes
+from orchestration.consolidation.errors import DataError
 from orchestration.consolidation.options import ConsolidationOptions
 from orchestration.consolidation.spaces import LEXICAL, effective_types, vector_spaces
 from orchestration.store.db import BINARY_ROWS, Executor, chunks
@@ -42,7 +44,8 @@ class Plan:
     versions: dict[uuid.UUID, int]  # what each planned memory's version was when read
     clusters: list[Cluster] = field(default_factory=list)
     archive: list[uuid.UUID] = field(default_factory=list)
-    skipped_invalid: int = 0
+    skipped_invalid: int = 0  # memories left untouched: bad data or embedding (``invalid`` says which)
+    invalid: list[DataError] = field(default_factory=list)
     pairs_kept_apart: int = 0  # similar pairs the value guard kept out of one cluster
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -57,6 +60,14 @@ def active_filter() -> ColumnElement[bool]:
     return and_(~TaskMemory.is_duplicate, ~TaskMemory.is_archived)
 
 
+# The columns whose values a memory is skipped for (besides its embedding).
+CHECKED = (
+    TaskMemory.tags,
+    TaskMemory.file_links,
+    TaskMemory.consolidated_from,
+    TaskMemory.learned_at,
+    TaskMemory.last_reused_at,
+)
 # Built once: every job of every night runs it, and building a statement and its cache
 # key costs more than running it on a small project.
 _READ_ACTIVE = (
@@ -67,10 +78,12 @@ _READ_ACTIVE = (
         # Text is only needed where a lexical embedding must be computed.
         case((TaskMemory.embedding.is_(None), TaskMemory.content), else_=None).label("lexical_text"),
         TaskMemory.reused_count,
-        TaskMemory.last_reused_at,
-        TaskMemory.learned_at,
+        readable(TaskMemory.last_reused_at),
+        readable(TaskMemory.learned_at),
         TaskMemory.version,
-        TaskMemory.consolidated_from,
+        readable(TaskMemory.consolidated_from),
+        # Which column, if any, holds bad data (checks.py): the lists are checked, not sent.
+        problem(*CHECKED).label("problem"),
     )
     .where(TaskMemory.project_id == bindparam("project_id"), active_filter())
     .execution_options(**{BINARY_ROWS: True})  # the embeddings: see BINARY_ROWS
@@ -128,7 +141,8 @@ def plan(source: Executor, project_id: uuid.UUID, options: ConsolidationOptions,
     started = time.perf_counter()
     rows = read_active(source, project_id)
     result = Plan(project_id=project_id, memories_before=len(rows), versions={r.id: r.version for r in rows})
-    spaces, vectors, result.skipped_invalid = vector_spaces(rows)
+    spaces, vectors, result.invalid = usable_spaces(source, rows)
+    result.skipped_invalid = len(result.invalid)
     result.timings["load"] = time.perf_counter() - started
     in_cluster: set[uuid.UUID] = set()
     if options.merge:
@@ -144,6 +158,18 @@ def plan(source: Executor, project_id: uuid.UUID, options: ConsolidationOptions,
             if v is not None and r.id not in in_cluster and is_stale(r, options, cutoff)
         ]
     return result
+
+
+def usable_spaces(
+    source: Executor, rows: Sequence[Any]
+) -> tuple[dict[str, list[int]], list[np.ndarray | None], list[DataError]]:
+    """:func:`vector_spaces` of the rows whose data is valid; returns (space -> rows,
+    vectors, why each other memory is skipped). A skipped memory has no vector: it is
+    neither merged nor archived."""
+    bad_data = checks.check_rows(source, rows)
+    spaces, vectors, bad_embeddings = vector_spaces(rows, skip=bad_data)
+    bad_data.update((i, DataError.of_memory(rows[i].id, "embedding", why)) for i, why in bad_embeddings.items())
+    return spaces, vectors, [bad_data[i] for i in sorted(bad_data)]
 
 
 def is_stale(row: Any, options: ConsolidationOptions, cutoff: datetime) -> bool:

@@ -18,6 +18,7 @@ class ConsolidationResult:
     memories_merged: int = 0
     memories_archived: int = 0
     skipped_invalid: int = 0
+    invalid: list[str] = field(default_factory=list)  # why each skipped memory was skipped
     conflicts: int = 0
     pairs_kept_apart: int = 0  # similar pairs the value guard kept apart
     clusters: list[dict[str, Any]] = field(default_factory=list)
@@ -33,6 +34,7 @@ class ConsolidationResult:
             memories_before=plan.memories_before,
             memories_after=plan.memories_before,
             skipped_invalid=plan.skipped_invalid,
+            invalid=[str(error) for error in plan.invalid],
             pairs_kept_apart=plan.pairs_kept_apart,
             timings=dict(plan.timings),
         )

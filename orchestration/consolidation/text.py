@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
+from orchestration.consolidation.errors import DataError
+
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
@@ -31,9 +33,15 @@ def merge_content(texts: Sequence[str]) -> str:
 
 
 def union(lists: Iterable[Sequence[str] | None]) -> list[str]:
-    """Every item of ``lists`` once, first occurrence order."""
+    """Every item of ``lists`` once, first occurrence order (``None`` is an empty list).
+    Raises :class:`DataError` for anything but lists of strings: a string is not a
+    list of its characters (callers check their data first, see checks.py)."""
     seen: dict[str, None] = {}
     for items in lists:
+        if items is not None and not isinstance(items, list | tuple):
+            raise DataError(f"expected a list of strings, got {type(items).__name__} {items!r:.60}")
         for item in items or ():
+            if not isinstance(item, str):
+                raise DataError(f"expected a list of strings, got an item {item!r:.60}")
             seen.setdefault(item, None)
     return list(seen)

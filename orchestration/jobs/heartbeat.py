@@ -11,6 +11,11 @@ re-sends the job, and its next attempt takes the lock over (``docs/reliability.m
 The job row's ``heartbeat_at`` is refreshed in the same transaction where the row is
 free; a batch transaction holding it refreshes it on commit, so the heartbeat never
 waits for a batch (PostgreSQL ``SKIP LOCKED``; SQLite has one writer at a time).
+
+A received job is beaten for only while the worker still holds its message (the
+``held`` predicate given at receipt): once the task ended, or the worker dropped its
+messages with a lost broker connection, the row's heartbeat stops and the reaper
+re-sends the job if nothing else runs it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from datetime import timedelta
@@ -51,7 +56,7 @@ class _Beater:
 
     def __init__(self) -> None:
         self._holders: dict[str, uuid.UUID | None] = {}  # lock holder -> its job
-        self._received: set[uuid.UUID] = set()
+        self._received: dict[uuid.UUID, Callable[[], bool]] = {}  # job -> is its message still held?
         self._guard = threading.Lock()
         self._wake = threading.Event()
         self._pid: int | None = None
@@ -69,16 +74,16 @@ class _Beater:
         with self._guard:
             self._holders.pop(holder, None)
 
-    def receive(self, job_id: uuid.UUID) -> None:
+    def receive(self, job_id: uuid.UUID, held: Callable[[], bool]) -> None:
         with self._guard:
             self._start()
-            self._received.add(job_id)
+            self._received[job_id] = held
         self._wake.set()  # mark it at once: a worker may die before the job starts
 
     def _start(self) -> None:
         if self._pid != os.getpid():  # first use in this process, or a forked child
             self._pid = os.getpid()
-            self._holders, self._received = {}, set()  # a child does not beat for its parent
+            self._holders, self._received = {}, {}  # a child does not beat for its parent
             self._wake = threading.Event()
             threading.Thread(target=self._run, args=(self._wake,), name="orchestration-heartbeat", daemon=True).start()
 
@@ -90,7 +95,10 @@ class _Beater:
                 time.sleep(RECEIPT_PAUSE_S)
             wake.clear()
             with self._guard:
-                holders, received = dict(self._holders), set(self._received)
+                holders = dict(self._holders)
+                for job_id in [job_id for job_id, held in self._received.items() if not held()]:
+                    del self._received[job_id]  # its message is gone: the task ended or was dropped
+                received = set(self._received)
             if not (holders or received):
                 continue
             try:
@@ -99,7 +107,8 @@ class _Beater:
                 log.warning("heartbeat.failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
                 continue
             with self._guard:
-                self._received -= received - waiting  # started (or finished) since: their lock beats now
+                for job_id in received - waiting:  # started (or finished) since: their lock beats now
+                    self._received.pop(job_id, None)
 
 
 def beat(holders: dict[str, uuid.UUID | None], received: AbstractSet[uuid.UUID] = frozenset()) -> set[uuid.UUID]:
@@ -142,10 +151,11 @@ def warm() -> None:
         session.execute(select(1))
 
 
-def received(job_id: uuid.UUID) -> None:
-    """This worker holds the job's message: until the job starts, its row's heartbeat
-    says so (a ``pending`` job whose heartbeat stopped was lost with its worker)."""
-    _beater.receive(job_id)
+def received(job_id: uuid.UUID, held: Callable[[], bool]) -> None:
+    """This worker holds the job's message: until the job starts, or ``held()`` says the
+    worker no longer holds it, its row's heartbeat says so (a ``pending`` job whose
+    heartbeat stopped was lost with its worker or its message)."""
+    _beater.receive(job_id, held)
 
 
 @contextmanager

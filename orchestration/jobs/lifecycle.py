@@ -486,6 +486,31 @@ def set_retrying(session: Session, job: ConsolidationJob, error: str, now: datet
     job.status, job.error_message, job.heartbeat_at = JobStatus.RETRYING, error, now
 
 
+def spare_attempt(job_id: uuid.UUID, attempt: int, failed_at: datetime) -> bool:
+    """Give back attempt ``attempt``, which the database's outage cut short at
+    ``failed_at``: it does not count against the job's attempts (they count failures of
+    the job), its lock is freed, and the job waits for its next start as ``retrying``.
+    Nothing happens unless that attempt is still the job's latest and nothing has beaten
+    for it since it failed (a newer start or the reaper got there first). ``True`` if
+    the attempt was given back."""
+    with db.session_scope() as session:
+        job = session.get(ConsolidationJob, job_id, with_for_update=True)
+        if (
+            job is None
+            or job.attempts != attempt
+            or job.status not in (JobStatus.RUNNING, JobStatus.RETRYING)
+            or (job.heartbeat_at is not None and job.heartbeat_at > failed_at)
+        ):
+            return False
+        if job.project_id is not None:
+            free(session, job.project_id, holder_for(job.id, attempt))
+        job.attempts, job.status, job.heartbeat_at = attempt - 1, JobStatus.RETRYING, utcnow()
+        ids = job_ids(job)
+    with structlog.contextvars.bound_contextvars(**ids):
+        log.info("job.attempt_spared", attempt=attempt, reason="the database was unreachable")
+    return True
+
+
 def running_job(session: Session, job_id: uuid.UUID) -> ConsolidationJob | None:
     """The job, locked, if it is running."""
     job = session.get(ConsolidationJob, job_id, with_for_update=True)

@@ -19,7 +19,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from orchestration.store import counts
-from orchestration.store.models import Project, ProjectMemoryCount
+from orchestration.store.models import MIN_THRESHOLD, Project, ProjectMemoryCount
 
 
 @dataclass
@@ -29,22 +29,35 @@ class Eligibility:
     eligible: list[tuple[uuid.UUID, dict[str, Any] | None]] = field(default_factory=list)
 
 
+def check_default_threshold(default_threshold: int) -> None:
+    """Raise ``ValueError`` unless ``default_threshold`` is a whole number of at least 1."""
+    if isinstance(default_threshold, bool) or not isinstance(default_threshold, int):
+        raise ValueError(f"the default threshold must be a whole number, got {default_threshold!r}")
+    if default_threshold < MIN_THRESHOLD:
+        raise ValueError(
+            f"the default threshold (ORCHESTRATION_DEFAULT_THRESHOLD) must be at least {MIN_THRESHOLD}, "
+            f"got {default_threshold}"
+        )
+
+
 def eligible_query(default_threshold: int) -> Select:
+    check_default_threshold(default_threshold)
     kept, pending = ProjectMemoryCount, counts.pending_deltas()
     active = kept.active_count + func.coalesce(pending.c.delta, 0)
+    threshold = func.coalesce(Project.consolidation_threshold, default_threshold)
     return (
         select(Project.id, Project.consolidation_options)
         .join(kept, kept.project_id == Project.id)
         .outerjoin(pending, pending.c.project_id == Project.id)
-        .where(
-            Project.consolidation_enabled, active > func.coalesce(Project.consolidation_threshold, default_threshold)
-        )
+        .where(Project.consolidation_enabled, active > threshold, threshold >= MIN_THRESHOLD)
         .order_by(active.desc(), Project.id)  # largest first
     )
 
 
 def check_projects(session: Session, default_threshold: int) -> Eligibility:
-    """Fold the pending count deltas (in the caller's transaction) and select."""
+    """Fold the pending count deltas (in the caller's transaction) and select. Raises
+    ``ValueError`` for a default threshold below 1, before changing anything."""
+    check_default_threshold(default_threshold)
     counts.fold(session)
     checked, disabled = session.execute(
         select(func.count(), func.count().filter(Project.consolidation_enabled.is_(False)))

@@ -1,8 +1,10 @@
 """The dead-man check behind ``orchestration health``.
 
 Exit codes: 0 the latest scheduled run completed within ``max_age``; 1 it was partial
-or failed; 2 there is none, it is too old, it is still running past the deadline, or
-the beat missed the latest slot that should have run by now.
+or failed; 2 there is none, it is too old, it is still running past the deadline, it
+is stuck (:func:`stuck_after`), beat and the workers disagree on the schedule, or the
+beat missed the latest slot that should have run by now. A run for a slot later than
+now (claimed by hand before its time) never counts.
 """
 
 from __future__ import annotations
@@ -11,12 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from orchestration.nightly.schedule import previous_slot
 from orchestration.settings import Settings
-from orchestration.store.models import ConsolidationRun
+from orchestration.store.models import ConsolidationJob, ConsolidationRun
 from orchestration.store.statuses import RunStatus, TriggerType
 
 # How long after a slot its run may take to appear before the slot counts as missed.
@@ -43,10 +45,30 @@ class Health:
         }
 
 
+def stuck_after(settings: Settings) -> timedelta:
+    """How long an open run may go without any sign of progress before it is stuck: no
+    job started, beat, wrote a batch or ended. A job waiting for its retry beats from the
+    worker that holds it, and a queued job's run shows progress as other jobs end, so
+    silence this long means no worker is working on the run: 15 minutes, or the longest
+    retry backoff plus five minutes if that is longer."""
+    return max(timedelta(minutes=15), timedelta(seconds=settings.retry_backoff_max) + timedelta(minutes=5))
+
+
+def last_progress(session: Session, run: ConsolidationRun) -> datetime:
+    """The latest sign of progress of the run: its start, or a job's start, heartbeat or end."""
+    jobs = ConsolidationJob
+    moments = session.execute(
+        select(func.max(jobs.started_at), func.max(jobs.heartbeat_at), func.max(jobs.completed_at)).where(
+            jobs.run_id == run.id
+        )
+    ).one()
+    return max([run.started_at, *(moment for moment in moments if moment is not None)])
+
+
 def check_health(session: Session, settings: Settings, now: datetime, max_age: timedelta) -> Health:
     run = session.scalar(
         select(ConsolidationRun)
-        .where(ConsolidationRun.trigger_type == TriggerType.SCHEDULED)
+        .where(ConsolidationRun.trigger_type == TriggerType.SCHEDULED, ConsolidationRun.scheduled_for <= now)
         .order_by(ConsolidationRun.scheduled_for.desc())
         .limit(1)
     )
@@ -62,14 +84,36 @@ def check_health(session: Session, settings: Settings, now: datetime, max_age: t
             run,
             expected,
         )
+    mismatch = (run.summary or {}).get("schedule_mismatch")
+    if mismatch:
+        return Health(
+            2,
+            f"beat's schedule ({mismatch['beat']}) differs from the workers' ({mismatch['worker']}): give both "
+            "the same ORCHESTRATION_SCHEDULE and ORCHESTRATION_TIMEZONE",
+            run,
+            expected,
+        )
     if run.status == RunStatus.RUNNING:
         if now - run.started_at > timedelta(seconds=settings.run_deadline):
             return Health(2, f"run {run.id} still running past the deadline of {settings.run_deadline}s", run, expected)
         if now - slot > max_age:
             return Health(2, f"run {run.id} still running and older than {max_age}", run, expected)
+        silent = now - last_progress(session, run)
+        if silent > stuck_after(settings):
+            return Health(
+                2,
+                f"run {run.id} is stuck: no job progress or heartbeat for {_minutes(silent)} min "
+                "(are the workers running and reaching the database and the broker?)",
+                run,
+                expected,
+            )
         return Health(0, f"run {run.id} for {slot.isoformat()} is running", run, expected)
     if now - (run.finished_at or run.started_at) > max_age:
         return Health(2, f"latest scheduled run {run.id} finished more than {max_age} ago", run, expected)
     if run.status == RunStatus.COMPLETED:
         return Health(0, f"run {run.id} for {slot.isoformat()} completed", run, expected)
     return Health(1, f"run {run.id} for {slot.isoformat()} {run.status}: {run.error_message}", run, expected)
+
+
+def _minutes(span: timedelta) -> int:
+    return int(span.total_seconds() // 60)

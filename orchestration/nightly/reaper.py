@@ -8,7 +8,13 @@ A running job's process keeps its project lock's heartbeat fresh
 ``retrying`` and re-sent into its run's chord (the caller sends it after commit);
 otherwise it fails. A ``pending`` job received by a worker that died before starting
 it, and a ``retrying`` job whose retry did not start within the longest backoff (the
-worker holding its delayed message died), are re-sent the same way.
+worker holding its delayed message died), are re-sent the same way. None of that is
+judged in the first :data:`heartbeat.LOST_AFTER` after the database server started:
+heartbeats stopped by its outage say nothing about the workers.
+
+Pending jobs that no worker ever received are compared with what the broker's queue
+holds (:func:`unreceived_jobs`): a broker that lost messages costs minutes, not the
+night.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from orchestration.jobs import heartbeat, lifecycle, recovery
@@ -27,8 +33,13 @@ from orchestration.settings import Settings
 from orchestration.store.models import ConsolidationJob, ConsolidationRun, ProjectLock
 from orchestration.store.statuses import UNFINISHED_JOB_STATUSES, JobStatus, RunStatus
 
-# All of a run's jobs finished this long ago and its chord callback never came.
-CALLBACK_GRACE = timedelta(minutes=5)
+# All of a run's jobs finished this long ago and its chord callback never came (the
+# callback comes within seconds of the last job; a result backend that lost the
+# chord's count never sends it).
+CALLBACK_GRACE = timedelta(minutes=2)
+# A job of a sent chord that no worker received this long after it was sent may have
+# been lost by the broker (see :func:`unreceived_jobs`).
+QUEUE_GRACE = timedelta(minutes=1)
 
 
 @dataclass
@@ -53,6 +64,14 @@ class Reaped:
         return [job for job in self.lost if job.status == JobStatus.RETRYING]
 
 
+def server_uptime(session: Session, now: datetime) -> timedelta | None:
+    """How long the database server has been up (PostgreSQL), ``None`` if unknown."""
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    started = session.scalar(select(func.pg_postmaster_start_time()))
+    return now - started if started is not None else None
+
+
 def reap(session: Session, settings: Settings, now: datetime) -> Reaped:
     reaped = Reaped()
     deadline = now - timedelta(seconds=settings.run_deadline)
@@ -70,8 +89,12 @@ def reap(session: Session, settings: Settings, now: datetime) -> Reaped:
             "deadline",
             f"run deadline of {settings.run_deadline}s passed before the job finished",
         )
-    for job in lost_jobs(session, settings, now):
-        _recover(session, reaped, job, settings, now)
+    uptime = server_uptime(session, now)
+    # Heartbeats stopped while the server was down say nothing about the workers: each
+    # beats again within heartbeat.INTERVAL of its return. Judge them only after that.
+    if uptime is None or uptime >= heartbeat.LOST_AFTER:
+        for job in lost_jobs(session, settings, now):
+            _recover(session, reaped, job, settings, now)
     session.flush()
     # Every job finished a while ago but the chord callback never closed the run.
     unfinished = select(ConsolidationJob.id).where(
@@ -125,6 +148,43 @@ def lost_jobs(session: Session, settings: Settings, now: datetime) -> list[Conso
         return job.status == JobStatus.RUNNING and beat is not None and beat >= cutoff
 
     return [job for job in candidates if not alive(job)]
+
+
+def unreceived_jobs(session: Session, now: datetime) -> list[LostJob]:
+    """Pending jobs of open runs whose chord was sent more than :data:`QUEUE_GRACE` ago
+    and that no worker has received (no heartbeat): their messages are in the queue, or
+    the broker lost them (a restart without persistence, a deleted queue). The caller
+    compares their number with the queue's and re-sends them all if the queue holds
+    fewer messages: a job still queued then runs twice, and its second run does nothing."""
+    open_runs = {
+        run.id: run
+        for run in session.scalars(select(ConsolidationRun).where(ConsolidationRun.status == RunStatus.RUNNING))
+        if runs.dispatched_before(run, now - QUEUE_GRACE)
+    }
+    if not open_runs:
+        return []
+    jobs = session.scalars(
+        select(ConsolidationJob)
+        .where(
+            ConsolidationJob.run_id.in_(list(open_runs)),
+            ConsolidationJob.status == JobStatus.PENDING,
+            ConsolidationJob.heartbeat_at.is_(None),
+        )
+        .order_by(ConsolidationJob.created_at, ConsolidationJob.id)
+    ).all()
+    orders = {run_id: runs.chord_order(session, run_id) for run_id in {job.run_id for job in jobs if job.run_id}}
+    return [
+        LostJob(
+            ids=lifecycle.job_ids(job),
+            attempt=job.attempts,
+            error="never received by a worker: the broker may have lost its message",
+            status=JobStatus.PENDING,
+            final_error=None,
+            group_index=orders[job.run_id].index(job.id),
+        )
+        for job in jobs
+        if job.run_id is not None
+    ]
 
 
 def _recover(session: Session, reaped: Reaped, job: ConsolidationJob, settings: Settings, now: datetime) -> None:

@@ -29,6 +29,8 @@ from orchestration.store.statuses import UNFINISHED_JOB_STATUSES, JobStatus, Run
 from orchestration.store.types import utcnow
 
 COUNTERS = ("memories_before", "memories_after", "memories_merged", "memories_archived")
+# What a run's summary notes at its start and keeps when it is finalized.
+KEPT_NOTES = ("schedule_mismatch",)
 
 
 @dataclass
@@ -63,6 +65,7 @@ def start_run(
     default_threshold: int,
     now: datetime | None = None,
     run_id: uuid.UUID | None = None,
+    notes: dict[str, Any] | None = None,
 ) -> StartedRun | None:
     """Claim the run, pick the eligible projects and create one pending job for each,
     largest project first: the chord is sent in that order, so the longest jobs start
@@ -85,6 +88,8 @@ def start_run(
     run.projects_eligible = started.eligible
     run.projects_skipped = started.skipped
     run.jobs_total = len(started.job_ids)
+    if notes:
+        run.summary = {**(run.summary or {}), **notes}
     return started
 
 
@@ -113,9 +118,11 @@ def claim(
     default_threshold: int,
     now: datetime,
     run_id: uuid.UUID | None = None,
+    notes: dict[str, Any] | None = None,
 ) -> Claim:
-    """Start the run of ``slot`` (or a manual run), or say why this message starts none."""
-    started = start_run(session, trigger_type, slot, default_threshold, now, run_id=run_id)
+    """Start the run of ``slot`` (or a manual run), or say why this message starts none.
+    ``notes`` go into the new run's summary (they are kept when it is finalized)."""
+    started = start_run(session, trigger_type, slot, default_threshold, now, run_id=run_id, notes=notes)
     if started is not None:
         return Claim("started", started.run_id, started.job_ids, started)
     existing = existing_run_for_slot(session, slot) if slot else None
@@ -139,6 +146,12 @@ def mark_dispatched(session: Session, run_id: uuid.UUID, now: datetime) -> None:
     run = session.get(ConsolidationRun, run_id, with_for_update=True)
     if run is not None and run.status == RunStatus.RUNNING:
         run.summary = {**(run.summary or {}), "dispatched_at": now.isoformat()}
+
+
+def dispatched_before(run: ConsolidationRun, moment: datetime) -> bool:
+    """Whether the run's chord was sent before ``moment``."""
+    sent = (run.summary or {}).get("dispatched_at")
+    return sent is not None and datetime.fromisoformat(sent) < moment
 
 
 def undispatched_jobs(session: Session, run: ConsolidationRun, now: datetime) -> list[uuid.UUID] | None:
@@ -248,7 +261,9 @@ def finalize(
     run.status = run_status(statuses)
     run.error_message = f"{run.jobs_failed} of {run.jobs_total} jobs failed" if run.jobs_failed else None
     run.finished_at = now
+    kept = {key: value for key, value in (run.summary or {}).items() if key in KEPT_NOTES}
     run.summary = {
+        **kept,
         "duration_s": round((now - run.started_at).total_seconds(), 3),
         "jobs_skipped": statuses.count(JobStatus.SKIPPED),
         "clusters_found": sum(job.clusters_found for job, _ in rows),

@@ -9,6 +9,9 @@ own parser, so they agree on what the fields mean.
 Wall-clock times that do not exist in the zone (the hour skipped when daylight saving
 starts) are not slots; a time that occurs twice (when it ends) is a slot once, at its
 first occurrence.
+
+``check_slot`` decides whether a slot given by hand (``run-now --slot``) may run: never
+one in the future, and one the schedule does not produce only as a backfill.
 """
 
 from __future__ import annotations
@@ -51,6 +54,72 @@ def previous_slot(cron: crontab, now: datetime, tz: ZoneInfo) -> datetime:
             if slot <= now:
                 return slot
     raise ValueError("the schedule has no slot in the last eight years")
+
+
+def next_slot(cron: crontab, after: datetime, tz: ZoneInfo) -> datetime:
+    """The earliest time matching ``cron`` in ``tz`` that is strictly after ``after``, in UTC."""
+    if after.tzinfo is None:
+        raise ValueError("after must be timezone-aware")
+    # From the day before: where a zone turns its clocks back at midnight, a later
+    # instant can have an earlier local date.
+    first_day = after.astimezone(tz).date() - timedelta(days=1)
+    times = sorted((h, m) for h in cron.hour for m in cron.minute)
+    for ahead in range(MAX_LOOKBACK_DAYS):
+        day = first_day + timedelta(days=ahead)
+        if not _day_matches(cron, day):
+            continue
+        for hour, minute in times:
+            candidate = datetime.combine(day, time(hour, minute), tzinfo=tz)
+            if not _exists(candidate):
+                continue
+            slot = candidate.astimezone(UTC)
+            if slot > after:
+                return slot
+    raise ValueError("the schedule has no slot in the next eight years")
+
+
+class SlotRefused(ValueError):
+    """A slot that must not be run; the message is one line for the operator."""
+
+
+def _shown(value: datetime, tz: ZoneInfo) -> str:
+    """A slot as the operator reads (and can paste back): ISO 8601 in the schedule's zone."""
+    return value.astimezone(tz).isoformat()
+
+
+def check_slot(slot: datetime, cron: crontab, tz: ZoneInfo, now: datetime, *, backfill: bool) -> None:
+    """Refuse (``SlotRefused``) a slot given by hand that must not run: one later than
+    ``now`` always (its run would claim that night before beat gets there), one the
+    schedule does not produce unless ``backfill`` (it would be a second scheduled run
+    beside that night's). Pure: the CLI calls it before sending anything, the task
+    ``consolidation.run_scheduled`` again when it receives the slot."""
+    if slot.tzinfo is None or now.tzinfo is None:
+        raise ValueError("slot and now must be timezone-aware")
+    if slot > now:
+        try:
+            latest = f"the schedule's latest slot is {_shown(previous_slot(cron, now, tz), tz)}"
+        except ValueError:
+            latest = "the schedule has no slot before now"
+        raise SlotRefused(f"slot {_shown(slot, tz)} is in the future; {latest}")
+    if backfill:
+        return
+    try:
+        before: datetime | None = previous_slot(cron, slot, tz)
+    except ValueError:
+        before = None
+    if before == slot:
+        return
+    try:
+        after: datetime | None = next_slot(cron, slot, tz)
+    except ValueError:
+        after = None
+    nearest = [f"{_shown(s, tz)} ({where})" for s, where in ((before, "before"), (after, "after")) if s is not None]
+    raise SlotRefused(
+        f"slot {_shown(slot, tz)} is not on the schedule (in {tz}); "
+        + {0: "the schedule has no slot near it", 1: "the nearest slot is ", 2: "the nearest slots are "}[len(nearest)]
+        + " and ".join(nearest)
+        + "; use --backfill to run it anyway"
+    )
 
 
 def parse_slot(value: str) -> datetime:

@@ -18,6 +18,7 @@ from typing import Any, TypeAlias, TypeVar
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestration.settings import get_settings, mask_url
@@ -209,3 +210,26 @@ def chunks(items: Sequence[T], size: int = IN_CHUNK) -> Iterable[Sequence[T]]:
     """Consecutive slices of ``items`` of at most ``size`` (for IN lists and batches)."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+# SQLSTATEs of a server that is going away or not accepting connections yet.
+_UNAVAILABLE_STATES = ("57P01", "57P02", "57P03")
+
+
+def unreachable(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) says the database server
+    could not be reached: a refused or dropped connection, a server shutting down or
+    starting up. Such an error says nothing about the work that met it, so it is
+    waited out rather than counted as a failure. SQLite is never unreachable."""
+    import psycopg
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            return True
+        if isinstance(exc, psycopg.OperationalError):
+            state = exc.sqlstate
+            return state is None or state.startswith("08") or state in _UNAVAILABLE_STATES
+        exc = exc.__cause__ or getattr(exc, "orig", None) or exc.__context__
+    return False

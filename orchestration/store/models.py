@@ -63,8 +63,15 @@ def _counter() -> Mapped[int]:
     return mapped_column(Integer, nullable=False, default=0, server_default=text("0"))
 
 
+# The smallest per-project threshold: a project is eligible with more active memories
+# than its threshold, so below 1 a project with a single memory would be consolidated
+# (and its only memory archived). NULL means the default setting.
+MIN_THRESHOLD = 1
+
+
 class Project(Base):
     __tablename__ = "projects"
+    __table_args__ = (CheckConstraint(f"consolidation_threshold >= {MIN_THRESHOLD}", name="consolidation_threshold"),)
 
     id: Mapped[uuid.UUID] = _pk()
     name: Mapped[str] = mapped_column(String(200), nullable=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 
 import structlog
@@ -19,16 +20,23 @@ from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 from sqlalchemy.exc import SQLAlchemyError
 
+from orchestration.consolidation.errors import DataError
 from orchestration.jobs import heartbeat, lifecycle
 from orchestration.logs import get_logger
 from orchestration.settings import Settings, get_settings
+from orchestration.store import db
 from orchestration.store.statuses import JobStatus
+from orchestration.store.types import utcnow
 
 log = get_logger(__name__)
 T = TypeVar("T")
 
 # First retry waits up to this many seconds (full jitter), doubling each time up to the cap.
 RETRY_BACKOFF_BASE = 30
+# While the database is unreachable a task looks again after a backoff from this base
+# up to this cap: an outage costs its duration plus at most a minute.
+OUTAGE_BACKOFF_BASE = 5
+OUTAGE_BACKOFF_MAX = 60
 # A chord's delivery whose job another delivery is running looks again after this long.
 RECHECK_S = 15
 
@@ -77,6 +85,38 @@ def retry_countdown(retries: int, settings: Settings, lock_freed: bool = True) -
     return countdown
 
 
+def outage_countdown(retries: int) -> float:
+    """Seconds before looking again for a database that was unreachable: exponential
+    backoff with full jitter, from :data:`OUTAGE_BACKOFF_BASE` up to
+    :data:`OUTAGE_BACKOFF_MAX`, never less than one second."""
+    return max(1.0, get_exponential_backoff_interval(OUTAGE_BACKOFF_BASE, retries, OUTAGE_BACKOFF_MAX, True))
+
+
+def wait_out_outage(task: Task, exc: BaseException, kwargs: dict[str, Any] | None = None) -> Retry:
+    """The database is unreachable: send the task again after :func:`outage_countdown`,
+    as often as it takes (the run's deadline bounds how long its run waits). Not a
+    failure of the task's work: it counts against no retry limit. ``kwargs`` replaces the
+    message's arguments (all given by name). Returns Celery's ``Retry`` for the caller
+    to raise."""
+    countdown = outage_countdown(task.request.retries)
+    log.warning("database.unreachable", countdown=round(countdown, 1), error=lifecycle.describe(_root(exc)))
+    if kwargs is None:
+        return task.retry(countdown=countdown, max_retries=unbounded(task))
+    return task.retry(args=[], kwargs=kwargs, countdown=countdown, max_retries=unbounded(task))
+
+
+def unbounded(task: Task) -> int:
+    """A ``max_retries`` for ``Task.retry`` that never stops this retry (``None`` there
+    means the task's own limit): the caller's own count decides."""
+    return int(task.request.retries) + 1
+
+
+def _root(exc: BaseException) -> BaseException:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
 def best_effort(function: Callable[..., T], *args: Any) -> T | None:
     """Record a state change if the database can be reached; the chord must go on either
     way (the run is then finalized from what the rows say). ``None`` if it could not."""
@@ -95,15 +135,21 @@ class JobTask(OrchestrationTask):
       run's chord), this delivery is the one its chord waits for: it is sent again,
       as it is, to look after :data:`RECHECK_S` and report the job's outcome;
     - an unknown job: ``task.rejected``;
-    - a failure: retried with backoff while attempts are left (every start counts,
-      starts whose worker died too), else the job fails; a soft time limit fails it at
-      once. The task never raises at the end: the chord always gets a result.
+    - the database unreachable (at the start, or during the attempt): waited out
+      (:func:`wait_out_outage`); an attempt that it cut short does not count, its
+      retry gives it back (``spare_attempt``, :func:`lifecycle.spare_attempt`);
+    - bad data (:class:`DataError`): the job fails at once, naming the memory and field;
+    - another failure: retried with backoff while attempts are left (every start
+      counts, starts whose worker died too), else the job fails; a soft time limit
+      fails it at once. The task never raises at the end: the chord always gets a result.
     """
 
     id_args = ("job_id",)
 
-    def invoke(self, job_id: uuid.UUID) -> dict[str, Any]:
+    def invoke(self, job_id: uuid.UUID, spare_attempt: int | None = None, failed_at: str | None = None) -> Any:
         try:
+            if spare_attempt is not None and failed_at is not None:
+                lifecycle.spare_attempt(job_id, spare_attempt, datetime.fromisoformat(failed_at))
             return self.run(job_id)
         except lifecycle.JobNotFound as exc:
             log.error("task.rejected", reason=str(exc))
@@ -120,13 +166,25 @@ class JobTask(OrchestrationTask):
             raise Ignore() from None
         except (Ignore, Retry):
             raise  # Celery's own control flow
-        except Exception as exc:  # noqa: BLE001 - every failure is retried or recorded: the chord gets a result
+        except Exception as exc:  # every failure is waited out, retried or recorded: the chord gets a result
+            if db.unreachable(exc):
+                raise self._outage(job_id, exc, spare_attempt, failed_at) from exc
             return self._failed(job_id, exc)
+
+    def _outage(self, job_id: uuid.UUID, exc: Exception, spare_attempt: int | None, failed_at: str | None) -> Retry:
+        """Wait the outage out. An attempt it cut short is given back by the retry, once the
+        database answers again (the lock that attempt holds is freed then too)."""
+        if isinstance(exc, lifecycle.AttemptFailed):
+            spare_attempt, failed_at = exc.attempt, utcnow().isoformat()
+        kwargs: dict[str, Any] = {"job_id": str(job_id)}
+        if spare_attempt is not None:
+            kwargs.update(spare_attempt=spare_attempt, failed_at=failed_at)
+        return wait_out_outage(self, exc, kwargs)
 
     def _failed(self, job_id: uuid.UUID, exc: Exception) -> dict[str, Any]:
         settings = get_settings()
         started = isinstance(exc, lifecycle.AttemptFailed)
-        # A start that was never recorded (the database was unreachable) counts by Celery's retries.
+        # A start that was never recorded counts by Celery's retries.
         number = exc.attempt if isinstance(exc, lifecycle.AttemptFailed) else self.request.retries + 1
         cause = exc.__cause__ if started else exc
         if isinstance(cause, SoftTimeLimitExceeded):
@@ -134,13 +192,18 @@ class JobTask(OrchestrationTask):
                 f"exceeded the soft time limit of {settings.job_time_limit}s (ORCHESTRATION_JOB_TIME_LIMIT); "
                 "changes committed so far are kept"
             )
+        elif isinstance(cause, DataError):
+            error = f"bad data, not retried: {cause}"[:500]
         else:
             error = str(exc) if started else lifecycle.describe(exc)
-            if number <= settings.max_retries and self.request.retries < settings.max_retries:
+            if number <= settings.max_retries:
                 freed = not started or best_effort(lifecycle.mark_retrying, job_id, error) is not None
-                countdown = retry_countdown(self.request.retries, settings, lock_freed=freed)
+                countdown = retry_countdown(number - 1, settings, lock_freed=freed)
                 log.warning("job.retrying", attempt=number, countdown=countdown, error=error)
-                raise self.retry(countdown=countdown, max_retries=settings.max_retries) from exc
+                retry = self.retry(
+                    args=[], kwargs={"job_id": str(job_id)}, countdown=countdown, max_retries=unbounded(self)
+                )
+                raise retry from exc
         outcome = best_effort(lifecycle.fail, job_id, number, error)
         if outcome is None:
             log.error("job.failed", attempts=number, error=f"{error} (not recorded: database unreachable)")

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import uuid
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import structlog
 from celery import Signature, chord
+from celery.schedules import crontab
 from sqlalchemy.exc import SQLAlchemyError
 
 from orchestration.celery_app import app
@@ -27,12 +29,12 @@ from orchestration.consolidation import audit
 from orchestration.jobs import lifecycle, recovery
 from orchestration.logs import get_logger
 from orchestration.nightly import notify, reaper, runs
-from orchestration.nightly.schedule import parse_slot, previous_slot
-from orchestration.settings import get_settings
-from orchestration.store.db import session_scope
+from orchestration.nightly.schedule import check_slot, parse_slot, previous_slot
+from orchestration.settings import Settings, get_settings, parse_cron
+from orchestration.store.db import session_scope, unreachable
 from orchestration.store.statuses import RunStatus, TriggerType
 from orchestration.store.types import utcnow
-from orchestration.worker.base import JobTask, OrchestrationTask
+from orchestration.worker.base import JobTask, OrchestrationTask, unbounded, wait_out_outage
 from orchestration.worker.requests import JobRequest
 
 log = get_logger(__name__)
@@ -40,25 +42,82 @@ log = get_logger(__name__)
 FINALIZE_WAIT_S = 15
 
 
-@app.task(name="consolidation.run_scheduled", base=OrchestrationTask, id_args=("run_id",))
+@app.task(name="consolidation.run_scheduled", base=OrchestrationTask, id_args=("run_id",), bind=True)
 def run_scheduled(
-    slot: str | None = None, trigger: str = TriggerType.SCHEDULED, run_id: uuid.UUID | None = None
+    self: OrchestrationTask,
+    slot: str | None = None,
+    trigger: str = TriggerType.SCHEDULED,
+    run_id: uuid.UUID | None = None,
+    backfill: bool = False,
+    schedule: str | None = None,
+    timezone: str | None = None,
 ) -> dict[str, Any]:
-    """Claim the run for a schedule slot (or start a manual run) and dispatch its chord."""
+    """Claim the run for a schedule slot (or start a manual run) and dispatch its chord.
+
+    Beat's message carries beat's own ``schedule`` and ``timezone``: the slot is worked
+    out with them (beat is the clock), and a worker configured otherwise says so
+    (``schedule.mismatch``, and ``health`` fails) instead of skipping nights. A slot
+    given by hand must not be in the future, and must be one the schedule produces
+    unless ``backfill``. While the database is unreachable the task waits, its slot
+    fixed, so a night is claimed late rather than lost."""
     settings = get_settings()
     if trigger not in tuple(TriggerType):
         log.error("task.rejected", reason=f"unknown trigger {trigger!r}")
         return {"status": "rejected"}
     now = utcnow()
-    slot_at = None
+    slot_at = mismatch = None
     if trigger == TriggerType.SCHEDULED:
-        slot_at = parse_slot(slot) if slot else previous_slot(settings.crontab, now, settings.tz)
-    with session_scope() as session:
-        claim = runs.claim(session, TriggerType(trigger), slot_at, settings.default_threshold, now, run_id=run_id)
+        try:
+            cron, tz, mismatch = _schedule_of(settings, schedule, timezone)
+            slot_at = parse_slot(slot) if slot else previous_slot(cron, now, tz)
+            if slot:
+                check_slot(slot_at, cron, tz, now, backfill=backfill)
+        except ValueError as exc:
+            log.error("task.rejected", reason=str(exc)[:300])
+            return {"status": "rejected", "error": str(exc)[:300]}
+    try:
+        with session_scope() as session:
+            claim = runs.claim(
+                session, TriggerType(trigger), slot_at, settings.default_threshold, now, run_id=run_id, notes=mismatch
+            )
+    except SQLAlchemyError as exc:
+        if not unreachable(exc):
+            raise
+        kwargs = {
+            "slot": slot_at.isoformat() if slot_at else None,
+            "trigger": trigger,
+            "run_id": str(run_id) if run_id else None,
+            "backfill": backfill,
+            "schedule": schedule,
+            "timezone": timezone,
+        }
+        raise wait_out_outage(self, exc, kwargs) from exc
     _log_claim(claim, slot_at.isoformat() if slot_at else None)
     if claim.dispatch is not None and claim.run_id is not None:
         _dispatch(claim.run_id, claim.dispatch)
     return claim.as_dict()
+
+
+def _schedule_of(
+    settings: Settings, schedule: str | None, timezone: str | None
+) -> tuple[crontab, ZoneInfo, dict[str, Any] | None]:
+    """The schedule a scheduled run's slot is worked out with: beat's, as its message
+    carries it (beat is the clock), else this worker's. A difference is logged as
+    ``schedule.mismatch`` and returned, to be kept in the run's summary."""
+    beat = (schedule or settings.schedule, timezone or settings.timezone)
+    cron, tz = parse_cron(beat[0]), ZoneInfo(beat[1])
+    if beat == (settings.schedule, settings.timezone):
+        return cron, tz, None
+    mismatch = {"beat": " ".join(beat), "worker": f"{settings.schedule} {settings.timezone}"}
+    log.error(
+        "schedule.mismatch",
+        beat_schedule=beat[0],
+        beat_timezone=beat[1],
+        worker_schedule=settings.schedule,
+        worker_timezone=settings.timezone,
+        hint="give beat and every worker the same ORCHESTRATION_SCHEDULE and ORCHESTRATION_TIMEZONE",
+    )
+    return cron, tz, {"schedule_mismatch": mismatch}
 
 
 def _log_claim(claim: runs.Claim, scheduled_for: str | None) -> None:
@@ -104,7 +163,8 @@ def _job_signature(job_id: uuid.UUID | str) -> Signature:
 
 
 def _resend(lost: reaper.LostJob) -> None:
-    """Send a job whose worker died into its run's chord again, in its own place."""
+    """Send a job whose worker died (or whose message was lost) into its run's chord
+    again, in its own place."""
     run_key = lost.ids["run_id"]
     assert run_key is not None and lost.ids["job_id"] is not None
     _job_signature(lost.ids["job_id"]).set(
@@ -113,8 +173,11 @@ def _resend(lost: reaper.LostJob) -> None:
 
 
 @app.task(name="consolidation.run_project", base=JobTask, bind=True, Request=JobRequest)
-def run_project(self: JobTask, job_id: uuid.UUID) -> dict[str, Any]:
-    """Consolidate one job's project: one attempt; :class:`JobTask` retries or ends it."""
+def run_project(
+    self: JobTask, job_id: uuid.UUID, spare_attempt: int | None = None, failed_at: str | None = None
+) -> dict[str, Any]:
+    """Consolidate one job's project: one attempt; :class:`JobTask` retries or ends it
+    (and handles ``spare_attempt`` and ``failed_at``, which only its own retries send)."""
     return lifecycle.run(job_id, get_settings(), celery_task_id=self.request.id).as_dict()
 
 
@@ -123,8 +186,9 @@ def run_project(self: JobTask, job_id: uuid.UUID) -> dict[str, Any]:
     base=OrchestrationTask,
     id_args=("run_id",),
     bind=True,
-    # The database may be briefly unreachable at the end of a run: Celery's own
-    # retry with backoff; if it never comes back, the errback and then the reaper act.
+    # Other database errors: Celery's own retry with backoff (bounds from the settings);
+    # if they persist, the errback and then the reaper act. An unreachable database is
+    # waited out instead (wait_out_outage).
     autoretry_for=(SQLAlchemyError,),
     retry_backoff=True,
     retry_jitter=True,
@@ -137,26 +201,33 @@ def finalize_run(
     If a job of the run is still unfinished (its message was redelivered after the
     chord gave up on it), wait for it, up to the run deadline."""
     settings = get_settings()
-    with session_scope() as session:
-        waiting = runs.waiting_for_jobs(session, run_id, utcnow(), settings.run_deadline)
-    if waiting:
-        # Bounded by the deadline, after which waiting_for_jobs is False.
-        raise self.retry(countdown=FINALIZE_WAIT_S, max_retries=self.request.retries + 1)
     try:
-        return _close_run(run_id, callback_error=callback_error)
-    except SQLAlchemyError:
-        raise
-    except Exception as exc:
-        if callback_error is None:
-            raise  # the errback sends one more finalize, carrying this error
-        # The summary cannot be written at all: the backstop marks the run failed.
-        error = f"{callback_error}; finalizing again failed: {type(exc).__name__}: {exc}"[:500]
         with session_scope() as session:
-            run = runs.mark_failed(session, run_id, error)
-            fields = runs.finished_fields(run) if run else None
-        if fields:
-            log.error("run.finished", **fields)
-        return {"run_id": str(run_id), "status": RunStatus.FAILED}
+            waiting = runs.waiting_for_jobs(session, run_id, utcnow(), settings.run_deadline)
+        if not waiting:
+            return _close_run(run_id, callback_error=callback_error)
+    except SQLAlchemyError as exc:
+        if unreachable(exc):
+            raise wait_out_outage(self, exc) from exc
+        raise
+    except Exception as exc:  # noqa: BLE001 - the errback or the backstop closes the run
+        return _backstop(run_id, callback_error, exc)
+    # Bounded by the deadline, after which waiting_for_jobs is False.
+    raise self.retry(countdown=FINALIZE_WAIT_S, max_retries=unbounded(self))
+
+
+def _backstop(run_id: uuid.UUID, callback_error: str | None, exc: Exception) -> dict[str, Any]:
+    """The summary could not be computed: the errback tries once more, then the run is
+    marked failed with both errors."""
+    if callback_error is None:
+        raise exc  # the errback sends one more finalize, carrying this error
+    error = f"{callback_error}; finalizing again failed: {type(exc).__name__}: {exc}"[:500]
+    with session_scope() as session:
+        run = runs.mark_failed(session, run_id, error)
+        fields = runs.finished_fields(run) if run else None
+    if fields:
+        log.error("run.finished", **fields)
+    return {"run_id": str(run_id), "status": RunStatus.FAILED}
 
 
 @app.task(name="consolidation.fail_run", base=OrchestrationTask)
@@ -180,17 +251,36 @@ def _close_run(run_id: uuid.UUID, callback_error: str | None = None) -> dict[str
 
 
 def _announce(fields: dict[str, Any], summary: dict[str, Any]) -> None:
+    """``run.finished``, and the webhook as a task of its own: a slow or dead endpoint
+    never holds up the callback or the reaper."""
     log.info("run.finished", **fields)
-    url = get_settings().notify_url
-    if url:
-        notify.post_summary(url, summary)
+    if get_settings().notify_url:
+        try:
+            post_summary.delay(summary)
+        except Exception as exc:  # noqa: BLE001 - the run is closed; only its notification is lost
+            log.warning("notify.failed", error=f"not sent to the broker: {lifecycle.describe(exc)}")
+
+
+@app.task(name="consolidation.notify", base=OrchestrationTask)
+def post_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """POST a finished run's summary to ``ORCHESTRATION_NOTIFY_URL``: a bounded number of
+    attempts, each with one total deadline; never retried by Celery (a late summary is
+    worth less than a free worker)."""
+    settings = get_settings()
+    if not settings.notify_url:
+        return {"sent": False}
+    with structlog.contextvars.bound_contextvars(run_id=str(summary.get("id"))):
+        sent = notify.post_summary(settings.notify_url, summary, allow_private=settings.notify_allow_private)
+    return {"sent": sent}
 
 
 @app.task(name="consolidation.reap_stale", base=OrchestrationTask)
 def reap_stale() -> dict[str, Any]:
-    """Re-send or fail jobs whose worker died; finalize runs past the deadline."""
+    """Re-send or fail jobs whose worker died, re-send jobs whose messages the broker
+    lost, and finalize runs past the deadline or whose callback never came."""
     with session_scope() as session:
         reaped = reaper.reap(session, get_settings(), utcnow())
+        unreceived = reaper.unreceived_jobs(session, utcnow())
         closed = [
             (run.id, reason, runs.finished_fields(run), runs.summary_document(run)) for run, reason in reaped.runs
         ]
@@ -198,11 +288,36 @@ def reap_stale() -> dict[str, Any]:
         recovery.log_lost(lost.ids, lost.attempt, lost.error, lost.status, lost.final_error)
     for lost in reaped.resend:
         _resend(lost)
+    lost_messages = _lost_messages(unreceived)
     for run_id, reason, fields, summary in closed:
         with structlog.contextvars.bound_contextvars(run_id=str(run_id)):
             log.warning("run.reaped", reason=reason)
             _announce(fields, summary)
-    return {"lost": len(reaped.lost), "resent": len(reaped.resend), "runs": len(closed)}
+    return {"lost": len(reaped.lost), "resent": len(reaped.resend) + lost_messages, "runs": len(closed)}
+
+
+def _lost_messages(unreceived: list[reaper.LostJob]) -> int:
+    """Re-send the unreceived jobs if the queue holds fewer messages than there are of
+    them: the broker lost some. Returns how many were re-sent."""
+    if not unreceived:
+        return 0
+    queued = queued_messages()
+    if queued >= len(unreceived):
+        return 0
+    for lost in unreceived:
+        with structlog.contextvars.bound_contextvars(**lost.ids):
+            log.warning("job.resent", reason=lost.error, queued=queued, unreceived=len(unreceived))
+        _resend(lost)
+    return len(unreceived)
+
+
+def queued_messages(queue: str = "celery") -> int:
+    """Messages waiting in the broker's queue (none if the queue does not exist)."""
+    with app.connection_for_write() as connection:
+        try:
+            return int(connection.default_channel.queue_declare(queue=queue, passive=True).message_count)
+        except connection.channel_errors:
+            return 0
 
 
 @app.task(name="consolidation.prune_audit", base=OrchestrationTask)

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+import types
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -11,6 +12,7 @@ from sqlalchemy import select, update
 
 from orchestration.cli import main
 from orchestration.nightly import runs
+from orchestration.nightly.schedule import parse_slot
 from orchestration.store import db
 from orchestration.store.models import ConsolidationJob, ConsolidationRun, Project
 
@@ -175,6 +177,8 @@ def test_health_exit_codes(sqlite_database, settings_env):
         # Started 02:01; the default deadline is 6 hours.
         assert "still running past the deadline of 21600s" in cli("health", code=2)
     with freeze_time("2026-11-27 03:00:00"):
+        with db.session_scope() as session:  # running, with a job that beat recently: not stuck
+            session.execute(update(ConsolidationJob).values(heartbeat_at=datetime(2026, 11, 27, 2, 55, tzinfo=UTC)))
         assert cli("health").startswith("OK: run")
         settings_env(run_deadline="1800")
         assert "past the deadline of 1800s" in cli("health", code=2)
@@ -242,10 +246,10 @@ def _run_in_state(state: str, run_id: uuid.UUID | None = None) -> uuid.UUID:
     with db.session_scope() as session:
         if session.scalar(select(Project)) is None:
             session.add_all(
-                [Project(name="alpha", consolidation_threshold=0), Project(name="beta", consolidation_threshold=0)]
+                [Project(name="alpha", consolidation_threshold=1), Project(name="beta", consolidation_threshold=1)]
             )
             session.flush()
-        started = runs.start_run(session, "manual", None, 0, now=now - timedelta(hours=7), run_id=run_id)
+        started = runs.start_run(session, "manual", None, 1, now=now - timedelta(hours=7), run_id=run_id)
         projects = session.scalars(select(Project).order_by(Project.name)).all()
         for index, project in enumerate(projects):
             job = ConsolidationJob(
@@ -304,3 +308,173 @@ def test_an_ambiguous_prefix_is_one_line(sqlite_database):
     )
     assert "abcd1111" in cli("runs", "show", "abcd1")
     assert cli("jobs", "show", "0000", code=1).strip() == "Error: no job with id '0000'"
+
+
+def test_consolidate_plain_text_form_after_applying_the_job(database):
+    project = _seed()[0]
+    out = cli("consolidate", project["id"])
+    with db.session_scope() as session:
+        job = session.scalar(select(ConsolidationJob))
+    assert job.status == "completed" and job.trigger_type == "manual" and job.clusters_found > 0
+    assert out.splitlines() == [
+        f"job {job.id}: project {project['name']} ({project['id']})",
+        f"  active memories {job.memories_before} -> {job.memories_after}",
+        f"  did merge {job.memories_merged} memories into {job.clusters_found} consolidated",
+        f"  did archive {job.memories_archived} stale memories",
+    ]
+
+
+class _Sent:
+    """Stands in for the ``run_scheduled`` task: records the messages run-now sends."""
+
+    def __init__(self):
+        self.messages = []
+
+    def apply_async(self, *, kwargs):
+        self.messages.append(kwargs)
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """run-now's ``from orchestration.worker.tasks import run_scheduled`` gets a _Sent."""
+    task = _Sent()
+    monkeypatch.setitem(sys.modules, "orchestration.worker.tasks", types.SimpleNamespace(run_scheduled=task))
+    return task.messages
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """Set the commands' ``now`` (not freezegun: its frozen clock would reach the
+    session's in-process Celery worker thread too, whose timers then never fire)."""
+    import orchestration.cli.commands
+
+    def set_now(value: str) -> None:
+        monkeypatch.setattr(orchestration.cli.commands, "utcnow", lambda: datetime.fromisoformat(value))
+
+    return set_now
+
+
+@pytest.mark.parametrize("backfill", [(), ("--backfill",)])
+def test_run_now_refuses_a_slot_in_the_future_before_sending_anything(sqlite_database, sent, clock, backfill):
+    clock("2026-11-27T09:00:00+00:00")
+    for slot in ("2026-11-28T02:00:00Z", "2026-11-27T09:01:00+00:00", "2026-11-27T10:30:00+01:00"):
+        out = cli("run-now", "--slot", slot, *backfill, code=1)
+        assert out.strip() == (
+            f"Error: slot {parse_slot(slot).isoformat()} is in the future; "
+            "the schedule's latest slot is 2026-11-27T02:00:00+00:00"
+        )
+    assert sent == []
+    with db.session_scope() as session:
+        assert session.scalar(select(ConsolidationRun)) is None
+
+
+def test_run_now_refuses_a_slot_off_the_schedule_unless_backfill(sqlite_database, sent, clock):
+    clock("2026-11-27T09:00:00+00:00")
+    out = cli("run-now", "--slot", "2026-11-27T02:07:00Z", code=1)
+    assert out.strip() == (
+        "Error: slot 2026-11-27T02:07:00+00:00 is not on the schedule (in UTC); the nearest slots are "
+        "2026-11-27T02:00:00+00:00 (before) and 2026-11-28T02:00:00+00:00 (after); use --backfill to run it anyway"
+    )
+    assert sent == []
+    assert "sent scheduled run for slot 2026-11-27T02:07:00+00:00" in cli(
+        "run-now", "--slot", "2026-11-27T02:07:00Z", "--backfill"
+    )
+    cli("run-now", "--slot", "2026-11-27T02:00:00Z")
+    # The task gets the flag as a keyword, and only when it is given.
+    assert sent == [
+        {"slot": "2026-11-27T02:07:00+00:00", "backfill": True},
+        {"slot": "2026-11-27T02:00:00+00:00"},
+    ]
+
+
+def test_run_now_backfill_needs_a_slot(sqlite_database, sent):
+    out = cli("run-now", "--backfill", code=2)
+    assert out.strip() == "Error: --backfill needs --slot: it lets a past slot off the schedule run"
+    assert sent == []
+
+
+def test_run_now_reads_slots_in_the_schedule_zone(sqlite_database, sent, settings_env, clock):
+    settings_env(schedule="30 1 * * *", timezone="America/New_York")
+    clock("2026-11-02T12:00:00+00:00")
+    # 01:30 happened twice on 2026-11-01: the first (EDT) is the slot, the second is not.
+    out = cli("run-now", "--slot", "2026-11-01T01:30:00-05:00", code=1)
+    assert "not on the schedule (in America/New_York)" in out and "2026-11-01T01:30:00-04:00 (before)" in out
+    cli("run-now", "--slot", "2026-11-01T01:30:00-04:00")
+    assert "in the future" in cli("run-now", "--slot", "2026-11-03T01:30:00-05:00", code=1)
+    assert sent == [{"slot": "2026-11-01T05:30:00+00:00"}]
+
+
+EVIL_NAME = "\x1b[2J\x1b[31mpwned\x9b1m\u202e"
+EVIL_ERROR = "\x1b[2JOperationalError: boom\rforged line\x07\nsecond line"
+CONTROLS = ("\x1b", "\r", "\x07", "\x9b", "\u202e")
+
+
+def _assert_no_controls(text):
+    assert not [c for c in CONTROLS if c in text], repr(text)
+
+
+def test_text_output_shows_control_characters_escaped(sqlite_database):
+    run_id = _run_in_state("partial")  # alpha's job failed, beta's completed
+    with db.session_scope() as session:
+        session.execute(update(Project).where(Project.name == "alpha").values(name=EVIL_NAME))
+        failed = session.scalar(select(ConsolidationJob).where(ConsolidationJob.status == "failed"))
+        failed.error_message = EVIL_ERROR
+        failed.triggered_by = "\x1b]0;title\x07mallory"
+        job_id = failed.id
+    text = cli("runs", "show", str(run_id))
+    _assert_no_controls(text)
+    assert "\\x1b[2J\\x1b[31mpwned" in text and "\\x1b[2JOperationalError: boom\\rforged line\\x07" in text
+    assert "second line" not in text and all(len(line) <= 80 for line in text.splitlines())
+    text = cli("jobs", "show", str(job_id))
+    _assert_no_controls(text)
+    assert "project \\x1b[2J\\x1b[31mpwned\\x9b1m\\u202e (" in text and "by \\x1b]0;title\\x07mallory" in text
+    assert "error: \\x1b[2JOperationalError: boom\\rforged line\\x07" in text
+    # --json escapes them itself: no raw control character, the stored text exactly.
+    for args in (("runs", "show", str(run_id)), ("jobs", "show", str(job_id)), ("runs", "list")):
+        raw = cli(*args, "--json")
+        _assert_no_controls(raw)
+    shown = json.loads(cli("jobs", "show", str(job_id), "--json"))
+    assert (shown["project_name"], shown["error_message"]) == (EVIL_NAME, EVIL_ERROR)
+    assert json.loads(cli("runs", "show", str(run_id), "--json"))["jobs"][0]["project_name"] == EVIL_NAME
+
+
+def test_consolidate_and_errors_show_control_characters_escaped(sqlite_database):
+    from orchestration.store.models import ProjectLock
+
+    project = _seed()[0]
+    with db.session_scope() as session:
+        session.execute(update(Project).where(Project.id == uuid.UUID(project["id"])).values(name=EVIL_NAME))
+    for args in (("--dry-run",), ()):
+        out = cli("consolidate", project["id"], *args)
+        _assert_no_controls(out)
+        assert f"project \\x1b[2J\\x1b[31mpwned\\x9b1m\\u202e ({project['id']})" in out.splitlines()[0]
+    with db.session_scope() as session:
+        session.add(ProjectLock(project_id=uuid.UUID(project["id"]), holder="\x1b[2J\x1b[31mnightly\x07job#1"))
+    result = CliRunner().invoke(main, ["consolidate", project["id"]])
+    assert result.exit_code == 1
+    _assert_no_controls(result.output)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "job \\x1b[2J\\x1b[31mnightly\\x07job is consolidating it" in errors[0]
+
+
+def test_health_text_shows_control_characters_escaped(sqlite_database, clock):
+    _seed()
+    clock("2026-11-27T09:00:00+00:00")
+    with db.session_scope() as session:
+        run_id = runs.start_run(
+            session,
+            "scheduled",
+            datetime(2026, 11, 27, 2, tzinfo=UTC),
+            10,
+            now=datetime(2026, 11, 27, 2, 1, tzinfo=UTC),
+        ).run_id
+        runs.finalize(session, run_id, datetime(2026, 11, 27, 2, 5, tzinfo=UTC))
+        session.execute(update(ConsolidationRun).values(status="partial", error_message=EVIL_ERROR))
+    out = cli("health", code=1)
+    raw = cli("health", "--json", code=1)
+    _assert_no_controls(out)
+    _assert_no_controls(raw)
+    doc = json.loads(raw)
+    assert out.startswith("DEGRADED: run") and len(out.strip().splitlines()) == 1
+    assert out.strip().endswith("partial: \\x1b[2JOperationalError: boom\\rforged line\\x07\\nsecond line")
+    assert doc["message"].endswith(EVIL_ERROR)

@@ -70,3 +70,29 @@ def test_run_text_without_jobs_has_no_table():
     text = reports.run_text(_run_document(jobs=[], error_message=None, status="completed"))
     assert "status: COMPLETED" in text and "errors:" not in text
     assert len(text.splitlines()) == 6  # the summary lines only: no job table
+
+
+def test_clean_escapes_control_characters_visibly():
+    from orchestration.cli.text import clean
+
+    assert clean("plain name, ünïcode — fine") == "plain name, ünïcode — fine"
+    assert clean("\x1b[2J\x1b[31mred\x07") == "\\x1b[2J\\x1b[31mred\\x07"
+    assert clean("a\rb\nc\td\x00\x7f") == "a\\rb\\nc\\td\\x00\\x7f"
+    assert (
+        clean("csi\x9b2J nel\x85 rtl\u202eevil\u2066 ls\u2028") == "csi\\x9b2J nel\\x85 rtl\\u202eevil\\u2066 ls\\u2028"
+    )
+    # Multi-line text keeps its newlines and tabs; ESC and carriage returns never pass.
+    assert clean("first\n\tsecond\r\x1b[1A", multiline=True) == "first\n\tsecond\\r\\x1b[1A"
+    assert clean(None) == "None" and clean(42) == "42"
+
+
+def test_run_and_job_text_escape_values_from_the_database():
+    evil = "\x1b[2Jx\x9b"
+    document = _run_document(trigger_type=evil, error_message=f"{evil}\rrest\nsecond line")
+    document["jobs"][0].update(project_name=evil, error_message=f"{evil} boom")
+    text = reports.run_text(document)
+    assert "\x1b" not in text and "\x9b" not in text and "\r" not in text
+    assert "error: \\x1b[2Jx\\x9b\\rrest" in text and "  \\x1b[2Jx\\x9b: \\x1b[2Jx\\x9b boom" in text
+    assert all(len(line) <= 80 for line in text.splitlines())
+    table = reports.table(["name"], [(evil,)])
+    assert table.splitlines()[2] == "\\x1b[2Jx\\x9b"

@@ -1,5 +1,8 @@
 """How the sources of a merge become one memory's text and lists."""
 
+import pytest
+
+from orchestration.consolidation.errors import DataError
 from orchestration.consolidation.text import merge_content, sentences, union
 
 
@@ -24,3 +27,10 @@ def test_sentences_split_on_end_punctuation_and_newlines():
 
 def test_union_keeps_first_occurrence_order_and_skips_none():
     assert union([["b", "a"], None, ["a", "c"], []]) == ["b", "a", "c"]
+
+
+def test_union_never_takes_a_string_for_a_list():
+    with pytest.raises(DataError, match="expected a list of strings"):
+        union([["a"], "deploy"])
+    with pytest.raises(DataError, match="expected a list of strings"):
+        union([["a", {"b": 1}]])

@@ -3,6 +3,8 @@
 - ``redis_server``: a Redis server of our own on a free port (append-only file, so a
   restart keeps the queues, as in compose.yaml), which a test may restart;
 - ``pg_proxy``: a TCP proxy in front of the shared PostgreSQL that a test can cut;
+- ``pg_cluster``: a PostgreSQL server of the test's own (its own data directory and
+  port), with a migrated database, which a test may stop and start;
 - ``workers``: ``celery -A tests.fault_worker worker`` subprocesses (prefork, 2
   processes) in their own process group, so a test can SIGKILL a whole worker;
 - ``report``: one result line per scenario, printed at the end of the session.
@@ -108,10 +110,22 @@ class RedisServer:
             self.process.wait(timeout=10)
             self.process = None
 
-    def restart(self, down_for: float = 1.0) -> None:
+    def restart(self, down_for: float = 1.0, empty: bool = False) -> None:
+        """Stop and start again. By default the append-only file brings the queues back;
+        ``empty`` deletes it (and any snapshot) first, so the server comes back with no
+        data at all, as a Redis without persistence does after a restart."""
         self.stop()
+        if empty:
+            self.forget()
         time.sleep(down_for)
         self.start()
+
+    def forget(self) -> None:
+        """Delete the stopped server's persisted data (append-only file, snapshot)."""
+        assert self.process is None, "stop the server first"
+        shutil.rmtree(self.directory / "appendonlydir", ignore_errors=True)
+        for name in ("appendonly.aof", "dump.rdb"):
+            (self.directory / name).unlink(missing_ok=True)
 
 
 @pytest.fixture
@@ -122,6 +136,103 @@ def redis_server(tmp_path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+def _pg_binary(name: str) -> str:
+    """A PostgreSQL server binary: on PATH, else the newest under /usr/lib/postgresql."""
+    found = shutil.which(name)
+    if found is None:
+        candidates = sorted(
+            Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
+            key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0,
+        )
+        found = str(candidates[-1]) if candidates else None
+    if found is None:
+        unavailable(f"{name} (the outage tests start a PostgreSQL server of their own)", FileNotFoundError("not found"))
+    return found
+
+
+class PgCluster:
+    """A PostgreSQL server of the test's own: ``initdb`` into a fresh directory, trust
+    authentication, listening on 127.0.0.1 at a free port (and its socket in that
+    directory, nowhere shared). As root, the server programs run as the ``postgres`` OS
+    user (they refuse to run as root), so the directory belongs to that user."""
+
+    DATABASE = "orchestration"
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.data = root / "data"
+        self.log = root / "server.log"
+        self.port = free_port()
+        self.running = False
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{self.DATABASE}"
+
+    def _run(self, name: str, *args: str, timeout: float = 120) -> None:
+        command = [_pg_binary(name), *args]
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        done = subprocess.run(command, cwd=self.root, capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            log = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+            raise AssertionError(f"{name} {' '.join(args)} failed: {done.stdout}{done.stderr}\n{log}")
+
+    def init(self) -> None:
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync")
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.root}"
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o", options, "start")
+        self.running = True
+
+    def stop(self, mode: str = "fast") -> None:
+        """Shut the server down (``fast``: active transactions rolled back, clients
+        disconnected at once) and wait until it has stopped."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop")
+        self.running = False
+
+    def create_database(self) -> None:
+        from sqlalchemy import create_engine, text
+
+        admin = create_engine(
+            f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres", isolation_level="AUTOCOMMIT"
+        )
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{self.DATABASE}"'))
+        finally:
+            admin.dispose()
+
+
+@pytest.fixture
+def pg_cluster() -> Iterator[PgCluster]:
+    """A PostgreSQL server of the test's own with a migrated database (``url``); the test
+    may ``stop()`` and ``start()`` it. Stopped and deleted afterwards."""
+    import tempfile
+
+    from orchestration.store import db, migrate
+
+    # Not under tmp_path: the postgres OS user must be able to reach the directory.
+    root = Path(tempfile.mkdtemp(prefix="orchestration-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+    cluster = PgCluster(root)
+    try:
+        cluster.init()
+        cluster.start()
+        cluster.create_database()
+        migrate.upgrade(cluster.url)
+        yield cluster
+    finally:
+        db.dispose()
+        if cluster.running:
+            with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
+                cluster.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
 
 
 class TcpProxy:

@@ -90,3 +90,30 @@ def test_a_lock_is_taken_over_only_when_its_heartbeat_stopped(database, minutes_
         assert f"job {job_id} is consolidating it" in str(exc)
         outcome = False
     assert outcome is taken
+
+
+def test_a_received_job_is_beaten_for_only_while_its_message_is_held(database, monkeypatch):
+    """Once the worker no longer holds the message (the task ended, or a lost broker
+    connection dropped it), the row's heartbeat stops and the reaper can see the job lost."""
+    monkeypatch.setattr(heartbeat, "INTERVAL", timedelta(seconds=0.05))
+    job_id, _ = _running_job_with_lock()
+    with db.session_scope() as session:
+        session.execute(update(ConsolidationJob).where(ConsolidationJob.id == job_id).values(status="pending"))
+    held = threading.Event()
+    held.set()
+    started = utcnow()
+    heartbeat.received(job_id, held.is_set)
+
+    def beat_of_row():
+        with db.session_scope() as session:
+            return session.get(ConsolidationJob, job_id).heartbeat_at
+
+    deadline = time.monotonic() + 10
+    while beat_of_row() < started:
+        assert time.monotonic() < deadline, "the received job was not beaten for"
+        time.sleep(0.05)
+    held.clear()  # the worker dropped the message
+    time.sleep(0.3)
+    after = beat_of_row()
+    time.sleep(0.3)
+    assert beat_of_row() == after

@@ -1,7 +1,8 @@
+import pytest
 from sqlalchemy import text
 
 from orchestration.nightly.eligibility import check_projects, eligible_query
-from orchestration.store import db
+from orchestration.store import db, migrate
 from orchestration.store.models import Project, TaskMemory
 
 
@@ -64,3 +65,33 @@ def test_sqlite_reads_the_kept_counts_too(sqlite_database):
         compiled = eligible_query(1000).compile(session.get_bind(), compile_kwargs={"literal_binds": True})
         plan = " ".join(str(row) for row in session.execute(text(f"EXPLAIN QUERY PLAN {compiled}")))
     assert "project_memory_counts" in plan and "task_memories" not in plan
+
+
+# Issue 22, finding 6: a threshold below 1 never makes a project eligible (-1 archived
+# a project's only memory).
+@pytest.mark.parametrize("default_threshold", [0, -1])
+def test_a_default_threshold_below_one_is_refused(database, default_threshold):
+    with db.session_scope() as session:
+        _project(session, "one memory", 1)
+    with (
+        pytest.raises(ValueError, match="ORCHESTRATION_DEFAULT_THRESHOLD\\) must be at least 1"),
+        db.session_scope() as session,
+    ):
+        check_projects(session, default_threshold=default_threshold)
+    with pytest.raises(ValueError, match="must be at least 1"):
+        eligible_query(default_threshold)
+
+
+def test_a_project_threshold_below_one_is_never_eligible(database):
+    """With migration 0003 such a threshold cannot be stored; before it, one could."""
+    migrate.downgrade(database, "0002")
+    db.dispose()
+    with db.session_scope() as session:
+        minus = _project(session, "minus", 1, threshold=-1)
+        zero = _project(session, "zero", 1, threshold=0)
+        one = _project(session, "one", 2, threshold=1)
+        default = _project(session, "default", 4)
+    with db.session_scope() as session:
+        result = check_projects(session, default_threshold=3)
+    assert {pid for pid, _ in result.eligible} == {one, default}
+    assert minus not in dict(result.eligible) and zero not in dict(result.eligible)

@@ -86,3 +86,41 @@ def test_a_lost_job_without_attempts_left_or_run_fails(database):
     with db.session_scope() as session:
         assert session.get(ConsolidationJob, last).error_message.startswith("worker died during attempt 4 of 4")
         assert session.get(ConsolidationJob, by_hand).error_message.startswith("worker lost during attempt 1")
+
+
+def test_no_job_is_judged_lost_while_the_database_server_has_just_started(database, monkeypatch):
+    """Heartbeats stopped by the server's own outage say nothing about the workers."""
+    started = _run_with_attempts()
+    _age(started.job_ids[0], STALE, STALE)
+    monkeypatch.setattr(reaper, "server_uptime", lambda session, now: heartbeat.LOST_AFTER / 2)
+    assert _reap().lost == []
+    monkeypatch.setattr(reaper, "server_uptime", lambda session, now: heartbeat.LOST_AFTER)
+    assert [lost.ids["job_id"] for lost in _reap().lost] == [str(started.job_ids[0])]
+
+
+def test_the_server_uptime_is_known_on_postgresql_only(database):
+    with db.session_scope() as session:
+        uptime = reaper.server_uptime(session, utcnow())
+    if database.startswith("sqlite"):
+        assert uptime is None
+    else:
+        assert uptime is not None and uptime > timedelta(0)
+
+
+def test_jobs_of_a_sent_chord_that_no_worker_received_are_listed_in_their_places(database):
+    with db.session_scope() as session:
+        seed(session, 4, 40, seed=9, dim=8)
+        started = runs.start_run(session, "manual", None, 10)
+    received = started.job_ids[1]
+    _age(received, timedelta(seconds=5))  # a worker holds its message
+    now = utcnow()
+    with db.session_scope() as session:
+        assert reaper.unreceived_jobs(session, now) == []  # the chord was not sent yet
+        runs.mark_dispatched(session, started.run_id, now - reaper.QUEUE_GRACE / 2)
+    with db.session_scope() as session:
+        assert reaper.unreceived_jobs(session, now) == []  # sent a moment ago: still arriving
+        runs.mark_dispatched(session, started.run_id, now - reaper.QUEUE_GRACE * 2)
+    with db.session_scope() as session:
+        unreceived = reaper.unreceived_jobs(session, now)
+    assert [job.ids["job_id"] for job in unreceived] == [str(j) for j in started.job_ids if j != received]
+    assert [job.group_index for job in unreceived] == [i for i, j in enumerate(started.job_ids) if j != received]

@@ -1,21 +1,18 @@
 """The nightly run with a real Celery worker in this process (threads pool, in-memory
 transport, cache+memory result backend with chord support)."""
 
-import io
 import json
 import threading
 import uuid
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
-import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 
 from orchestration.consolidation import planning
 from orchestration.demo.seed import seed
 from orchestration.jobs import progress as job_progress
-from orchestration.logs import configure_logging
 from orchestration.settings import get_settings
 from orchestration.store import db
 from orchestration.store.models import ConsolidationChange, ConsolidationJob, ConsolidationRun, TaskMemory
@@ -24,21 +21,6 @@ from orchestration.worker.tasks import finalize_run, reap_stale, run_project, ru
 from support import wait_for_run, wait_until
 
 SLOT = "2026-11-27T02:00:00+00:00"
-
-
-@pytest.fixture
-def captured_logs():
-    """Every log line (ours and Celery's) as parsed JSON."""
-    stream = io.StringIO()
-    configure_logging(get_settings(), stream=stream)
-    lines: list[dict] = []
-
-    def read() -> list[dict]:
-        lines[:] = [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
-        return lines
-
-    yield read
-    configure_logging(get_settings())
 
 
 def _seed(projects=5, memories=60, **kw):
@@ -461,10 +443,11 @@ def test_the_summary_is_posted_to_the_notify_url(celery_worker, sqlite_database,
     threading.Thread(target=server.serve_forever, daemon=True).start()
     _Receiver.received = []
     try:
-        settings_env(notify_url=f"http://127.0.0.1:{server.server_port}/hook")
+        settings_env(notify_url=f"http://127.0.0.1:{server.server_port}/hook", notify_allow_private="true")
         _seed(projects=3)
         run_scheduled.apply_async(kwargs={"slot": SLOT})
         run = _run_for_slot()
+        wait_until(lambda: _Receiver.received)  # consolidation.notify, a task of its own
     finally:
         server.shutdown()
     assert len(_Receiver.received) == 1
@@ -482,7 +465,7 @@ def test_an_unreachable_notify_url_is_logged_and_the_run_still_completes(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed once we leave: nothing listens there
-    settings_env(notify_url=f"http://user:secret@127.0.0.1:{port}/hook")
+    settings_env(notify_url=f"http://user:secret@127.0.0.1:{port}/hook", notify_allow_private="true")
     _seed(projects=3)
     run_scheduled.apply_async(kwargs={"slot": SLOT})
     run = _run_for_slot()
@@ -492,6 +475,32 @@ def test_an_unreachable_notify_url_is_logged_and_the_run_still_completes(
     failed = [e for e in captured_logs() if e["event"] == "notify.failed"]
     assert len(failed) == 1 and failed[0]["run_id"] == str(run.id)
     assert "secret" not in json.dumps(failed[0])
+
+
+def test_a_webhook_that_never_answers_holds_up_neither_the_callback_nor_the_reaper(
+    celery_worker, sqlite_database, settings_env, captured_logs
+):
+    """The endpoint accepts the connection and never answers: the run is closed and
+    announced at once; the POST runs in consolidation.notify and ends at its deadline."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    try:
+        settings_env(notify_url=f"http://127.0.0.1:{listener.getsockname()[1]}/hook", notify_allow_private="true")
+        _seed(projects=3)
+        run_scheduled.apply_async(kwargs={"slot": SLOT})
+        run = _run_for_slot()
+        assert run.status == "completed"
+        assert reap_stale.apply_async().get(timeout=30)["runs"] == 0  # the reaper answers meanwhile
+        events = [e["event"] for e in captured_logs()]
+        assert "run.finished" in events and "notify.failed" not in events  # the POST is still waiting
+        wait_until(lambda: any(e["event"] == "notify.failed" for e in captured_logs()), timeout=120)
+    finally:
+        listener.close()
+    (failed,) = [e for e in captured_logs() if e["event"] == "notify.failed"]
+    assert failed["task"] == "consolidation.notify" and failed["run_id"] == str(run.id)
 
 
 def test_a_broken_callback_is_retried_from_the_job_rows(celery_worker, sqlite_database, monkeypatch, captured_logs):
@@ -561,3 +570,69 @@ def test_a_failed_job_reports_what_is_active_now(celery_worker, sqlite_database,
         run.memories_before - run.memories_after
         == run.memories_merged - sum(j.clusters_found for j in _jobs(run.id).values()) + run.memories_archived
     )
+
+
+def test_jobs_whose_messages_the_broker_lost_are_sent_again(celery_worker, database, captured_logs):
+    """The chord was sent, then the broker forgot its messages (a restart without
+    persistence): the reaper sees fewer queued messages than unreceived jobs and sends
+    them again; the run completes, closed by the reaper once its callback cannot come."""
+    from orchestration.nightly import reaper, runs
+
+    _seed(projects=4)
+    with db.session_scope() as session:
+        started = runs.start_run(session, "manual", None, 10)
+        runs.mark_dispatched(session, started.run_id, utcnow() - reaper.QUEUE_GRACE * 2)  # ... and lost
+    assert reap_stale.apply_async().get(timeout=30)["resent"] == len(started.job_ids) == 2
+    resent = [e for e in captured_logs() if e["event"] == "job.resent"]
+    assert sorted(e["job_id"] for e in resent) == sorted(str(j) for j in started.job_ids)
+    assert all(e["queued"] == 0 and e["run_id"] == str(started.run_id) for e in resent)
+
+    def finished():
+        with db.session_scope() as session:
+            jobs = session.scalars(select(ConsolidationJob).where(ConsolidationJob.run_id == started.run_id)).all()
+            return all(job.status == "completed" and job.attempts == 1 for job in jobs)
+
+    wait_until(finished)
+    assert reap_stale.apply_async().get(timeout=30)["resent"] == 0  # received and done: nothing to send again
+    with db.session_scope() as session:
+        run = session.get(ConsolidationRun, started.run_id)
+        if run.status == "running":  # no chord to call back: the reaper closes it after its grace
+            reaper.reap(session, get_settings(), utcnow() + reaper.CALLBACK_GRACE + timedelta(minutes=1))
+    with db.session_scope() as session:
+        run = session.get(ConsolidationRun, started.run_id)
+        assert run.status == "completed" and run.jobs_completed == 2
+
+
+def test_a_slot_in_the_future_is_refused_by_the_task(celery_worker, sqlite_database, captured_logs):
+    future = (utcnow() + timedelta(days=1)).replace(hour=2, minute=0, second=0, microsecond=0)
+    result = run_scheduled.apply_async(kwargs={"slot": future.isoformat()}).get(timeout=30)
+    assert result["status"] == "rejected" and "future" in result["error"]
+    with db.session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(ConsolidationRun)) == 0
+    (rejected,) = [e for e in captured_logs() if e["event"] == "task.rejected"]
+    assert rejected["task"] == "consolidation.run_scheduled"
+
+
+def test_a_worker_on_another_schedule_than_beat_says_so_and_runs_beats_night(
+    celery_worker, sqlite_database, settings_env, captured_logs
+):
+    """Beat fires at 03:30 (its schedule travels in the message); this worker was given
+    02:00: the night still runs, for beat's slot, and the mismatch is an error event."""
+    from orchestration.celery_app import beat_schedule
+    from orchestration.nightly.health import check_health
+    from orchestration.settings import load_settings
+
+    beat_settings = load_settings({"ORCHESTRATION_SCHEDULE": "30 3 * * *"})
+    entry = beat_schedule(beat_settings)["consolidation-nightly"]
+    _seed(projects=3)
+    run_scheduled.apply_async(kwargs=entry["kwargs"]).get(timeout=30)
+    with db.session_scope() as session:
+        run = session.scalar(select(ConsolidationRun))
+    assert (run.scheduled_for.hour, run.scheduled_for.minute) == (3, 30)
+    (mismatch,) = [e for e in captured_logs() if e["event"] == "schedule.mismatch"]
+    assert mismatch["level"] == "error" and mismatch["beat_schedule"] == "30 3 * * *"
+    assert mismatch["worker_schedule"] == "0 2 * * *"
+    run = wait_for_run(lambda s: s.get(ConsolidationRun, run.id))
+    with db.session_scope() as session:
+        result = check_health(session, beat_settings, run.finished_at, timedelta(hours=26))
+    assert result.code == 2 and "differs from the workers'" in result.message
