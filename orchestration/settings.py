@@ -326,7 +326,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         result_backend=_required_url(env, "RESULT_BACKEND", Settings.result_backend, BACKEND_SCHEMES),
         schedule=schedule,
         timezone=timezone,
-        default_threshold=_int(env, "DEFAULT_THRESHOLD", Settings.default_threshold),
+        default_threshold=_int(env, "DEFAULT_THRESHOLD", Settings.default_threshold, minimum=1),
         max_retries=_int(env, "MAX_RETRIES", Settings.max_retries),
         retry_backoff_max=_int(env, "RETRY_BACKOFF_MAX", Settings.retry_backoff_max, minimum=1),
         project_rate_limit=rate_limit,

@@ -66,8 +66,8 @@ def send(broker_url: str, name: str, *args: object, **kwargs: object) -> None:
         app.close()
 
 
-def start_run(broker_url: str, slot) -> None:
-    send(broker_url, "consolidation.run_scheduled", slot=slot.isoformat())
+def start_run(broker_url: str, slot, backfill: bool = False) -> None:
+    send(broker_url, "consolidation.run_scheduled", slot=slot.isoformat(), backfill=backfill)
 
 
 def finished_run(slot, timeout: float = 120.0) -> ConsolidationRun:
@@ -416,7 +416,7 @@ def test_soft_time_limit_and_a_worker_that_vanished(pg_database, redis_server, w
         ORCHESTRATION_RUN_DEADLINE="120",
     )
     victim = workers.start(env)
-    start_run(redis_server.url, later)
+    start_run(redis_server.url, later, backfill=True)  # a minute off the schedule
     wait_dead(victim)
     settings = load_settings({k: v for k, v in env.items() if k.startswith("ORCHESTRATION_")})
     with db.session_scope() as session:

@@ -179,3 +179,28 @@ def test_the_outage_backoff_stays_between_one_second_and_a_minute(retries):
     assert all(1 <= c <= base.OUTAGE_BACKOFF_MAX for c in countdowns)
     if retries >= 4:
         assert max(countdowns) > base.OUTAGE_BACKOFF_MAX / 2  # it grows to the cap, jittered
+
+
+def test_bad_data_fails_the_job_at_once_naming_it(
+    celery_worker, sqlite_database, settings_env, monkeypatch, captured_logs
+):
+    """A DataError is deterministic: no retry, the job fails on its first attempt."""
+    from orchestration.consolidation.errors import DataError
+
+    settings_env(retry_backoff_max="1")
+    manifests = _seed()
+    target = uuid.UUID(manifests[0].id)
+    real = planning.plan
+
+    def bad(executor, project_id, *args, **kwargs):
+        if project_id == target:
+            raise DataError("memory 1f0c field tags: expected a list of strings, got a string 'deploy'")
+        return real(executor, project_id, *args, **kwargs)
+
+    monkeypatch.setattr(planning, "plan", bad)
+    run_scheduled.apply_async(kwargs={"slot": SLOT})
+    run = _finished_run()
+    job = _jobs(run.id)[target]
+    assert run.jobs_failed == 1 and job.status == "failed" and job.attempts == 1
+    assert job.error_message.startswith("bad data, not retried: memory 1f0c field tags")
+    assert not [e for e in captured_logs() if e["event"] == "job.retrying"]

@@ -7,7 +7,6 @@ the same messages through ``celery worker`` subprocesses on Redis and RabbitMQ."
 from __future__ import annotations
 
 import inspect
-import io
 import json
 import uuid
 from collections import Counter
@@ -20,8 +19,7 @@ from kombu import Message
 from kombu.exceptions import DecodeError
 
 from orchestration.celery_app import app, task_queues
-from orchestration.logs import configure_logging
-from orchestration.settings import get_settings, load_settings
+from orchestration.settings import load_settings
 from orchestration.worker import strategy
 from orchestration.worker.strategy import Malformed, check
 from orchestration.worker.tasks import reap_stale
@@ -169,14 +167,6 @@ def test_bound_tasks_are_checked_without_self():
     too_many = [PLACEHOLDER] * (len(inspect.signature(run_project.run).parameters) + 1)
     with pytest.raises(Malformed, match=r"^arguments do not fit consolidation.run_project\(job_id"):
         check(run_project, received([too_many, {}, {}], headers_for(run_project, {})))
-
-
-@pytest.fixture
-def captured_logs():
-    stream = io.StringIO()
-    configure_logging(get_settings(), stream=stream)
-    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
-    configure_logging(get_settings())
 
 
 def test_the_in_process_worker_rejects_them_all_and_goes_on(celery_worker, sqlite_database, captured_logs):
