@@ -346,10 +346,11 @@ def sent(monkeypatch):
 def clock(monkeypatch):
     """Set the commands' ``now`` (not freezegun: its frozen clock would reach the
     session's in-process Celery worker thread too, whose timers then never fire)."""
-    import orchestration.cli.commands
+    from orchestration.cli import admin, runs
 
     def set_now(value: str) -> None:
-        monkeypatch.setattr(orchestration.cli.commands, "utcnow", lambda: datetime.fromisoformat(value))
+        for module in (admin, runs):
+            monkeypatch.setattr(module, "utcnow", lambda: datetime.fromisoformat(value))
 
     return set_now
 

@@ -1,0 +1,97 @@
+"""Commands that set up and check a deployment: ``db upgrade``, ``seed``, ``demo`` and
+``health``."""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+
+import click
+from sqlalchemy.exc import SQLAlchemyError
+
+from orchestration.cli import reports
+from orchestration.cli.app import CliError, Group, echo_json, echo_text, main
+from orchestration.cli.text import clean
+from orchestration.settings import get_settings
+from orchestration.store import db, migrate
+from orchestration.store.statuses import RunStatus
+from orchestration.store.types import utcnow
+
+# --- db -------------------------------------------------------------------------
+
+
+@main.group("db", cls=Group)
+def db_group() -> None:
+    """Database schema."""
+
+
+@db_group.command("upgrade")
+def db_upgrade() -> None:
+    """Migrate the configured database to head."""
+    migrate.upgrade()
+    click.echo(f"database at {db.describe()} is at the latest schema")
+
+
+# --- seed and consolidate -------------------------------------------------------
+
+
+@main.command()
+@click.option("--projects", type=click.IntRange(min=1), required=True, help="Projects to create.")
+@click.option("--memories", type=click.IntRange(min=4), required=True, help="Memories per project.")
+@click.option("--seed", "seed_value", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--dim", type=click.IntRange(min=8), default=384, show_default=True, help="Embedding dimensions.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was planted as JSON.")
+def seed(projects: int, memories: int, seed_value: int, dim: int, as_json: bool) -> None:
+    """Insert synthetic projects and memories with known duplicate groups and stale entries."""
+    from orchestration.demo.seed import seed as plant
+
+    with db.session_scope() as session:
+        manifests = plant(session, projects, memories, seed_value, dim=dim)
+    if as_json:
+        echo_json([m.as_dict() for m in manifests])
+        return
+    echo_text(
+        reports.table(
+            ["project", "name", "kind", "memories", "dup groups", "stale"],
+            [(m.id, m.name, m.kind, m.memories, len(m.groups), len(m.stale)) for m in manifests],
+        )
+    )
+
+
+@main.command()
+@click.option("--with-failure", is_flag=True, help="Add a project whose job fails, to show a partial run.")
+@click.option("--projects", type=click.IntRange(min=1), default=6, show_default=True)
+@click.option("--memories", type=click.IntRange(min=4), default=300, show_default=True)
+def demo(with_failure: bool, projects: int, memories: int) -> None:
+    """Embedded default: fresh SQLite, in-process worker, tonight's run now; prints the summary."""
+    from orchestration.demo.embedded import run_demo
+
+    document = run_demo(projects=projects, memories=memories, with_failure=with_failure, out=sys.stdout)
+    echo_text(reports.run_text(document))
+    sys.exit(0 if document["status"] == RunStatus.COMPLETED else 1)
+
+
+@main.command()
+@click.option(
+    "--max-age",
+    type=click.FloatRange(min=0, min_open=True),
+    default=26.0,
+    show_default=True,
+    help="Hours the latest scheduled run may be old.",
+)
+@click.option("--json", "as_json", is_flag=True)
+def health(max_age: float, as_json: bool) -> None:
+    """Exit 0 if the latest scheduled run completed in time, 1 if partial or failed, 2 otherwise."""
+    from orchestration.nightly.health import check_health
+
+    try:
+        with db.session_scope() as session:
+            result = check_health(session, get_settings(), utcnow(), timedelta(hours=max_age))
+            document = result.as_dict()
+    except SQLAlchemyError as exc:
+        raise CliError(f"database unreachable at {db.describe()}: {str(exc).splitlines()[0]}", 2) from None
+    if as_json:
+        echo_json(document)
+    else:
+        echo_text(f"{document['status'].upper()}: {clean(document['message'])}")
+    sys.exit(result.code)

@@ -1,0 +1,139 @@
+"""Commands about jobs: ``consolidate`` (a manual job in this process), ``similarity``
+(what would merge at which threshold), ``jobs show`` and ``jobs rollback``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import click
+
+from orchestration.cli import reports
+from orchestration.cli.app import CliError, Group, echo_json, echo_text, find, main, user
+from orchestration.cli.text import clean
+from orchestration.settings import get_settings
+from orchestration.store import db
+from orchestration.store.documents import row_dict
+from orchestration.store.models import ConsolidationJob, Project
+from orchestration.store.statuses import JobStatus, TriggerType
+
+
+@main.command()
+@click.argument("project_id")
+@click.option("--dry-run", is_flag=True, help="Change nothing; report what would change.")
+@click.option("--force", is_flag=True, help="Consolidate even if the project has consolidation disabled.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def consolidate(project_id: str, dry_run: bool, force: bool, as_json: bool) -> None:
+    """Consolidate one project in this process as a manual job."""
+    from orchestration.consolidation.options import InvalidOptions, resolve_options
+    from orchestration.consolidation.preview import preview
+    from orchestration.consolidation.projects import ProjectDisabled, ProjectGone, load_project
+    from orchestration.jobs import lifecycle
+
+    project = find(Project, project_id, "project")
+    try:
+        with db.session_scope() as session:
+            load_project(session, project.id, force=force)
+        options = resolve_options(project.consolidation_options)
+    except ProjectDisabled as exc:
+        raise CliError(f"{exc}; use --force to consolidate it anyway") from None
+    except (ProjectGone, InvalidOptions) as exc:
+        raise CliError(str(exc)) from None
+    if dry_run:
+        result = preview(project.id, options, force=force)
+        document: dict[str, Any] = {"job_id": None, "status": "dry_run", **vars(result)}
+    else:
+        who = user()
+        with db.session_scope() as session:
+            job = lifecycle.create_job(
+                session,
+                project.id,
+                run_id=None,
+                trigger_type=TriggerType.MANUAL,
+                triggered_by=who,
+                options=project.consolidation_options,
+            )
+        try:
+            outcome = lifecycle.run(job.id, get_settings(), force=force, changed_by=who)
+        except lifecycle.AttemptFailed as exc:  # recorded on the job, reported as one line
+            outcome = lifecycle.fail(job.id, exc.attempt, exc.error)
+        job = find(ConsolidationJob, str(job.id), "job")
+        document = row_dict(job)
+        if outcome.status != JobStatus.COMPLETED:
+            raise CliError(f"job {job.id} {outcome.status}: {outcome.error}")
+    if as_json:
+        echo_json(document)
+        return
+    label = "would" if dry_run else "did"
+    echo_text(
+        f"{'dry run' if dry_run else 'job ' + str(document['id'])}: project {clean(project.name)} ({project.id})\n"
+        f"  active memories {document['memories_before']} -> {document['memories_after']}\n"
+        f"  {label} merge {document['memories_merged']} memories into {document['clusters_found']} consolidated\n"
+        f"  {label} archive {document['memories_archived']} stale memories"
+        + (f"\n  value guard kept {document['pairs_kept_apart']} similar pairs apart" if dry_run else "")
+    )
+
+
+@main.command()
+@click.argument("project_id")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def similarity(project_id: str, as_json: bool) -> None:
+    """How similar a project's memories are: to pick its similarity_threshold."""
+    from orchestration.consolidation.calibration import calibrate
+    from orchestration.consolidation.options import InvalidOptions, resolve_options
+
+    project = find(Project, project_id, "project")
+    try:
+        options = resolve_options(project.consolidation_options)
+    except InvalidOptions as exc:
+        raise CliError(str(exc)) from None
+    with db.session_scope() as session:
+        report = calibrate(session, project.id, options)
+    if as_json:
+        echo_json(asdict(report))
+        return
+    echo_text(reports.calibration_text(report, project.name))
+
+
+# --- jobs -----------------------------------------------------------------------
+
+
+@main.group("jobs", cls=Group)
+def jobs_group() -> None:
+    """Inspect and roll back jobs."""
+
+
+@jobs_group.command("show")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
+def jobs_show(job_id: str, as_json: bool) -> None:
+    """One job and its counters."""
+    from orchestration.consolidation.audit import change_counts
+
+    job = find(ConsolidationJob, job_id, "job")
+    with db.session_scope() as session:
+        changes = change_counts(session, job.id)
+        project = session.get(Project, job.project_id) if job.project_id else None
+    document = {**row_dict(job), "project_name": project.name if project else None, "changes": changes}
+    if as_json:
+        echo_json(document)
+        return
+    echo_text(reports.job_text(document))
+
+
+@jobs_group.command("rollback")
+@click.argument("job_id")
+def jobs_rollback(job_id: str) -> None:
+    """Undo a job's changes; refuses, changing nothing, if later changes conflict."""
+    from orchestration.consolidation.audit import RollbackRefused, rollback_job
+
+    job = find(ConsolidationJob, job_id, "job")
+    try:
+        with db.session_scope() as session:
+            result = rollback_job(session, job.id, get_settings().audit_retention_days, changed_by=user())
+    except RollbackRefused as exc:
+        raise CliError(f"rollback refused: {exc}") from None
+    click.echo(
+        f"rolled back job {result.job_id}: restored {result.restored} memory changes, "
+        f"removed {result.removed} consolidated memories"
+    )
