@@ -28,7 +28,7 @@ from orchestration.worker.tasks import prune_audit, reap_stale, run_project, run
 from support import wait_for_run, wait_until
 
 CATALOGUE = Path(__file__).resolve().parent.parent / "docs" / "events.md"
-COMMON = {"event", "level", "logger", "timestamp", "task_id", "task", "run_id", "job_id", "project_id"}
+COMMON = {"event", "level", "logger", "timestamp", "task_id", "task", "run_id", "job_id", "project_id", "project_name"}
 SLOT = "2026-11-27T02:00:00+00:00"
 
 

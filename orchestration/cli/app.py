@@ -11,12 +11,9 @@ the Celery app) when they run, so that quick commands such as ``runs list`` and
 from __future__ import annotations
 
 import getpass
-import uuid
-from collections.abc import Sequence
 from typing import Any
 
 import click
-from sqlalchemy import String, cast, func, select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from orchestration.cli import reports
@@ -24,7 +21,6 @@ from orchestration.cli.text import clean
 from orchestration.logs import configure_logging
 from orchestration.settings import SettingsError, get_settings
 from orchestration.store import db
-from orchestration.store.models import ConsolidationJob, ConsolidationRun, Project
 
 
 class CliError(click.ClickException):
@@ -66,28 +62,6 @@ def echo_text(text: str) -> None:
     """Print a text report. Its parts are escaped where they are put together; this
     keeps any control character that slipped through off the terminal all the same."""
     click.echo(clean(text, multiline=True))
-
-
-def find(model: type[ConsolidationRun] | type[ConsolidationJob] | type[Project], prefix: str, what: str) -> Any:
-    """A row by full id or unique id prefix."""
-    prefix = prefix.strip().lower()
-    with db.session_scope() as session:
-        try:
-            row = session.get(model, uuid.UUID(prefix))
-        except ValueError:
-            row = None
-        if row is not None:
-            return row
-        if len(prefix) < 4:
-            raise CliError(f"{what} {prefix!r}: give at least 4 characters of the id")
-        matches: Sequence[Any] = session.scalars(
-            select(model).where(func.lower(cast(model.id, String)).like(f"{prefix}%")).limit(2)
-        ).all()
-    if not matches:
-        raise CliError(f"no {what} with id {prefix!r}")
-    if len(matches) > 1:
-        raise CliError(f"{what} id prefix {prefix!r} is ambiguous; give more characters")
-    return matches[0]
 
 
 def user() -> str:

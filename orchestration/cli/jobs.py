@@ -1,5 +1,6 @@
 """Commands about jobs: ``consolidate`` (a manual job in this process), ``similarity``
-(what would merge at which threshold), ``jobs show`` and ``jobs rollback``."""
+(what would merge at which threshold) and ``jobs show`` (``jobs rollback`` is in
+``rollback``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 import click
 
 from orchestration.cli import reports
-from orchestration.cli.app import CliError, Group, echo_json, echo_text, find, main, user
+from orchestration.cli.app import CliError, Group, echo_json, echo_text, main, user
+from orchestration.cli.lookup import find
 from orchestration.cli.text import clean
 from orchestration.settings import get_settings
 from orchestration.store import db
@@ -119,21 +121,3 @@ def jobs_show(job_id: str, as_json: bool) -> None:
         echo_json(document)
         return
     echo_text(reports.job_text(document))
-
-
-@jobs_group.command("rollback")
-@click.argument("job_id")
-def jobs_rollback(job_id: str) -> None:
-    """Undo a job's changes; refuses, changing nothing, if later changes conflict."""
-    from orchestration.consolidation.audit import RollbackRefused, rollback_job
-
-    job = find(ConsolidationJob, job_id, "job")
-    try:
-        with db.session_scope() as session:
-            result = rollback_job(session, job.id, get_settings().audit_retention_days, changed_by=user())
-    except RollbackRefused as exc:
-        raise CliError(f"rollback refused: {exc}") from None
-    click.echo(
-        f"rolled back job {result.job_id}: restored {result.restored} memory changes, "
-        f"removed {result.removed} consolidated memories"
-    )

@@ -11,7 +11,8 @@ import click
 from sqlalchemy import select
 
 from orchestration.cli import reports
-from orchestration.cli.app import CliError, Group, echo_json, echo_text, find, main
+from orchestration.cli.app import CliError, Group, echo_json, echo_text, main
+from orchestration.cli.lookup import find
 from orchestration.cli.text import clean
 from orchestration.settings import get_settings
 from orchestration.store import db

@@ -127,6 +127,7 @@ _START = (
         _JOBS.c.error_message,
         _JOBS.c.celery_task_id,
         _PROJECTS.c.id.is_not(None).label("project_exists"),
+        _PROJECTS.c.name.label("project_name"),
         _PROJECTS.c.consolidation_enabled,
         _PROJECTS.c.consolidation_options,
         _LOCKS.c.holder,
@@ -349,7 +350,7 @@ def consolidate(attempt: Attempt, *, progress: Progress | None = None, changed_b
                     in_batch=lambda session, batch: _add_counts(session, attempt, batch.counters()),
                     progress=report,
                 )
-            counters = _finish(attempt)
+            counters = _finish(attempt, result)
     except Superseded as exc:
         log.warning("job.superseded", attempt=attempt.number, reason=str(exc))
         raise
@@ -382,29 +383,37 @@ def _add_counts(session: Session, attempt: Attempt, increments: dict[str, int]) 
         raise Superseded(f"job {attempt.job_id}: attempt {attempt.number} was superseded by a newer attempt")
 
 
-def _finish(attempt: Attempt) -> dict[str, int]:
-    """Record the job completed (fenced) and give its lock back, in one transaction (one
-    statement on PostgreSQL); returns its counters."""
+def _finish(attempt: Attempt, result: ConsolidationResult) -> dict[str, int]:
+    """Record the job completed (fenced) with what it left alone, and give its lock back,
+    in one transaction (one statement on PostgreSQL); returns its counters."""
+    left_alone = {name: getattr(result, name) for name in LEFT_ALONE}
     if db.is_postgresql():
         with db.statement_scope() as connection:
             row = statements.finish(
-                connection, attempt.job_id, attempt.number, attempt.project_id, attempt.lease.holder, utcnow()
+                connection,
+                attempt.job_id,
+                attempt.number,
+                attempt.project_id,
+                attempt.lease.holder,
+                utcnow(),
+                left_alone,
             )
     else:
         with db.session_scope() as session:
-            row = _complete(session, attempt)
+            row = _complete(session, attempt, left_alone)
             attempt.lease.release(session)  # a no-op if a newer attempt took the lock over
     if row is None:
         raise Superseded(f"job {attempt.job_id}: attempt {attempt.number} was superseded")
     return dict(row._asdict())
 
 
-def _complete(session: Session, attempt: Attempt) -> Any:
+def _complete(session: Session, attempt: Attempt, left_alone: dict[str, int]) -> Any:
     """Record the job completed (fenced); its counters, or ``None`` if superseded."""
     now = utcnow()
     return session.execute(
         _fenced(attempt)
         .values(
+            **left_alone,
             status=JobStatus.COMPLETED,
             progress=1.0,
             memories_after=counts.active_count_expr(attempt.project_id),
@@ -517,6 +526,10 @@ def running_job(session: Session, job_id: uuid.UUID) -> ConsolidationJob | None:
     return job if job is not None and job.status == JobStatus.RUNNING else None
 
 
+# What a completed job left alone, kept on its row (and in ``job.completed``).
+LEFT_ALONE = ("skipped_invalid", "conflicts", "pairs_kept_apart")
+
+
 def job_ids(job: Any) -> dict[str, str | None]:
     """The ids a job's log lines carry (``job``: its row, ORM object or plain row)."""
     return {
@@ -527,5 +540,7 @@ def job_ids(job: Any) -> dict[str, str | None]:
 
 
 def bind_job(job: Any) -> None:
-    """Log lines from here on carry the job's run and project."""
-    structlog.contextvars.bind_contextvars(**job_ids(job))
+    """Log lines from here on carry the job's run and project (and the project's name,
+    when ``job`` has it: a start's row)."""
+    name = getattr(job, "project_name", None)
+    structlog.contextvars.bind_contextvars(**job_ids(job), **({"project_name": name} if name is not None else {}))

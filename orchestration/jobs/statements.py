@@ -33,7 +33,7 @@ _ACTIVE_COUNT = """
 START = text(f"""
 WITH job AS (
     SELECT j.id, j.run_id, j.project_id, j.status, j.attempts, j.started_at, j.error_message,
-           j.celery_task_id, j.options, p.consolidation_options
+           j.celery_task_id, j.options, p.consolidation_options, p.name AS project_name
     FROM consolidation_jobs j
     LEFT JOIN projects p ON p.id = j.project_id
     WHERE j.id = :job_id
@@ -64,7 +64,8 @@ FINISH = text(f"""
 WITH done AS (
     UPDATE consolidation_jobs AS job
     SET status = 'completed', progress = 1.0, memories_after = {_ACTIVE_COUNT},
-        completed_at = :now, heartbeat_at = :now, error_message = NULL
+        completed_at = :now, heartbeat_at = :now, error_message = NULL,
+        skipped_invalid = :skipped_invalid, conflicts = :conflicts, pairs_kept_apart = :pairs_kept_apart
     WHERE job.id = :job_id AND job.attempts = :attempt
     RETURNING memories_before, memories_after, clusters_found, memories_merged, memories_archived
 ), freed AS (
@@ -102,10 +103,18 @@ def start(
 
 
 def finish(
-    connection: Connection, job_id: uuid.UUID, attempt: int, project_id: uuid.UUID, holder: str, now: datetime
+    connection: Connection,
+    job_id: uuid.UUID,
+    attempt: int,
+    project_id: uuid.UUID,
+    holder: str,
+    now: datetime,
+    left_alone: dict[str, int],
 ) -> Any:
-    """Record the attempt's job completed (fenced on the attempt) and give its lock back;
+    """Record the attempt's job completed (fenced on the attempt) with what it left alone
+    (``skipped_invalid``, ``conflicts``, ``pairs_kept_apart``) and give its lock back;
     the job's counters, or ``None`` if a newer attempt took the job over."""
     return connection.execute(
-        FINISH, {"job_id": job_id, "attempt": attempt, "project_id": project_id, "holder": holder, "now": now}
+        FINISH,
+        {"job_id": job_id, "attempt": attempt, "project_id": project_id, "holder": holder, "now": now, **left_alone},
     ).first()

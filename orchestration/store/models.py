@@ -182,12 +182,20 @@ class ConsolidationJob(Base):
     clusters_found: Mapped[int] = _counter()
     memories_merged: Mapped[int] = _counter()
     memories_archived: Mapped[int] = _counter()
+    # Memories skipped for bad data, clusters and archives left for next night because
+    # an agent changed a memory meanwhile, and similar pairs the value guard kept apart.
+    skipped_invalid: Mapped[int] = _counter()
+    conflicts: Mapped[int] = _counter()
+    pairs_kept_apart: Mapped[int] = _counter()
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     error_message: Mapped[str | None] = mapped_column(Text)
     celery_task_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
+    # Set when the job's changes were undone (``orchestration jobs rollback``), and by whom.
+    rolled_back_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    rolled_back_by: Mapped[str | None] = mapped_column(String(200))
 
 
 class ConsolidationChange(Base):

@@ -1,9 +1,11 @@
 """A job's attempts without Celery: how an attempt starts or ends at its start, the
 fence that stops an attempt superseded by a newer one, and what the end records."""
 
+import uuid
 from datetime import timedelta
 
 import pytest
+import structlog
 from sqlalchemy import func, select, text, update
 
 from orchestration.consolidation import applying
@@ -191,3 +193,43 @@ def _someone_waits_for_a_lock() -> bool:
             )
         ).scalar_one()
     return waiting > 0
+
+
+def test_a_completed_job_keeps_what_it_left_alone_and_its_lines_name_the_project(database, monkeypatch):
+    """skipped_invalid, conflicts and pairs_kept_apart are on the job row, as in
+    job.completed; the job's log lines carry its project's name."""
+    import io
+    import json
+
+    from orchestration.demo.seed import seed
+    from orchestration.logs import configure_logging
+    from orchestration.settings import get_settings
+    from orchestration.store.models import ConsolidationJob
+
+    with db.session_scope() as session:
+        (manifest,) = seed(session, 1, 60, seed=5, dim=16)
+        job_id = lifecycle.create_job(
+            session, uuid.UUID(manifest.id), run_id=None, trigger_type="manual", triggered_by="t", options=None
+        ).id
+    real_apply = applying.apply
+
+    def leaving_some_alone(*args, **kwargs):
+        result = real_apply(*args, **kwargs)
+        result.skipped_invalid, result.conflicts, result.pairs_kept_apart = 3, 2, 1
+        return result
+
+    monkeypatch.setattr(applying, "apply", leaving_some_alone)
+    stream = io.StringIO()
+    configure_logging(get_settings(), stream=stream)
+    try:
+        assert lifecycle.run(job_id, get_settings()).status == "completed"
+    finally:
+        configure_logging(get_settings())
+        structlog.contextvars.clear_contextvars()
+    with db.session_scope() as session:
+        job = session.get(ConsolidationJob, job_id)
+        assert (job.skipped_invalid, job.conflicts, job.pairs_kept_apart) == (3, 2, 1)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    started, completed = (next(e for e in lines if e["event"] == name) for name in ("job.started", "job.completed"))
+    assert started["project_name"] == completed["project_name"] == manifest.name
+    assert (completed["skipped_invalid"], completed["conflicts"], completed["pairs_kept_apart"]) == (3, 2, 1)
