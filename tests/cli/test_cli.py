@@ -346,10 +346,10 @@ def sent(monkeypatch):
 def clock(monkeypatch):
     """Set the commands' ``now`` (not freezegun: its frozen clock would reach the
     session's in-process Celery worker thread too, whose timers then never fire)."""
-    from orchestration.cli import admin, runs
+    from orchestration.cli import admin, running
 
     def set_now(value: str) -> None:
-        for module in (admin, runs):
+        for module in (admin, running):
             monkeypatch.setattr(module, "utcnow", lambda: datetime.fromisoformat(value))
 
     return set_now
