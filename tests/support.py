@@ -68,6 +68,20 @@ def failing_call(function, call: int, error: Exception):
     return wrapper
 
 
+def failing_first(function, times: int, error, when=lambda *args: True):
+    """``function``, except that its first ``times`` calls whose arguments match ``when``
+    raise ``error()`` (an injected fault)."""
+    calls = {"n": 0}
+
+    def wrapper(*args, **kwargs):
+        if when(*args) and calls["n"] < times:
+            calls["n"] += 1
+            raise error()
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
 def wait_until(condition, timeout: float = 30.0, what: str = "the condition") -> None:
     """Poll ``condition()`` every 50 ms until it holds; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -16,6 +16,7 @@ one in the future, and one the schedule does not produce only as a backfill.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -36,23 +37,27 @@ def _day_matches(cron: crontab, day: date) -> bool:
     return day.month in cron.month_of_year and day.day in cron.day_of_month and cron_weekday in cron.day_of_week
 
 
-def previous_slot(cron: crontab, now: datetime, tz: ZoneInfo) -> datetime:
-    """The latest time matching ``cron`` in ``tz`` that is at or before ``now``, in UTC."""
-    if now.tzinfo is None:
-        raise ValueError("now must be timezone-aware")
-    local_now = now.astimezone(tz)
-    times = sorted(((h, m) for h in cron.hour for m in cron.minute), reverse=True)
-    for back in range(MAX_LOOKBACK_DAYS):
-        day = local_now.date() - timedelta(days=back)
+def _slots(cron: crontab, tz: ZoneInfo, days: Iterable[date], latest_first: bool) -> Iterator[datetime]:
+    """The times matching ``cron`` on ``days`` (in that order) that exist in ``tz``, in UTC."""
+    times = sorted(((h, m) for h in cron.hour for m in cron.minute), reverse=latest_first)
+    for day in days:
         if not _day_matches(cron, day):
             continue
         for hour, minute in times:
             candidate = datetime.combine(day, time(hour, minute), tzinfo=tz)
-            if not _exists(candidate):
-                continue
-            slot = candidate.astimezone(UTC)
-            if slot <= now:
-                return slot
+            if _exists(candidate):
+                yield candidate.astimezone(UTC)
+
+
+def previous_slot(cron: crontab, now: datetime, tz: ZoneInfo) -> datetime:
+    """The latest time matching ``cron`` in ``tz`` that is at or before ``now``, in UTC."""
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    today = now.astimezone(tz).date()
+    days = (today - timedelta(days=back) for back in range(MAX_LOOKBACK_DAYS))
+    for slot in _slots(cron, tz, days, latest_first=True):
+        if slot <= now:
+            return slot
     raise ValueError("the schedule has no slot in the last eight years")
 
 
@@ -63,18 +68,10 @@ def next_slot(cron: crontab, after: datetime, tz: ZoneInfo) -> datetime:
     # From the day before: where a zone turns its clocks back at midnight, a later
     # instant can have an earlier local date.
     first_day = after.astimezone(tz).date() - timedelta(days=1)
-    times = sorted((h, m) for h in cron.hour for m in cron.minute)
-    for ahead in range(MAX_LOOKBACK_DAYS):
-        day = first_day + timedelta(days=ahead)
-        if not _day_matches(cron, day):
-            continue
-        for hour, minute in times:
-            candidate = datetime.combine(day, time(hour, minute), tzinfo=tz)
-            if not _exists(candidate):
-                continue
-            slot = candidate.astimezone(UTC)
-            if slot > after:
-                return slot
+    days = (first_day + timedelta(days=ahead) for ahead in range(MAX_LOOKBACK_DAYS))
+    for slot in _slots(cron, tz, days, latest_first=False):
+        if slot > after:
+            return slot
     raise ValueError("the schedule has no slot in the next eight years")
 
 

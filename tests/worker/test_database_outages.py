@@ -19,7 +19,7 @@ from orchestration.store import db
 from orchestration.store.models import ConsolidationJob, ConsolidationRun
 from orchestration.worker import base
 from orchestration.worker.tasks import run_scheduled
-from support import wait_for_run
+from support import failing_first, wait_for_run
 
 SLOT = "2026-11-27T02:00:00+00:00"
 
@@ -31,16 +31,7 @@ def unreachable_error() -> OperationalError:
 
 def failing(real, times: int, when=lambda *args: True):
     """``real``, raising the outage's error on its first ``times`` calls that match ``when``."""
-    calls = {"n": 0}
-
-    def wrapper(*args, **kwargs):
-        if when(*args) and calls["n"] < times:
-            calls["n"] += 1
-            raise unreachable_error()
-        return real(*args, **kwargs)
-
-    wrapper.calls = calls
-    return wrapper
+    return failing_first(real, times, unreachable_error, when)
 
 
 @pytest.fixture
@@ -190,13 +181,8 @@ def test_bad_data_fails_the_job_at_once_naming_it(
     settings_env(retry_backoff_max="1")
     manifests = _seed()
     target = uuid.UUID(manifests[0].id)
-    real = planning.plan
-
-    def bad(executor, project_id, *args, **kwargs):
-        if project_id == target:
-            raise DataError("memory 1f0c field tags: expected a list of strings, got a string 'deploy'")
-        return real(executor, project_id, *args, **kwargs)
-
+    error = DataError("memory 1f0c field tags: expected a list of strings, got a string 'deploy'")
+    bad = failing_first(planning.plan, 10, lambda: error, lambda _executor, project_id, *_: project_id == target)
     monkeypatch.setattr(planning, "plan", bad)
     run_scheduled.apply_async(kwargs={"slot": SLOT})
     run = _finished_run()
