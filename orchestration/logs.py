@@ -2,8 +2,9 @@
 and for every stdlib logger (Celery, SQLAlchemy, Alembic) and Python warning alike.
 ``ORCHESTRATION_LOG_FORMAT=auto`` (the default) picks the console renderer when
 stderr is a terminal and JSON otherwise. In JSON mode nothing else is printed: the
-Celery programs' banners are off (``orchestration.celery_app``) and the few lines
-Celery writes past logging (``worker: Warm shutdown``) go through the renderer.
+Celery programs' banners are off (``orchestration.celery_app``), and the few lines
+Celery writes past logging (``worker: Warm shutdown``) and billiard's pool messages
+(a pool process that died) go through the renderer.
 
 Context bound with :func:`structlog.contextvars.bind_contextvars` (run, job and
 project ids) is merged first, so every line a task writes carries its ids.
@@ -67,12 +68,25 @@ def configure_logging(settings: Settings, stream: IO[str] | None = None) -> None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
+    _route_pool_messages(handler, settings.log_level)
     logging.captureWarnings(True)
     if not console:
         _route_celery_says()
     # SQLAlchemy echoes every statement at INFO; keep it to warnings unless debugging.
     if settings.log_level != "DEBUG":
         logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
+
+
+def _route_pool_messages(handler: logging.Handler, level: str) -> None:
+    """Billiard (the prefork pool) logs through the ``multiprocessing`` logger, which
+    it keeps from propagating; with no handler of its own, Python printed its errors
+    as bare text ("Process 'ForkPoolWorker-1' pid:18701 exited with 'signal 9
+    (SIGKILL)'"). Give it ours, at ERROR as Celery would (DEBUG when debugging). The
+    logger object outlives billiard's resets of its own reference to it."""
+    pool = logging.getLogger("multiprocessing")
+    pool.handlers[:] = [handler]
+    pool.propagate = False
+    pool.setLevel(logging.DEBUG if level == "DEBUG" else logging.ERROR)
 
 
 def get_logger(name: str = "orchestration") -> structlog.stdlib.BoundLogger:

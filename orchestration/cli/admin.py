@@ -10,7 +10,7 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 
 from orchestration.cli import reports
-from orchestration.cli.app import CliError, Group, echo_json, echo_text, main
+from orchestration.cli.app import Group, database_error, echo_json, echo_text, main
 from orchestration.cli.text import clean
 from orchestration.settings import get_settings
 from orchestration.store import db, migrate
@@ -64,10 +64,11 @@ def seed(projects: int, memories: int, seed_value: int, dim: int, as_json: bool)
 @click.option("--memories", type=click.IntRange(min=4), default=300, show_default=True)
 def demo(with_failure: bool, projects: int, memories: int) -> None:
     """Embedded default: fresh SQLite, in-process worker, tonight's run now; prints the summary."""
-    from orchestration.demo.embedded import run_demo
+    from orchestration.demo.embedded import inspect_command, run_demo
 
     document = run_demo(projects=projects, memories=memories, with_failure=with_failure, out=sys.stdout)
     echo_text(reports.run_text(document))
+    click.echo(f"\ninspect it: {inspect_command(document['id'])}")
     sys.exit(0 if document["status"] == RunStatus.COMPLETED else 1)
 
 
@@ -88,8 +89,10 @@ def health(max_age: float, as_json: bool) -> None:
         with db.session_scope() as session:
             result = check_health(session, get_settings(), utcnow(), timedelta(hours=max_age))
             document = result.as_dict()
-    except SQLAlchemyError as exc:
-        raise CliError(f"database unreachable at {db.describe()}: {str(exc).splitlines()[0]}", 2) from None
+    except SQLAlchemyError as exc:  # any database error is unhealthy: exit 2, not 1 (a partial run)
+        error = database_error(exc)
+        error.exit_code = 2  # type: ignore[misc]  # click reads it per instance
+        raise error from None
     if as_json:
         echo_json(document)
     else:

@@ -1,26 +1,50 @@
 """The ``orchestration`` group and what every command shares: one-line errors with
-their exit codes, JSON and text output, and finding a row by id, id prefix or name.
+their exit codes, JSON and text output, and sending a task through the broker.
 
-Errors are one line on stderr with a non-zero exit, never a traceback. Text output
-shows values from the database with their control characters escaped (``text.clean``);
-``--json`` leaves that to JSON's own escaping. Commands import what they need (NumPy,
-the Celery app) when they run, so that quick commands such as ``runs list`` and
-``health`` start quickly.
+Errors are one line on stderr with a non-zero exit, never a traceback. A bad
+environment exits 2 (SPEC §6): an invalid setting; a database, broker or result
+backend that cannot be reached or refuses the login (named with its URL, password
+masked, and the variable that sets it); a database without the latest schema (naming
+``orchestration db upgrade``); a missing SQLite file (only ``db upgrade`` and ``demo``
+create one). :meth:`Group.invoke` turns all of these into that line, wherever they are
+raised; :func:`send` publishes a task within a few seconds or raises
+:class:`Unreachable`.
+
+Text output shows values from the database with their control characters escaped
+(``text.clean``); ``--json`` leaves that to JSON's own escaping. Commands import what
+they need (NumPy, the Celery app) when they run, so that quick commands such as
+``runs list`` and ``health`` start quickly.
 """
 
 from __future__ import annotations
 
 import getpass
+import logging
+import re
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from orchestration.cli import reports
 from orchestration.cli.text import clean
 from orchestration.logs import configure_logging
-from orchestration.settings import SettingsError, get_settings
+from orchestration.settings import SettingsError, get_settings, mask_url
 from orchestration.store import db
+
+# What the command line allows the broker and the result backend: a connection within
+# CONNECT_TIMEOUT_S, a publish retried once. Refused connections end at once; a host
+# that drops packets after about 2 x CONNECT_TIMEOUT_S plus the pause.
+CONNECT_TIMEOUT_S = 3.0
+SOCKET_TIMEOUT_S = 5.0
+PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.5, "interval_step": 0.5, "interval_max": 1.0}
+
+BROKER = ("broker", "ORCHESTRATION_BROKER_URL")
+RESULT_BACKEND = ("result backend", "ORCHESTRATION_RESULT_BACKEND")
+DATABASE = ("database", "ORCHESTRATION_DATABASE_URL")
 
 
 class CliError(click.ClickException):
@@ -32,26 +56,55 @@ class CliError(click.ClickException):
         self.exit_code = exit_code  # type: ignore[misc]  # click reads it per instance
 
 
+class Unreachable(Exception):
+    """A server the command needs could not be reached or refused the login. Its
+    message is the one line the operator sees (exit 2): what, where (password masked),
+    why, and which variable points there."""
+
+    def __init__(self, service: tuple[str, str], url: str, error: BaseException, then: str = ""):
+        what, variable = service
+        reason, login = reason_of(error)
+        if login:
+            message = f"{what} refused the login at {mask_url(url)}: {reason} (check {variable})"
+        else:
+            hint = f"is it running? {variable}" if _down(error) else variable
+            message = f"{what} unreachable at {mask_url(url)}: {reason} ({hint})"
+        super().__init__(message + (f"; {then}" if then else ""))
+        self.service = service
+
+
 class Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except SettingsError as exc:
             raise CliError(str(exc), 2) from None
-        except OperationalError as exc:
-            reason = str(exc.orig or exc).strip().splitlines()[0]
-            raise CliError(f"database unreachable at {db.describe()}: {reason}") from None
+        except (db.NoDatabase, Unreachable) as exc:
+            raise CliError(str(exc), 2) from None
         except SQLAlchemyError as exc:
-            raise CliError(f"database error at {db.describe()}: {str(exc).splitlines()[0]}") from None
+            raise database_error(exc) from None
+        except Exception as exc:
+            service = messaging_service(exc)
+            if service is None:
+                raise
+            settings = get_settings()
+            url = settings.broker_url if service == BROKER else settings.result_backend
+            raise CliError(str(Unreachable(service, url, exc)), 2) from None
 
 
 @click.group(cls=Group)
-def main() -> None:
+@click.version_option(package_name="orchestration", prog_name="orchestration")
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """Nightly memory-consolidation scheduler."""
     try:
         configure_logging(get_settings())
     except SettingsError as exc:
         raise CliError(str(exc), 2) from None
+    # A missing SQLite file is an error here, not created (db upgrade and demo migrate,
+    # which creates it); PostgreSQL connections time out.
+    previous = db.set_interactive(True)
+    ctx.call_on_close(lambda: db.set_interactive(previous))
 
 
 def echo_json(document: Any) -> None:
@@ -69,3 +122,198 @@ def user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "cli"
+
+
+# --- what went wrong, in one line ----------------------------------------------
+
+
+def _chain(error: BaseException | None) -> Iterator[BaseException]:
+    """``error`` and the exceptions it was raised from or while handling."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or getattr(error, "orig", None) or error.__context__
+
+
+_LOGIN_REFUSED = re.compile(
+    r"ACCESS_REFUSED|WRONGPASS|NOAUTH|invalid username-password|authentication (failed|required)", re.I
+)
+
+
+def reason_of(error: BaseException) -> tuple[str, bool]:
+    """Why ``error`` happened, briefly (``Connection refused``, ``timed out``), and
+    whether the server refused the login."""
+    chain = list(_chain(error))
+    for cause in chain:
+        if type(cause).__name__ in ("AccessRefused", "AuthenticationError") or _LOGIN_REFUSED.search(str(cause)):
+            return "wrong user name or password", True
+        sqlstate = getattr(cause, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith("28"):
+            return _first_line(cause), True
+    for cause in chain:
+        if isinstance(cause, ConnectionRefusedError):
+            return "Connection refused", False
+        if isinstance(cause, socket.gaierror):
+            return f"cannot resolve the host name ({cause.strerror})", False
+        if isinstance(cause, TimeoutError | socket.timeout):
+            return "timed out", False
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror, False
+    return _first_line(error), False
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of ``error``'s text without the driver's wrapping
+    (psycopg's ``connection failed: connection to server at ... failed: ``)."""
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0].strip()
+    text = re.sub(r"^\([\w.]+\) ", "", text)  # SQLAlchemy's "(sqlite3.OperationalError) "
+    text = re.sub(r"^connection failed: ", "", text)
+    text = re.sub(r"^connection to server (at|on) .*? failed: ", "", text)
+    text = re.sub(r"^FATAL:\s+", "", text)
+    return text.rstrip(".") or type(error).__name__
+
+
+def _down(error: BaseException) -> bool:
+    """Whether ``error`` says nothing answered (worth asking whether it runs)."""
+    for cause in _chain(error):
+        if isinstance(cause, ConnectionRefusedError | TimeoutError | socket.timeout | socket.gaierror):
+            return True
+        if re.search(r"connection refused|timed? ?out|could not connect|resolve", str(cause), re.I):
+            return True
+    return False
+
+
+def messaging_service(error: BaseException) -> tuple[str, str] | None:
+    """:data:`BROKER` or :data:`RESULT_BACKEND` if ``error`` comes from talking to
+    one (kombu, py-amqp, redis-py), else ``None``."""
+    modules = [type(cause).__module__.partition(".")[0] for cause in _chain(error)]
+    if modules[0] == "kombu" or "amqp" in modules:
+        return BROKER
+    if "redis" in modules:
+        return RESULT_BACKEND
+    if isinstance(error, RuntimeError) and "result store" in str(error):  # celery's E_RETRY_LIMIT_EXCEEDED
+        return RESULT_BACKEND
+    return None
+
+
+# SQLSTATE classes and driver messages of a schema that is not there yet.
+_MISSING_SCHEMA_STATES = ("42P01", "42703")  # undefined_table, undefined_column
+_MISSING_SCHEMA = re.compile(r"no such (table|column)|has no column named")
+
+
+def database_error(error: SQLAlchemyError) -> CliError:
+    """The one line for a database error: not migrated (exit 2), unreachable or
+    refusing the login (exit 2), or any other error (exit 1)."""
+    original = getattr(error, "orig", None)
+    if getattr(original, "sqlstate", None) in _MISSING_SCHEMA_STATES or _MISSING_SCHEMA.search(str(original or "")):
+        problem = _schema_problem()
+        if problem:
+            return CliError(f"database at {db.describe()} {problem}", 2)
+    if isinstance(error, DBAPIError) and _not_connected(error):
+        return CliError(str(Unreachable(DATABASE, db.current_url(), error)), 2)
+    return CliError(f"database error at {db.describe()}: {_first_line(original or error)}")
+
+
+# SQLSTATEs of a connection refused by the server: a login refused (class 28), a
+# database that does not exist (3D000).
+_REFUSED_STATES = ("28", "3D000")
+
+
+def _not_connected(error: DBAPIError) -> bool:
+    """Whether ``error`` means there is no connection to the database: a server that
+    cannot be reached (:func:`db.unreachable`) or refused the connection, a SQLite
+    file that cannot be opened."""
+    state = getattr(error.orig, "sqlstate", None)
+    if isinstance(state, str) and state.startswith(_REFUSED_STATES):
+        return True
+    return db.unreachable(error) or "unable to open database file" in str(error.orig)
+
+
+def _schema_problem() -> str | None:
+    from orchestration.store import migrate
+
+    try:
+        with db.get_engine().connect() as connection:
+            return migrate.schema_problem(connection)
+    except Exception:  # noqa: BLE001 - the original error is reported instead
+        return None
+
+
+# --- the broker ----------------------------------------------------------------
+
+
+def bound_for_cli(app: Any) -> None:
+    """Configure ``app`` (before it connects) so that an unreachable broker or result
+    backend fails within seconds: connection and socket timeouts, one publish retry,
+    one reconnection of the result backend."""
+    conf = app.conf
+    timeouts = {"socket_connect_timeout": CONNECT_TIMEOUT_S, "socket_timeout": SOCKET_TIMEOUT_S}
+    conf.update(
+        broker_connection_timeout=CONNECT_TIMEOUT_S,
+        task_publish_retry_policy=PUBLISH_RETRY_POLICY,
+        broker_transport_options={**conf.broker_transport_options, **timeouts},
+        redis_socket_connect_timeout=CONNECT_TIMEOUT_S,
+        redis_socket_timeout=SOCKET_TIMEOUT_S,
+        result_backend_transport_options={
+            **conf.result_backend_transport_options,
+            "retry_policy": {"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5},
+        },
+    )
+
+
+@contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    """Silence these loggers for the block: the command reports the failure itself,
+    in one line, instead of their reconnection messages."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def check_services(then: str = "") -> None:
+    """Raise :class:`Unreachable` unless the broker and the result backend answer
+    (within about :data:`CONNECT_TIMEOUT_S` each); ``then`` is added to the message."""
+    from orchestration.celery_app import app
+
+    bound_for_cli(app)
+    settings = get_settings()
+    with _quiet("celery", "kombu", "amqp"):
+        try:
+            with app.connection_for_write() as connection:
+                connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0.5, interval_max=0.5)
+        except Exception as exc:
+            if messaging_service(exc) is None and not isinstance(exc, OSError):
+                raise
+            raise Unreachable(BROKER, settings.broker_url, exc, then) from exc
+        client = getattr(app.backend, "client", None)  # Redis result backends; others have no server to ask
+        if client is not None and callable(getattr(client, "ping", None)):
+            try:
+                client.ping()
+            except Exception as exc:
+                if messaging_service(exc) is None and not isinstance(exc, OSError):
+                    raise
+                raise Unreachable(RESULT_BACKEND, settings.result_backend, exc, then) from exc
+
+
+def send(task: Any, kwargs: dict[str, Any]) -> None:
+    """Publish ``task`` with ``kwargs`` through the broker, or raise
+    :class:`Unreachable` within seconds if the broker or the result backend (which
+    the run's chord needs) cannot be reached."""
+    check_services()
+    settings = get_settings()
+    with _quiet("celery", "kombu", "amqp"):
+        try:
+            task.apply_async(kwargs=kwargs)
+        except Exception as exc:
+            service = messaging_service(exc) or (BROKER if isinstance(exc, OSError) else None)
+            if service is None:
+                raise
+            url = settings.broker_url if service == BROKER else settings.result_backend
+            raise Unreachable(service, url, exc) from exc

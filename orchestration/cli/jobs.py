@@ -1,6 +1,7 @@
 """Commands about jobs: ``consolidate`` (a manual job in this process), ``similarity``
-(what would merge at which threshold) and ``jobs show`` (``jobs rollback`` is in
-``rollback``)."""
+(what would merge at which threshold), ``jobs list`` and ``jobs show`` (``jobs
+rollback`` is in ``rollback``). PROJECT is an id, a unique id prefix or a unique name
+(``lookup.find_project``)."""
 
 from __future__ import annotations
 
@@ -8,20 +9,21 @@ from dataclasses import asdict
 from typing import Any
 
 import click
+from sqlalchemy import select
 
 from orchestration.cli import reports
 from orchestration.cli.app import CliError, Group, echo_json, echo_text, main, user
-from orchestration.cli.lookup import find
+from orchestration.cli.lookup import find, find_project
 from orchestration.cli.text import clean
 from orchestration.settings import get_settings
 from orchestration.store import db
 from orchestration.store.documents import row_dict
-from orchestration.store.models import ConsolidationJob, Project
+from orchestration.store.models import ConsolidationJob, ConsolidationRun, Project
 from orchestration.store.statuses import JobStatus, TriggerType
 
 
 @main.command()
-@click.argument("project_id")
+@click.argument("project_id", metavar="PROJECT")
 @click.option("--dry-run", is_flag=True, help="Change nothing; report what would change.")
 @click.option("--force", is_flag=True, help="Consolidate even if the project has consolidation disabled.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
@@ -32,7 +34,7 @@ def consolidate(project_id: str, dry_run: bool, force: bool, as_json: bool) -> N
     from orchestration.consolidation.projects import ProjectDisabled, ProjectGone, load_project
     from orchestration.jobs import lifecycle
 
-    project = find(Project, project_id, "project")
+    project = find_project(project_id)
     try:
         with db.session_scope() as session:
             load_project(session, project.id, force=force)
@@ -77,14 +79,14 @@ def consolidate(project_id: str, dry_run: bool, force: bool, as_json: bool) -> N
 
 
 @main.command()
-@click.argument("project_id")
+@click.argument("project_id", metavar="PROJECT")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def similarity(project_id: str, as_json: bool) -> None:
     """How similar a project's memories are: to pick its similarity_threshold."""
     from orchestration.consolidation.calibration import calibrate
     from orchestration.consolidation.options import InvalidOptions, resolve_options
 
-    project = find(Project, project_id, "project")
+    project = find_project(project_id)
     try:
         options = resolve_options(project.consolidation_options)
     except InvalidOptions as exc:
@@ -105,18 +107,49 @@ def jobs_group() -> None:
     """Inspect and roll back jobs."""
 
 
+@jobs_group.command("list")
+@click.option("--run", "run_id", metavar="RUN", help="Jobs of this run (id or id prefix).")
+@click.option("--project", metavar="PROJECT", help="Jobs of this project (id, id prefix or name).")
+@click.option("--status", type=click.Choice([s.value for s in JobStatus]))
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def jobs_list(run_id: str | None, project: str | None, status: str | None, limit: int, as_json: bool) -> None:
+    """Jobs, newest first."""
+    query = (
+        select(ConsolidationJob, Project.name)
+        .outerjoin(Project, Project.id == ConsolidationJob.project_id)
+        .order_by(ConsolidationJob.created_at.desc(), ConsolidationJob.id.desc())
+        .limit(limit)
+    )
+    if run_id:
+        query = query.where(ConsolidationJob.run_id == find(ConsolidationRun, run_id, "run").id)
+    if project:
+        query = query.where(ConsolidationJob.project_id == find_project(project).id)
+    if status:
+        query = query.where(ConsolidationJob.status == status)
+    with db.session_scope() as session:
+        documents = [reports.job_document(job, name) for job, name in session.execute(query)]
+    if as_json:
+        echo_json(documents)
+        return
+    if not documents:
+        click.echo("no jobs yet" if not (run_id or project or status) else "no jobs match")
+        return
+    echo_text(reports.jobs_table(documents))
+
+
 @jobs_group.command("show")
 @click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True)
 def jobs_show(job_id: str, as_json: bool) -> None:
-    """One job and its counters."""
+    """One job: its counters, attempts, duration and rollback state."""
     from orchestration.consolidation.audit import change_counts
 
     job = find(ConsolidationJob, job_id, "job")
     with db.session_scope() as session:
         changes = change_counts(session, job.id)
         project = session.get(Project, job.project_id) if job.project_id else None
-    document = {**row_dict(job), "project_name": project.name if project else None, "changes": changes}
+    document = {**reports.job_document(job, project.name if project else None), "changes": changes}
     if as_json:
         echo_json(document)
         return

@@ -1,32 +1,48 @@
 """Live progress of a run for a person waiting on it (``run-now --wait``, ``runs
-watch``, the demo): on a terminal one updating line (click's progress bar) with jobs
-done / total, failures, memories merged and archived so far, elapsed time and an
-estimate of the rest; elsewhere (a pipe, a CI log) one plain line every few seconds.
+watch``, the demo).
+
+At a terminal: one line, drawn at once and redrawn in place (``\\r`` and clear to the
+end of the line) every second: jobs done of the total, memories merged and archived
+so far, failures, the time elapsed since the run started and an estimate of the rest
+(``eta ~2m10s``), which counts down between job ends and grows once a job is overdue.
+Elsewhere (a pipe, a CI log): a plain line when jobs have ended (at most one every
+few seconds), one after a minute without any, and one final line when the run
+finishes, never twice.
 """
 
 from __future__ import annotations
 
+import math
+import shutil
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any, TextIO, cast
+from datetime import datetime
+from typing import IO
 
-import click
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from orchestration.store.db import session_scope
 from orchestration.store.models import ConsolidationJob, ConsolidationRun
-from orchestration.store.statuses import JobStatus, RunStatus
+from orchestration.store.statuses import FINISHED_JOB_STATUSES, JobStatus, RunStatus
+from orchestration.store.types import utcnow
 
 Finder = Callable[[Session], ConsolidationRun | None]
+# Off a terminal: a line at most this often while jobs end, and one after this long without.
 PLAIN_EVERY_S = 5.0
+QUIET_EVERY_S = 60.0
+# How often ``watch`` calls its ``check`` (is the broker still there?).
+CHECK_EVERY_S = 5.0
+_CLEAR_TO_END = "\x1b[K"
+_BAR_WIDTH = 20
 
 
 @dataclass(frozen=True)
 class RunProgress:
-    """A run's jobs so far, summed from their rows."""
+    """A run's jobs so far, summed from their rows; ``running`` is the summed progress
+    (0 to 1 each) of the jobs not finished yet."""
 
     run_id: uuid.UUID
     status: str
@@ -36,10 +52,16 @@ class RunProgress:
     skipped: int = 0
     merged: int = 0
     archived: int = 0
+    running: float = 0.0
 
     @property
     def done(self) -> int:
         return self.completed + self.failed + self.skipped
+
+    @property
+    def fraction_done(self) -> float:
+        """Jobs done, counting unfinished ones by their progress: what the estimate uses."""
+        return min(float(self.total), self.done + self.running)
 
     def counters(self) -> str:
         failed = f", {self.failed} failed" if self.failed else ""
@@ -47,17 +69,21 @@ class RunProgress:
 
 
 def read_progress(session: Session, run: ConsolidationRun) -> RunProgress:
+    unfinished_progress = case(
+        (ConsolidationJob.status.in_(FINISHED_JOB_STATUSES), 0.0), else_=ConsolidationJob.progress
+    )
     rows = session.execute(
         select(
             ConsolidationJob.status,
             func.count(),
             func.coalesce(func.sum(ConsolidationJob.memories_merged), 0),
             func.coalesce(func.sum(ConsolidationJob.memories_archived), 0),
+            func.coalesce(func.sum(unfinished_progress), 0.0),
         )
         .where(ConsolidationJob.run_id == run.id)
         .group_by(ConsolidationJob.status)
     ).all()
-    by_status = {status: count for status, count, _, _ in rows}
+    by_status = {status: count for status, count, _, _, _ in rows}
     return RunProgress(
         run.id,
         run.status,
@@ -65,66 +91,151 @@ def read_progress(session: Session, run: ConsolidationRun) -> RunProgress:
         completed=by_status.get(JobStatus.COMPLETED, 0),
         failed=by_status.get(JobStatus.FAILED, 0),
         skipped=by_status.get(JobStatus.SKIPPED, 0),
-        merged=sum(merged for _, _, merged, _ in rows),
-        archived=sum(archived for _, _, _, archived in rows),
+        merged=sum(merged for _, _, merged, _, _ in rows),
+        archived=sum(archived for _, _, _, archived, _ in rows),
+        running=max(0.0, float(sum(running for *_, running in rows))),
     )
 
 
-def _clock(seconds: float) -> str:
-    minutes, seconds = divmod(int(seconds), 60)
+def duration(seconds: float) -> str:
+    """``45s``, ``2m05s``, ``1h02m``."""
+    seconds = max(0, int(seconds))
+    minutes, seconds = divmod(seconds, 60)
     hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02}:{seconds:02}" if hours else f"{minutes:02}:{seconds:02}"
+    if hours:
+        return f"{hours}h{minutes:02}m"
+    return f"{minutes}m{seconds:02}s" if minutes else f"{seconds}s"
 
 
-def plain_line(progress: RunProgress, elapsed: float) -> str:
-    left = ""
-    if 0 < progress.done < progress.total:
-        left = f", about {_clock(elapsed / progress.done * (progress.total - progress.done))} left"
+class Estimate:
+    """The time left, from the pace so far: when the share of work done last moved,
+    the run was projected to finish at ``moved_at * total / done``; the estimate counts
+    down to that, and once it is overdue it is the pace up to now applied to the rest."""
+
+    def __init__(self) -> None:
+        self._done = -1.0
+        self._moved_at = 0.0
+
+    def left(self, progress: RunProgress, elapsed: float) -> float | None:
+        done, total = progress.fraction_done, progress.total
+        if done != self._done:
+            self._done, self._moved_at = done, elapsed
+        if done <= 0 or progress.done >= total:
+            return None
+        left = self._moved_at * total / done - elapsed
+        if left < 1:  # overdue: the pace so far, up to now
+            left = elapsed * (total - done) / done
+        return left
+
+
+def _eta(left: float | None) -> str:
+    return "" if left is None else f", eta ~{duration(math.ceil(left))}"
+
+
+def plain_line(progress: RunProgress, elapsed: float, left: float | None = None) -> str:
     return (
         f"run {str(progress.run_id)[:8]}: {progress.done}/{progress.total} jobs done, {progress.counters()}, "
-        f"{_clock(elapsed)} elapsed{left}"
+        f"{duration(elapsed)} elapsed{_eta(left)}"
     )
 
 
-def _shown(text: str | None) -> str | None:
-    return text
+def terminal_line(progress: RunProgress | None, elapsed: float, left: float | None = None) -> str:
+    if progress is None:
+        return f"waiting for the run to start  {duration(elapsed)}"
+    run = f"run {str(progress.run_id)[:8]}"
+    if not progress.total and progress.status == RunStatus.RUNNING:
+        return f"{run}  choosing projects  {duration(elapsed)} elapsed"
+    filled = round(_BAR_WIDTH * progress.done / progress.total) if progress.total else _BAR_WIDTH
+    bar = "#" * filled + "-" * (_BAR_WIDTH - filled)
+    return (
+        f"{run}  [{bar}]  {progress.done}/{progress.total} jobs  {progress.counters()}  "
+        f"{duration(elapsed)} elapsed{_eta(left)}"
+    )
+
+
+def _run_elapsed(run: ConsolidationRun) -> float:
+    """Seconds since the run started (to its end if it finished)."""
+    started: datetime = run.started_at
+    end = run.finished_at if run.status != RunStatus.RUNNING and run.finished_at else utcnow()
+    return max(0.0, (end - started).total_seconds())
+
+
+class _Terminal:
+    """One line redrawn in place, cut to the terminal's width (a wrapped line could not
+    be redrawn)."""
+
+    def __init__(self, out: IO[str]):
+        self.out = out
+        self.shown: str | None = None
+
+    def draw(self, text: str) -> None:
+        width = shutil.get_terminal_size().columns - 1
+        text = text if len(text) <= width else text[: max(1, width - 3)] + "..."
+        if text != self.shown:
+            self.out.write(f"\r{text}{_CLEAR_TO_END}")
+            self.out.flush()
+            self.shown = text
+
+    def end(self) -> None:
+        if self.shown is not None:
+            self.out.write("\n")
+            self.out.flush()
+            self.shown = None
 
 
 def watch(
-    find: Finder, timeout: float, out: IO[str], interval: float = 1.0, plain_every: float = PLAIN_EVERY_S
+    find: Finder,
+    timeout: float,
+    out: IO[str],
+    interval: float = 1.0,
+    plain_every: float = PLAIN_EVERY_S,
+    check: Callable[[], None] | None = None,
 ) -> ConsolidationRun | None:
     """Show the run's progress on ``out`` until it finishes; the finished run, or
-    ``None`` when ``timeout`` passes first."""
+    ``None`` when ``timeout`` passes first. ``check`` is called every
+    :data:`CHECK_EVERY_S` seconds; what it raises ends the watch (the line ended first)."""
     started = time.monotonic()
     deadline = started + timeout
-    terminal = hasattr(out, "isatty") and out.isatty()
-    bar: Any = None  # click's ProgressBar, once the run's size is known
-    last_plain = float("-inf")
+    terminal = _Terminal(out) if hasattr(out, "isatty") and out.isatty() else None
+    estimate = Estimate()
+    last_line, last_done, last_check = started, 0, started
+    base: float | None = None  # the run's elapsed seconds when first seen, minus our clock then
     try:
-        while time.monotonic() < deadline:
+        if terminal is not None:
+            terminal.draw(terminal_line(None, 0))
+        while True:
             with session_scope() as session:
                 run = find(session)
                 progress = read_progress(session, run) if run is not None else None
-            elapsed = time.monotonic() - started
-            if run is not None and progress is not None:
-                if terminal and bar is None and progress.total:
-                    bar = click.progressbar(
-                        length=progress.total,
-                        label=f"run {str(progress.run_id)[:8]}",
-                        show_eta=True,
-                        show_pos=True,
-                        file=cast(TextIO, out),
-                        item_show_func=_shown,
-                    )
-                if bar is not None:
-                    bar.update(progress.done - bar.pos, f"{progress.counters()}, {_clock(elapsed)} elapsed")
-                elif not terminal and (run.status != RunStatus.RUNNING or time.monotonic() - last_plain >= plain_every):
-                    click.echo(plain_line(progress, elapsed), file=out)
-                    last_plain = time.monotonic()
-            if run is not None and run.status != RunStatus.RUNNING:
+            now = time.monotonic()
+            finished = run is not None and run.status != RunStatus.RUNNING
+            if run is not None and (base is None or finished):
+                base = _run_elapsed(run) - (now - started)
+            elapsed = now - started + (base or 0.0)
+            left = estimate.left(progress, elapsed) if progress is not None and not finished else None
+            if terminal is not None:
+                terminal.draw(terminal_line(progress, elapsed, left))
+                if finished:
+                    terminal.end()
+            elif finished:
+                assert progress is not None
+                print(plain_line(progress, elapsed), file=out, flush=True)
+            elif progress is None or progress.done < progress.total:
+                ended = progress is not None and progress.done != last_done
+                if (ended and now - last_line >= plain_every) or now - last_line >= QUIET_EVERY_S:
+                    if progress is None:
+                        print(f"waiting for the run to start, {duration(elapsed)}", file=out, flush=True)
+                    else:
+                        print(plain_line(progress, elapsed, left), file=out, flush=True)
+                    last_line, last_done = now, progress.done if progress else 0
+            if finished:
                 return run
-            time.sleep(interval)
-        return None
+            if now >= deadline:
+                return None
+            if check is not None and now - last_check >= CHECK_EVERY_S:
+                check()
+                last_check = time.monotonic()
+            time.sleep(max(0.0, min(interval, deadline - time.monotonic())))
     finally:
-        if bar is not None:
-            bar.render_finish()
+        if terminal is not None:
+            terminal.end()

@@ -1,38 +1,97 @@
 """Turning rows and results into what people and scripts read: JSON documents whose
-keys are the column names, and short aligned text tables. Every value the text forms
-print from the database goes through ``text.clean`` (no control characters reach a
-terminal); JSON escapes them itself."""
+keys are the column names, and aligned text tables and summaries. Every value the text
+forms print from the database goes through ``text.clean`` (no control characters reach
+a terminal); JSON escapes them itself. Error texts are printed whole, wrapped to the
+terminal width (80 columns when there is no terminal); only names in table cells are
+shortened to fit, next to an id that tells them apart.
+
+While a run is open its row's counters are still those of its start (finalizing writes
+them), so its documents take them from its job rows (:func:`live_counters`).
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
+import textwrap
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import case, select
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
 
 from orchestration.cli.text import clean
 from orchestration.store.db import session_scope
 from orchestration.store.documents import jsonable, row_dict
 from orchestration.store.models import ConsolidationJob, ConsolidationRun, Project
-from orchestration.store.statuses import JobStatus
+from orchestration.store.statuses import UNFINISHED_JOB_STATUSES, JobStatus, RunStatus
+from orchestration.store.types import utcnow
 
 if TYPE_CHECKING:
     from orchestration.consolidation.calibration import Calibration
+
+# The run columns an open run takes from its job rows.
+LIVE_COUNTERS = (
+    "jobs_total",
+    "jobs_completed",
+    "jobs_failed",
+    "memories_before",
+    "memories_after",
+    "memories_merged",
+    "memories_archived",
+)
 
 
 def dumps(document: Any) -> str:
     return json.dumps(jsonable(document), indent=2, sort_keys=False)
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+def terminal_width() -> int:
+    """Columns of the terminal (``COLUMNS`` if set); 80 when there is none (piped)."""
+    return max(40, shutil.get_terminal_size((80, 24)).columns)
+
+
+def table(
+    headers: Sequence[str], rows: Iterable[Sequence[Any]], squeeze: int | None = None, width: int | None = None
+) -> str:
+    """Aligned columns under a rule. With ``squeeze``, that column's cells (a name) are
+    shortened, ending in "…", as far as needed for the lines to fit ``width``."""
     cells = [[clean(h) for h in headers]] + [["" if v is None else clean(v) for v in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    if squeeze is not None:
+        excess = sum(widths) + 2 * (len(widths) - 1) - (width or terminal_width())
+        if excess > 0:
+            widths[squeeze] = max(len(cells[0][squeeze]), 12, widths[squeeze] - excess)
+            for row in cells[1:]:
+                row[squeeze] = fit(row[squeeze], widths[squeeze])
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def fit(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, ending in "…" when cut."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def wrapped(label: str, text: str, width: int | None = None, hang: int = 2) -> list[str]:
+    """``label`` followed by all of ``text``, each of its lines escaped and wrapped to
+    ``width``; a wrapped line continues ``hang`` columns further in. Nothing is cut."""
+    width = width or terminal_width()
+    indent = " " * len(label)
+    lines: list[str] = []
+    for line in text.strip("\n").split("\n"):
+        first = label if not lines else indent
+        lines += textwrap.wrap(
+            clean(line.rstrip("\r")),
+            width=max(width, len(indent) + 20),
+            initial_indent=first,
+            subsequent_indent=indent + " " * hang,
+            break_on_hyphens=False,
+        ) or [first.rstrip()]
+    return lines
 
 
 def duration(start: datetime | None, end: datetime | None) -> str:
@@ -48,6 +107,17 @@ def duration(start: datetime | None, end: datetime | None) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+def took(job: dict[str, Any]) -> str:
+    """How long a job (a document) took: from its start to its end, "-" if unfinished."""
+    return duration(_parse(job["started_at"]), _parse(job["completed_at"]))
+
+
+def seconds(start: str | datetime | None, end: str | datetime | None) -> float | None:
+    """The ``duration_s`` of a document: seconds from ``start`` to ``end``, or ``None``."""
+    start, end = _parse(start), _parse(end)
+    return None if start is None or end is None else round((end - start).total_seconds(), 3)
+
+
 def short(value: Any) -> str:
     return str(value)[:8] if value else "-"
 
@@ -60,29 +130,93 @@ def when(value: str | datetime | None) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def runs_table(runs: Sequence[Any]) -> str:
-    """One line per run, within 80 columns; a manual run shows "manual" for its slot."""
+def stamp(value: str | datetime | None) -> str:
+    """A time to the minute, for tables: ``2026-11-27 02:00`` (UTC)."""
+    parsed = _parse(value)
+    return "-" if parsed is None else parsed.strftime("%Y-%m-%d %H:%M")
+
+
+def _parse(value: str | datetime | None) -> datetime | None:
+    if isinstance(value, datetime) or value is None:
+        return value
+    return datetime.fromisoformat(value)
+
+
+# --- runs -------------------------------------------------------------------------
+
+
+def live_counters(session: Session, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, dict[str, int]]:
+    """The :data:`LIVE_COUNTERS` of open runs, summed over their job rows. An
+    unfinished job's active memories after are its before minus what it merged and
+    archived so far plus the consolidated memories it made (a pending job counts 0)."""
+    if not run_ids:
+        return {}
+    job = ConsolidationJob
+    unfinished = job.status.in_(UNFINISHED_JOB_STATUSES)
+    after = case(
+        (unfinished, job.memories_before - job.memories_merged - job.memories_archived + job.clusters_found),
+        else_=job.memories_after,
+    )
+    rows = session.execute(
+        select(
+            job.run_id,
+            func.count().label("jobs_total"),
+            func.sum(case((job.status == JobStatus.COMPLETED, 1), else_=0)).label("jobs_completed"),
+            func.sum(case((job.status == JobStatus.FAILED, 1), else_=0)).label("jobs_failed"),
+            func.sum(job.memories_before).label("memories_before"),
+            func.sum(after).label("memories_after"),
+            func.sum(job.memories_merged).label("memories_merged"),
+            func.sum(job.memories_archived).label("memories_archived"),
+        )
+        .where(job.run_id.in_(run_ids))
+        .group_by(job.run_id)
+    ).all()
+    found = {row.run_id: {name: int(getattr(row, name) or 0) for name in LIVE_COUNTERS} for row in rows}
+    return {run_id: found.get(run_id, dict.fromkeys(LIVE_COUNTERS, 0)) for run_id in run_ids}
+
+
+def run_row(run: ConsolidationRun, live: dict[uuid.UUID, dict[str, int]]) -> dict[str, Any]:
+    """A run's columns; an open run's counters from its jobs (``counters_from``)."""
+    document = row_dict(run)
+    if run.status == RunStatus.RUNNING:
+        document.update(live.get(run.id, {}))
+    document["counters_from"] = "jobs" if run.status == RunStatus.RUNNING else "run"
+    return document
+
+
+def runs_table(runs: Sequence[dict[str, Any]]) -> str:
+    """One line per run (documents of :func:`run_row`) with its start time, within 80
+    columns."""
     return table(
-        ["run", "slot", "status", "ok/fail/all", "merged", "archived", "took"],
+        ["run", "started (UTC)", "trigger", "status", "ok/fail/all", "merged", "archived"],
         [
             (
-                short(r.id),
-                when(r.scheduled_for) if r.scheduled_for else r.trigger_type,
-                r.status,
-                f"{r.jobs_completed}/{r.jobs_failed}/{r.jobs_total}",
-                r.memories_merged,
-                r.memories_archived,
-                duration(r.started_at, r.finished_at),
+                short(r["id"]),
+                stamp(r["started_at"]),
+                r["trigger_type"],
+                r["status"],
+                f"{r['jobs_completed']}/{r['jobs_failed']}/{r['jobs_total']}",
+                r["memories_merged"],
+                r["memories_archived"],
             )
             for r in runs
         ],
     )
 
 
+def job_document(job: ConsolidationJob, project_name: str | None) -> dict[str, Any]:
+    """A job's columns, its project's name and its ``duration_s``."""
+    document = {**row_dict(job), "project_name": project_name}
+    document["duration_s"] = seconds(document["started_at"], document["completed_at"])
+    return document
+
+
 def run_document(run_id: uuid.UUID) -> dict[str, Any]:
-    """A run's columns plus its jobs (failed first), as ``runs show --json`` prints it."""
+    """A run's columns plus its jobs (failed first), as ``runs show --json`` prints it.
+    While the run is open its counters come from the job rows (``counters_from``)."""
     with session_scope() as session:
         run = session.get_one(ConsolidationRun, run_id)
+        live = live_counters(session, [run.id]) if run.status == RunStatus.RUNNING else {}
         rows = session.execute(
             select(ConsolidationJob, Project.name)
             .outerjoin(Project, Project.id == ConsolidationJob.project_id)
@@ -91,83 +225,149 @@ def run_document(run_id: uuid.UUID) -> dict[str, Any]:
                 case((ConsolidationJob.status == JobStatus.FAILED, 0), else_=1), Project.name, ConsolidationJob.id
             )
         ).all()
-        return {**row_dict(run), "jobs": [{**row_dict(job), "project_name": name} for job, name in rows]}
-
-
-def _first_line(text: str | None, width: int = 60) -> str:
-    """The first line of an error text, control characters escaped, cut to ``width``.
-    Lines end at a newline only: a lone carriage return is shown (as ``\\r``), not
-    taken as the end of a line."""
-    if not text or not text.strip():
-        return ""
-    line = clean(text.strip().split("\n")[0].rstrip("\r"))
-    return line if len(line) <= width else line[: width - 1] + "…"
-
-
-def _parse(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
+        return {**run_row(run, live), "jobs": [job_document(job, name) for job, name in rows]}
 
 
 def run_text(doc: dict[str, Any]) -> str:
-    """A run summary and its jobs (failed first), within 80 columns."""
+    """A run summary, its jobs (failed first) and the full text of every error."""
     started, finished = _parse(doc["started_at"]), _parse(doc["finished_at"])
+    is_open = doc["status"] == RunStatus.RUNNING
+    elapsed = f"running for {duration(started, utcnow())}" if is_open else f"took {duration(started, finished)}"
+    so_far = "  (so far, from the job rows)" if doc.get("counters_from") == "jobs" else ""
     lines = [
         f"run {doc['id']}  {clean(doc['trigger_type'])}  status: {clean(doc['status'].upper())}",
-        f"  slot {when(doc['scheduled_for'])}  took {duration(started, finished)}",
+        f"  slot {when(doc['scheduled_for'])}  {elapsed}",
         f"  started {when(started)}  finished {when(finished)}",
         f"  projects: {doc['projects_checked']} checked, {doc['projects_eligible']} eligible, "
         f"{doc['projects_skipped']} disabled",
-        f"  jobs: {doc['jobs_completed']} completed, {doc['jobs_failed']} failed, {doc['jobs_total']} total",
+        f"  jobs: {doc['jobs_completed']} completed, {doc['jobs_failed']} failed, {doc['jobs_total']} total{so_far}",
         f"  memories: {doc['memories_before']} -> {doc['memories_after']} active, "
         f"{doc['memories_merged']} merged, {doc['memories_archived']} archived",
     ]
-    if doc.get("error_message"):
-        lines.append(f"  error: {_first_line(doc['error_message'], 71)}")
+    if doc.get("error_message") and doc["error_message"].strip():
+        lines += wrapped("  error: ", doc["error_message"])
     jobs = doc.get("jobs") or []
     if jobs:
-        lines += [
-            "",
-            table(
-                ["project", "status", "tries", "took", "merged", "archived", "progress"],
-                [
-                    (
-                        _project(j),
-                        j["status"],
-                        j["attempts"],
-                        duration(_parse(j["started_at"]), _parse(j["completed_at"])),
-                        j["memories_merged"],
-                        j["memories_archived"],
-                        f"{j['progress']:.0%}",
-                    )
-                    for j in jobs
-                ],
-            ),
-        ]
+        lines += ["", jobs_in_run_table(jobs)]
         problems = [j for j in jobs if j["error_message"] and j["status"] in (JobStatus.FAILED, JobStatus.SKIPPED)]
         if problems:
             lines += ["", "errors:"]
-            lines += [f"  {_project(j)}: {_first_line(j['error_message'], 76 - len(_project(j)))}" for j in problems]
+            for j in problems:
+                heading = f"job {short(j['id'])}  {_project(j)}  {j['status']} after {_tries(j)}:"
+                lines += wrapped("  ", heading, hang=4)  # continues below the error's own lines
+                lines += wrapped("    ", j["error_message"])
+        undone = [j for j in jobs if j.get("rolled_back_at")]
+        if undone:
+            lines += ["", "rolled back:"]
+            for j in undone:
+                lines += wrapped("  ", f"job {short(j['id'])}  {_project(j)}  {rollback_state(j)}", hang=4)
     return "\n".join(lines)
 
 
+def jobs_in_run_table(jobs: Sequence[dict[str, Any]]) -> str:
+    """One line per job of a run: short job id, project name and id, status (with the
+    progress of an unfinished job), attempts, time taken, merged and archived."""
+    return table(
+        ["job", "project", "id", "status", "tries", "took", "merged", "archived"],
+        [
+            (
+                short(j["id"]),
+                j.get("project_name") or "(deleted)",
+                short(j["project_id"]),
+                job_status(j),
+                j["attempts"],
+                took(j),
+                j["memories_merged"],
+                j["memories_archived"],
+            )
+            for j in jobs
+        ],
+        squeeze=1,
+    )
+
+
+def job_status(job: dict[str, Any]) -> str:
+    """A job's status for a table: "rolled back" once undone, an unfinished job's
+    progress after its status ("running 40%")."""
+    if job.get("rolled_back_at"):
+        return "rolled back"
+    if job["status"] in UNFINISHED_JOB_STATUSES and job["status"] != JobStatus.PENDING:
+        return f"{job['status']} {job['progress']:.0%}"
+    return str(job["status"])
+
+
+def rollback_state(job: dict[str, Any]) -> str:
+    if not job.get("rolled_back_at"):
+        return "not rolled back"
+    return f"rolled back {when(job['rolled_back_at'])} by {clean(job.get('rolled_back_by') or '-')}"
+
+
 def _project(job: dict[str, Any]) -> str:
-    return clean(job.get("project_name") or short(job.get("project_id")))[:20]
+    name = job.get("project_name")
+    return f"{clean(name)} ({short(job['project_id'])})" if name else f"project {short(job.get('project_id'))}"
+
+
+def _tries(job: dict[str, Any]) -> str:
+    return f"{job['attempts']} attempt{'' if job['attempts'] == 1 else 's'}"
+
+
+def _first_line(text: str | None) -> str:
+    """The first line of an error text, control characters escaped. Lines end at a
+    newline only: a lone carriage return is shown (as ``\\r``)."""
+    if not text or not text.strip():
+        return ""
+    return clean(text.strip().split("\n")[0].rstrip("\r"))
+
+
+# --- jobs -------------------------------------------------------------------------
+
+
+def jobs_table(jobs: Sequence[dict[str, Any]]) -> str:
+    """``jobs list``: one line per job; the first line of its error, shortened to fit
+    the terminal (``jobs show`` prints all of it)."""
+    text = table(
+        ["job", "project", "run", "status", "tries", "started (UTC)", "took", "merged", "archived", "error"],
+        [
+            (
+                short(j["id"]),
+                fit(clean(j.get("project_name") or "(deleted)"), 24),
+                short(j["run_id"]) if j["run_id"] else "manual",
+                job_status(j),
+                j["attempts"],
+                stamp(j["started_at"]),
+                took(j),
+                j["memories_merged"],
+                j["memories_archived"],
+                _first_line(j["error_message"]),
+            )
+            for j in jobs
+        ],
+    )
+    lines = text.split("\n")
+    limit = max(terminal_width(), lines[0].rindex("error") + 40)  # the error is the last column
+    return "\n".join([lines[0], lines[1][:limit], *(fit(line, limit) for line in lines[2:])])
 
 
 def job_text(doc: dict[str, Any]) -> str:
+    """``jobs show``: one job, its counters, what it left alone, its audit rows, its
+    rollback state and the full text of its error."""
     changes = ", ".join(f"{clean(k)} {v}" for k, v in sorted(doc.get("changes", {}).items())) or "none"
+    started, completed = _parse(doc["started_at"]), _parse(doc["completed_at"])
     lines = [
         f"job {doc['id']}  {clean(doc['trigger_type'])} by {clean(doc['triggered_by'])}  "
         f"status: {clean(doc['status'].upper())}",
-        f"  project {clean(doc.get('project_name') or '-')} ({doc['project_id']})  run {doc['run_id'] or '-'}",
-        f"  attempts {doc['attempts']}  progress {doc['progress']:.0%}  started {when(doc['started_at'])}"
-        f"  completed {when(doc['completed_at'])}",
+        f"  project {clean(doc.get('project_name') or '-')} ({doc['project_id']})  run {doc['run_id'] or '- (manual)'}",
+        f"  attempts {doc['attempts']}  progress {doc['progress']:.0%}  took {took(doc)}",
+        f"  started {when(started)}  completed {when(completed)}",
         f"  memories: {doc['memories_before']} -> {doc['memories_after']} active, {doc['clusters_found']} clusters, "
         f"{doc['memories_merged']} merged, {doc['memories_archived']} archived",
+        f"  left alone: {doc['skipped_invalid']} invalid memories skipped, {doc['conflicts']} conflicts, "
+        f"{doc['pairs_kept_apart']} pairs kept apart",
         f"  audit rows: {changes}",
+        f"  rollback: {rollback_state(doc)}",
     ]
-    if doc.get("error_message"):
-        lines.append(f"  error: {_first_line(doc['error_message'], 200)}")
+    if doc.get("error_message") and doc["error_message"].strip():
+        lines += wrapped("  error: ", doc["error_message"])
     return "\n".join(lines)
 
 

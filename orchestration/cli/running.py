@@ -1,17 +1,25 @@
 """Starting and following runs: ``run-now`` (through the broker) and ``runs watch``,
-with live progress at a terminal and the summary at the end."""
+with live progress at a terminal and the summary at the end.
+
+``run-now`` sends within seconds or says in one line that the broker or the result
+backend cannot be reached (exit 2). While it waits (``--wait``) it asks them again
+every few seconds: if they stay unreachable for :data:`UNREACHABLE_FOR_S` it stops
+the same way, naming how to follow the run once they are back.
+"""
 
 from __future__ import annotations
 
 import sys
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import click
 from sqlalchemy import select
 
 from orchestration.cli import reports
-from orchestration.cli.app import CliError, echo_text, main
+from orchestration.cli.app import CliError, Unreachable, check_services, echo_text, main, send
 from orchestration.cli.lookup import find
 from orchestration.cli.runs import runs_group
 from orchestration.cli.text import clean
@@ -20,6 +28,9 @@ from orchestration.store import db
 from orchestration.store.models import ConsolidationRun
 from orchestration.store.statuses import RunStatus, TriggerType
 from orchestration.store.types import utcnow
+
+# run-now --wait gives up when the broker or the result backend stayed unreachable this long.
+UNREACHABLE_FOR_S = 10.0
 
 
 @runs_group.command("watch")
@@ -74,26 +85,52 @@ def run_now(wait: bool, slot: str | None, backfill: bool, timeout: int | None) -
             message: dict[str, Any] = {"slot": slot_at.isoformat()}
             if backfill:
                 message["backfill"] = True
-            run_scheduled.apply_async(kwargs=message)
+            send(run_scheduled, message)
         finder = lambda s: s.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == slot_at))  # noqa: E731
         label = f"scheduled run for slot {slot_at.isoformat()}"
+        follow = "orchestration runs list"
     else:
         run_id = uuid.uuid4()
-        run_scheduled.apply_async(kwargs={"trigger": TriggerType.MANUAL.value, "run_id": str(run_id)})
+        send(run_scheduled, {"trigger": TriggerType.MANUAL.value, "run_id": str(run_id)})
         finder = lambda s: s.get(ConsolidationRun, run_id)  # noqa: E731
         label = f"manual run {run_id}"
+        follow = f"orchestration runs watch {run_id}"
     if not wait:
         click.echo(f"sent {label} to the broker at {db.mask_url(settings.broker_url)}")
         return
-    _watch_and_report(finder, timeout or settings.run_deadline, label)
+    _watch_and_report(
+        finder, timeout or settings.run_deadline, label, check=services_check(f"the run may still finish: {follow}")
+    )
 
 
-def _watch_and_report(finder: Any, timeout: float, label: str) -> None:
+def services_check(then: str, unreachable_for: float = UNREACHABLE_FOR_S) -> Callable[[], None]:
+    """A check for :func:`orchestration.cli.progress.watch`: raises :class:`Unreachable`
+    (with ``then`` added) once the broker or the result backend has not answered for
+    ``unreachable_for`` seconds; a single failed ask passes."""
+    failing_since: float | None = None
+
+    def check() -> None:
+        nonlocal failing_since
+        try:
+            check_services(then)
+        except Unreachable:
+            now = time.monotonic()
+            if failing_since is None:
+                failing_since = now
+            if now - failing_since >= unreachable_for:
+                raise
+        else:
+            failing_since = None
+
+    return check
+
+
+def _watch_and_report(finder: Any, timeout: float, label: str, check: Callable[[], None] | None = None) -> None:
     """Live progress until the run finishes, then its summary; exit 0 completed, 1
-    partial or failed, 2 not finished in time."""
+    partial or failed, 2 not finished in time. ``check`` as :func:`progress.watch`'s."""
     from orchestration.cli.progress import watch
 
-    run = watch(finder, timeout, sys.stdout)
+    run = watch(finder, timeout, sys.stdout, check=check)
     if run is None:
         raise CliError(f"{label} did not finish within the timeout", 2)
     document = reports.run_document(run.id)

@@ -1,12 +1,17 @@
 """The embedded default behind ``orchestration demo``: a fresh SQLite database under
 ``var/``, synthetic projects, and a real Celery worker in this process (threads pool,
 in-memory transport, in-process result backend that supports chords) running the
-nightly chord exactly as production does.
+nightly chord exactly as production does. The demo is one of the two commands that
+create a SQLite file (migrating it); :func:`inspect_command` is how to look at it
+afterwards.
 """
 
 from __future__ import annotations
 
 import logging
+import shlex
+import shutil
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,6 +55,26 @@ def fresh_database(path: Path = DEMO_DB) -> str:
     url = f"sqlite:///{path}"
     migrate.upgrade(url)
     return url
+
+
+def _program() -> str:
+    """This command as the user can type it here: ``orchestration`` if that is on the
+    PATH, else the path it was started by (``.venv/bin/orchestration`` under
+    ``make demo``)."""
+    started_as = Path(sys.argv[0])
+    if started_as.name != "orchestration":  # python -m orchestration.cli, tests
+        return "orchestration"
+    found = shutil.which("orchestration")
+    if found and Path(found).resolve() == started_as.resolve():
+        return "orchestration"
+    absolute = started_as.absolute()
+    return str(absolute.relative_to(Path.cwd())) if absolute.is_relative_to(Path.cwd()) else str(absolute)
+
+
+def inspect_command(run_id: object, path: Path = DEMO_DB) -> str:
+    """The command that shows the demo's run afterwards, from the folder the demo ran in."""
+    url = f"sqlite:///{path}"
+    return f"ORCHESTRATION_DATABASE_URL={shlex.quote(url)} {shlex.quote(_program())} runs show {run_id}"
 
 
 def run_demo(projects: int, memories: int, with_failure: bool = False, out: IO[str] | None = None) -> dict[str, Any]:

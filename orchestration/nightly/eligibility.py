@@ -7,11 +7,16 @@ one row per project instead of counting every active memory. bench/eligibility.p
 compares it with the ticket's literal ``JOIN ... GROUP BY ... HAVING`` over the
 memories (docs/benchmarks.md). A second, trivial query counts the projects checked
 and the disabled ones for the run summary.
+
+A retry of a run (``runs retry``) checks only the projects it names: every enabled one
+of them runs, even if it is now at or below its threshold, because the operator asked
+for it.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,11 +59,38 @@ def eligible_query(default_threshold: int) -> Select:
     )
 
 
-def check_projects(session: Session, default_threshold: int) -> Eligibility:
+def named_query(project_ids: Sequence[uuid.UUID]) -> Select:
+    """The enabled projects among ``project_ids``, whatever their count and threshold,
+    largest first (a retry's projects: the operator named them)."""
+    kept, pending = ProjectMemoryCount, counts.pending_deltas()
+    active = func.coalesce(kept.active_count, 0) + func.coalesce(pending.c.delta, 0)
+    return (
+        select(Project.id, Project.consolidation_options)
+        .outerjoin(kept, kept.project_id == Project.id)
+        .outerjoin(pending, pending.c.project_id == Project.id)
+        .where(Project.consolidation_enabled, Project.id.in_(project_ids))
+        .order_by(active.desc(), Project.id)
+    )
+
+
+def check_projects(session: Session, default_threshold: int, only: Sequence[uuid.UUID] | None = None) -> Eligibility:
     """Fold the pending count deltas (in the caller's transaction) and select. Raises
-    ``ValueError`` for a default threshold below 1, before changing anything."""
+    ``ValueError`` for a default threshold below 1, before changing anything.
+
+    ``only`` (a retry): check just these projects, and take every enabled one of them
+    regardless of its threshold; disabled ones are still skipped, deleted ones are gone."""
     check_default_threshold(default_threshold)
     counts.fold(session)
+    if only is not None:
+        checked, disabled = session.execute(
+            select(func.count(), func.count().filter(Project.consolidation_enabled.is_(False))).where(
+                Project.id.in_(list(only))
+            )
+        ).one()
+        named = session.connection().execute(named_query(list(only))).all() if only else []
+        return Eligibility(
+            checked=checked, skipped=disabled, eligible=[(row.id, row.consolidation_options) for row in named]
+        )
     checked, disabled = session.execute(
         select(func.count(), func.count().filter(Project.consolidation_enabled.is_(False)))
     ).one()

@@ -38,8 +38,12 @@ from orchestration.store.statuses import UNFINISHED_JOB_STATUSES, JobStatus, Run
 # chord's count never sends it).
 CALLBACK_GRACE = timedelta(minutes=2)
 # A job of a sent chord that no worker received this long after it was sent may have
-# been lost by the broker (see :func:`unreceived_jobs`).
-QUEUE_GRACE = timedelta(minutes=1)
+# been lost by the broker (see :func:`unreceived_jobs`): a worker marks a received job
+# within a fraction of a second.
+QUEUE_GRACE = timedelta(seconds=20)
+LOST_MESSAGES = runs.LOST_MESSAGES
+# No heartbeat is judged this long after the database server started.
+RESTART_GRACE = heartbeat.LOST_AFTER * 2
 
 
 @dataclass
@@ -90,30 +94,48 @@ def reap(session: Session, settings: Settings, now: datetime) -> Reaped:
             f"run deadline of {settings.run_deadline}s passed before the job finished",
         )
     uptime = server_uptime(session, now)
-    # Heartbeats stopped while the server was down say nothing about the workers: each
-    # beats again within heartbeat.INTERVAL of its return. Judge them only after that.
-    if uptime is None or uptime >= heartbeat.LOST_AFTER:
+    # Heartbeats stopped while the server was down say nothing about the workers: they
+    # beat again within heartbeat.INTERVAL of its return, and a task waiting out the
+    # outage looks again within a minute (worker.base.OUTAGE_BACKOFF_MAX).
+    if uptime is None or uptime >= RESTART_GRACE:
         for job in lost_jobs(session, settings, now):
             _recover(session, reaped, job, settings, now)
     session.flush()
-    # Every job finished a while ago but the chord callback never closed the run.
+    for run_id in orphaned_runs(session, now):
+        _finalize(session, reaped, run_id, now, "callback_missing", None)
+    return reaped
+
+
+def orphaned_runs(session: Session, now: datetime) -> list[uuid.UUID]:
+    """Open runs whose jobs all ended and whose chord callback did not come: within
+    :data:`CALLBACK_GRACE` of the last end it still may; a run whose messages the
+    broker lost (noted by :func:`note_lost_messages`) has lost its chord's count with
+    them, so it is closed as soon as its jobs have ended."""
     unfinished = select(ConsolidationJob.id).where(
         ConsolidationJob.run_id == ConsolidationRun.id, ConsolidationJob.status.in_(UNFINISHED_JOB_STATUSES)
     )
-    recent = select(ConsolidationJob.id).where(
-        ConsolidationJob.run_id == ConsolidationRun.id, ConsolidationJob.completed_at >= now - CALLBACK_GRACE
+    last_end = (
+        select(func.max(ConsolidationJob.completed_at))
+        .where(ConsolidationJob.run_id == ConsolidationRun.id)
+        .scalar_subquery()
     )
-    orphaned = session.scalars(
-        select(ConsolidationRun.id).where(
-            ConsolidationRun.status == RunStatus.RUNNING,
-            ConsolidationRun.started_at < now - CALLBACK_GRACE,
-            ~unfinished.exists(),
-            ~recent.exists(),
-        )
+    candidates = session.execute(
+        select(ConsolidationRun, last_end).where(ConsolidationRun.status == RunStatus.RUNNING, ~unfinished.exists())
     ).all()
-    for run_id in orphaned:
-        _finalize(session, reaped, run_id, now, "callback_missing", None)
-    return reaped
+    return [
+        run.id
+        for run, ended in candidates
+        if (run.summary or {}).get(LOST_MESSAGES) or max(run.started_at, ended or run.started_at) < now - CALLBACK_GRACE
+    ]
+
+
+def note_lost_messages(session: Session, run_ids: set[uuid.UUID], now: datetime) -> None:
+    """Record in these runs' summaries that the broker lost messages of theirs (their
+    jobs were sent again): their chord's callback cannot be counted on any more."""
+    for run in session.scalars(
+        select(ConsolidationRun).where(ConsolidationRun.id.in_(list(run_ids))).with_for_update()
+    ):
+        run.summary = {**(run.summary or {}), LOST_MESSAGES: now.isoformat()}
 
 
 def lost_jobs(session: Session, settings: Settings, now: datetime) -> list[ConsolidationJob]:

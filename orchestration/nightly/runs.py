@@ -5,13 +5,20 @@ unique ``scheduled_for``: whichever beat tick, restarted beat or redelivered mes
 comes first owns the slot, every other one sees that it lost and starts nothing.
 The summary is always computed from the job rows, never from chord results alone,
 so finalizing twice (or from the reaper) gives the same answer.
+
+A retry (``runs retry``) is a manual run of the failed jobs' projects of a finished
+run: :func:`retry_projects` says which, or why there is nothing to retry, and
+:func:`start_run` with ``projects`` and ``retry_of`` runs just those (enabled ones,
+whatever their threshold: the operator named them) and links the two runs' summaries:
+``retry_of`` (the original run's id) in the new one, ``retried_by`` (the list of its
+retries' ids) in the original.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,7 +37,9 @@ from orchestration.store.types import utcnow
 
 COUNTERS = ("memories_before", "memories_after", "memories_merged", "memories_archived")
 # What a run's summary notes at its start and keeps when it is finalized.
-KEPT_NOTES = ("schedule_mismatch",)
+# The note of a run whose messages the broker lost (their jobs were sent again).
+LOST_MESSAGES = "messages_lost_at"
+KEPT_NOTES = ("schedule_mismatch", "retry_of", "retried_by", LOST_MESSAGES)
 
 
 @dataclass
@@ -66,15 +75,20 @@ def start_run(
     now: datetime | None = None,
     run_id: uuid.UUID | None = None,
     notes: dict[str, Any] | None = None,
+    projects: Sequence[uuid.UUID] | None = None,
+    retry_of: uuid.UUID | None = None,
 ) -> StartedRun | None:
     """Claim the run, pick the eligible projects and create one pending job for each,
     largest project first: the chord is sent in that order, so the longest jobs start
-    first and the night's tail is short. The caller commits before dispatching the jobs."""
+    first and the night's tail is short. The caller commits before dispatching the jobs.
+
+    ``projects`` restricts the run to those projects, each enabled one whatever its
+    threshold (a retry); ``retry_of`` links the run and the run it retries."""
     now = now or utcnow()
     claimed = claim_run(session, trigger_type, slot, now, run_id)
     if claimed is None:
         return None
-    eligibility = check_projects(session, default_threshold)
+    eligibility = check_projects(session, default_threshold, only=projects)
     started = StartedRun(
         claimed,
         trigger_type,
@@ -90,7 +104,64 @@ def start_run(
     run.jobs_total = len(started.job_ids)
     if notes:
         run.summary = {**(run.summary or {}), **notes}
+    if retry_of is not None:
+        link_retry(session, retry_of, run)
     return started
+
+
+class RetryRefused(ValueError):
+    """The run cannot be retried (still running, or nothing of it failed)."""
+
+
+def retry_projects(session: Session, run_id: uuid.UUID) -> list[uuid.UUID]:
+    """The projects of a finished run's failed jobs, for its retry; skipped and
+    completed jobs are not retried. Raises :class:`RetryRefused`."""
+    run = session.get(ConsolidationRun, run_id)
+    if run is None:
+        raise RetryRefused(f"run {run_id} does not exist")
+    if run.status == RunStatus.RUNNING:
+        raise RetryRefused(f"run {run_id} is still running; retry it when it has finished")
+    failed = session.execute(
+        select(ConsolidationJob.project_id)
+        .where(ConsolidationJob.run_id == run_id, ConsolidationJob.status == JobStatus.FAILED)
+        .order_by(ConsolidationJob.created_at, ConsolidationJob.id)
+    ).all()
+    if not failed:
+        raise RetryRefused(f"run {run_id} ({run.status}) had no failed jobs; there is nothing to retry")
+    projects = [row.project_id for row in failed if row.project_id is not None]
+    if not projects:
+        raise RetryRefused(f"the projects of run {run_id}'s failed jobs were deleted; there is nothing to retry")
+    return projects
+
+
+def retry_message(trigger_type: TriggerType, projects: Any, retry_of: uuid.UUID | None) -> list[uuid.UUID] | None:
+    """A ``run_scheduled`` message's ``projects`` as UUIDs (``None`` if not given).
+    ``ValueError`` unless they are a non-empty list of project ids, and unless
+    ``projects`` and ``retry_of`` come with a manual run only."""
+    if (projects is not None or retry_of is not None) and trigger_type != TriggerType.MANUAL:
+        raise ValueError("projects and retry_of go with a manual run only")
+    if projects is None:
+        return None
+    if not isinstance(projects, list) or not projects or not all(isinstance(p, str) for p in projects):
+        raise ValueError(f"projects must be a non-empty list of project ids, got {str(projects)[:64]!r}")
+    parsed = []
+    for project in projects:
+        try:
+            parsed.append(uuid.UUID(project))
+        except ValueError:
+            raise ValueError(f"projects: {project[:64]!r} is not a UUID") from None
+    return parsed
+
+
+def link_retry(session: Session, original_id: uuid.UUID, retry: ConsolidationRun) -> None:
+    """``retry_of`` in the retry's summary, the retry's id added to ``retried_by`` in the
+    original's (locked: two retries of one run both stay listed). An original that no
+    longer exists is only named."""
+    retry.summary = {**(retry.summary or {}), "retry_of": str(original_id)}
+    original = session.get(ConsolidationRun, original_id, with_for_update=True)
+    if original is not None:
+        summary = original.summary or {}
+        original.summary = {**summary, "retried_by": [*summary.get("retried_by", []), str(retry.id)]}
 
 
 @dataclass
@@ -119,10 +190,23 @@ def claim(
     now: datetime,
     run_id: uuid.UUID | None = None,
     notes: dict[str, Any] | None = None,
+    projects: Sequence[uuid.UUID] | None = None,
+    retry_of: uuid.UUID | None = None,
 ) -> Claim:
     """Start the run of ``slot`` (or a manual run), or say why this message starts none.
-    ``notes`` go into the new run's summary (they are kept when it is finalized)."""
-    started = start_run(session, trigger_type, slot, default_threshold, now, run_id=run_id, notes=notes)
+    ``notes`` go into the new run's summary (they are kept when it is finalized);
+    ``projects`` and ``retry_of`` make it a retry (:func:`start_run`)."""
+    started = start_run(
+        session,
+        trigger_type,
+        slot,
+        default_threshold,
+        now,
+        run_id=run_id,
+        notes=notes,
+        projects=projects,
+        retry_of=retry_of,
+    )
     if started is not None:
         return Claim("started", started.run_id, started.job_ids, started)
     existing = existing_run_for_slot(session, slot) if slot else None

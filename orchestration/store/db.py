@@ -6,6 +6,13 @@ journal, a busy timeout, foreign keys on, and ``BEGIN IMMEDIATE`` so that two
 writers queue on the lock instead of failing with "database is locked".
 PostgreSQL sessions run in UTC, and a statement can ask for its rows in binary format
 (:data:`BINARY_ROWS`).
+
+Workers and beat create a missing SQLite file (and its folder) as they always did. The
+command line does not (:func:`set_interactive`): only ``db upgrade`` and ``demo``,
+which migrate through :func:`build_engine` with ``create=True``, make one; any other
+command run from the wrong folder stops with :class:`NoDatabase` instead of leaving an
+empty ``var/`` there. It also gives up connecting to PostgreSQL after
+:data:`CONNECT_TIMEOUT_S` instead of the operating system's minutes.
 """
 
 from __future__ import annotations
@@ -24,6 +31,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from orchestration.settings import get_settings, mask_url
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# The command line's bound on connecting to PostgreSQL (an unreachable host would
+# otherwise hold it for the operating system's TCP timeout, about two minutes).
+CONNECT_TIMEOUT_S = 10
 # Execution option: on PostgreSQL, this statement's rows come back in binary format.
 # A project's embeddings in bytea's text format (hex) took more than twice the CPU,
 # the server's and ours, of the same rows in binary (docs/benchmarks.md).
@@ -40,6 +50,29 @@ _engine: Engine | None = None
 # PostgreSQL: connections that are in autocommit mode from the start, for statement_scope.
 _autocommit_engine: Engine | None = None
 _sessionmaker: sessionmaker[Session] | None = None
+# Whether this process is the command line (see set_interactive).
+_interactive = False
+
+
+class NoDatabase(Exception):
+    """The configured SQLite file does not exist, and this process may not create it."""
+
+    def __init__(self, path: Path):
+        super().__init__(
+            f"no database at {path}: run 'orchestration db upgrade' first, or set ORCHESTRATION_DATABASE_URL"
+        )
+        self.path = path
+
+
+def set_interactive(interactive: bool) -> bool:
+    """Make :func:`get_engine` build engines for the command line (``True``): a missing
+    SQLite file raises :class:`NoDatabase` instead of being created, and connecting to
+    PostgreSQL times out after :data:`CONNECT_TIMEOUT_S`. Returns the previous value."""
+    global _interactive
+    with _lock:
+        previous, _interactive = _interactive, interactive
+    dispose()
+    return previous
 
 
 def normalize_url(url: str) -> str:
@@ -67,15 +100,19 @@ def _sqlite_setup(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _postgresql_engine(url: URL, **kwargs: Any) -> Engine:
+def _postgresql_engine(url: URL, connect_timeout: float | None = None, **kwargs: Any) -> Engine:
     """An engine whose sessions start in UTC (``-c TimeZone=UTC`` added to any
     ``options`` the URL has, so timestamps arrive in UTC and need no conversion), and
-    that returns rows in binary format to statements that ask (:data:`BINARY_ROWS`)."""
+    that returns rows in binary format to statements that ask (:data:`BINARY_ROWS`).
+    ``connect_timeout`` applies unless the URL sets its own."""
     from psycopg.pq import Format
 
     given = url.query.get("options", "")
     given = " ".join(given) if isinstance(given, tuple) else given
-    engine = create_engine(url, connect_args={"options": f"{given} -c TimeZone=UTC".strip()}, **kwargs)
+    connect_args: dict[str, Any] = {"options": f"{given} -c TimeZone=UTC".strip()}
+    if connect_timeout is not None and "connect_timeout" not in url.query:
+        connect_args["connect_timeout"] = max(1, round(connect_timeout))
+    engine = create_engine(url, connect_args=connect_args, **kwargs)
 
     @event.listens_for(engine, "before_cursor_execute")
     def _rows_format(_conn, cursor, _statement, _parameters, context, _executemany) -> None:
@@ -85,13 +122,29 @@ def _postgresql_engine(url: URL, **kwargs: Any) -> Engine:
     return engine
 
 
-def build_engine(url: str) -> Engine:
-    """Create an engine for ``url`` with the per-dialect setup described above."""
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL, absolute; ``None`` for other databases and in-memory SQLite."""
+    parsed = make_url(normalize_url(url))
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    if parsed.database.startswith("file:"):  # a URI filename: let SQLite read it
+        return None
+    return Path(parsed.database).absolute()
+
+
+def build_engine(url: str, create: bool = True, connect_timeout: float | None = None) -> Engine:
+    """Create an engine for ``url`` with the per-dialect setup described above. A
+    missing SQLite file and its folder are created unless ``create`` is false, where
+    that raises :class:`NoDatabase`; ``connect_timeout`` bounds connecting to
+    PostgreSQL (seconds)."""
     url = normalize_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        path = sqlite_path(url)
+        if path is not None and not path.exists():
+            if not create:
+                raise NoDatabase(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
@@ -101,7 +154,7 @@ def build_engine(url: str) -> Engine:
     # No pre-ping: it would cost a round trip per transaction. A connection that died
     # with the server raises OperationalError, SQLAlchemy drops the pool, and the job
     # retries like after any other transient error.
-    return _postgresql_engine(parsed, pool_size=5, max_overflow=5)
+    return _postgresql_engine(parsed, connect_timeout, pool_size=5, max_overflow=5)
 
 
 def current_url() -> str:
@@ -120,7 +173,11 @@ def get_engine() -> Engine:
     global _engine, _autocommit_engine, _sessionmaker
     with _lock:
         if _engine is None:
-            _engine = build_engine(current_url())
+            _engine = (
+                build_engine(current_url(), create=False, connect_timeout=CONNECT_TIMEOUT_S)
+                if _interactive
+                else build_engine(current_url())
+            )
             _sessionmaker = sessionmaker(_engine, expire_on_commit=False)
             if _engine.dialect.name == "postgresql":
                 _autocommit_engine = _build_autocommit_engine(_engine)
@@ -143,7 +200,13 @@ def _build_autocommit_engine(engine: Engine) -> Engine:
     summary commits durably), and a job whose start or end was lost is found by its
     silent heartbeat and run again, which applies nothing twice
     (docs/reliability.md, "Durability of a job's start and end")."""
-    autocommit = _postgresql_engine(engine.url, isolation_level="AUTOCOMMIT", pool_size=2, max_overflow=8)
+    autocommit = _postgresql_engine(
+        engine.url,
+        CONNECT_TIMEOUT_S if _interactive else None,
+        isolation_level="AUTOCOMMIT",
+        pool_size=2,
+        max_overflow=8,
+    )
 
     @event.listens_for(autocommit, "connect")
     def _on_connect(dbapi_connection, _record) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy.engine import Connection
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,6 +18,29 @@ def alembic_config(url: str | None = None) -> Config:
     if url is not None:
         config.attributes["url"] = url
     return config
+
+
+def schema_problem(connection: Connection) -> str | None:
+    """What is wrong with the schema of the database behind ``connection``, as the end
+    of a sentence that starts "database at URL", with what to do; ``None`` if it is at
+    head. Cheap (Alembic's version table and the migration scripts' headers), for a
+    command whose query met a missing table or column."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config())
+    heads = set(script.get_heads())
+    current = set(MigrationContext.configure(connection).get_current_heads())
+    if current == heads:
+        return None
+    upgrade = "run 'orchestration db upgrade'"
+    if not current:
+        return f"is not migrated (it has no schema yet): {upgrade}"
+    shown = ", ".join(sorted(current))
+    if not current <= {revision.revision for revision in script.walk_revisions()}:
+        return f"has schema revision {shown}, which this version of orchestration does not know: upgrade orchestration"
+    latest = ", ".join(sorted(heads))
+    return f"is not migrated to the latest schema (it is at revision {shown}, the latest is {latest}): {upgrade}"
 
 
 def upgrade(url: str | None = None, revision: str = "head") -> None:

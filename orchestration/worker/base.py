@@ -100,6 +100,9 @@ def wait_out_outage(task: Task, exc: BaseException, kwargs: dict[str, Any] | Non
     to raise."""
     countdown = outage_countdown(task.request.retries)
     log.warning("database.unreachable", countdown=round(countdown, 1), error=lifecycle.describe(_root(exc)))
+    # Both engines' pooled connections died with the server (or its network): start
+    # afresh, or the first statement after its return would meet a dead connection.
+    db.dispose(close=False)
     if kwargs is None:
         return task.retry(countdown=countdown, max_retries=unbounded(task))
     return task.retry(args=[], kwargs=kwargs, countdown=countdown, max_retries=unbounded(task))

@@ -42,7 +42,7 @@ log = get_logger(__name__)
 FINALIZE_WAIT_S = 15
 
 
-@app.task(name="consolidation.run_scheduled", base=OrchestrationTask, id_args=("run_id",), bind=True)
+@app.task(name="consolidation.run_scheduled", base=OrchestrationTask, id_args=("run_id", "retry_of"), bind=True)
 def run_scheduled(
     self: OrchestrationTask,
     slot: str | None = None,
@@ -51,6 +51,8 @@ def run_scheduled(
     backfill: bool = False,
     schedule: str | None = None,
     timezone: str | None = None,
+    projects: list[str] | None = None,
+    retry_of: uuid.UUID | None = None,
 ) -> dict[str, Any]:
     """Claim the run for a schedule slot (or start a manual run) and dispatch its chord.
 
@@ -59,11 +61,20 @@ def run_scheduled(
     (``schedule.mismatch``, and ``health`` fails) instead of skipping nights. A slot
     given by hand must not be in the future, and must be one the schedule produces
     unless ``backfill``. While the database is unreachable the task waits, its slot
-    fixed, so a night is claimed late rather than lost."""
+    fixed, so a night is claimed late rather than lost.
+
+    ``projects`` (project ids) and ``retry_of`` (a run id), with a manual trigger only:
+    the run consolidates just those projects and is linked to the run it retries
+    (``runs retry``)."""
     settings = get_settings()
     if trigger not in tuple(TriggerType):
         log.error("task.rejected", reason=f"unknown trigger {trigger!r}")
         return {"status": "rejected"}
+    try:
+        project_ids = runs.retry_message(TriggerType(trigger), projects, retry_of)
+    except ValueError as exc:
+        log.error("task.rejected", reason=str(exc)[:300])
+        return {"status": "rejected", "error": str(exc)[:300]}
     now = utcnow()
     slot_at = mismatch = None
     if trigger == TriggerType.SCHEDULED:
@@ -78,12 +89,20 @@ def run_scheduled(
     try:
         with session_scope() as session:
             claim = runs.claim(
-                session, TriggerType(trigger), slot_at, settings.default_threshold, now, run_id=run_id, notes=mismatch
+                session,
+                TriggerType(trigger),
+                slot_at,
+                settings.default_threshold,
+                now,
+                run_id=run_id,
+                notes=mismatch,
+                projects=project_ids,
+                retry_of=retry_of,
             )
     except SQLAlchemyError as exc:
         if not unreachable(exc):
             raise
-        kwargs = {
+        kwargs: dict[str, Any] = {
             "slot": slot_at.isoformat() if slot_at else None,
             "trigger": trigger,
             "run_id": str(run_id) if run_id else None,
@@ -91,6 +110,10 @@ def run_scheduled(
             "schedule": schedule,
             "timezone": timezone,
         }
+        if project_ids is not None:  # only when set: the message stays what older workers take
+            kwargs["projects"] = [str(p) for p in project_ids]
+        if retry_of is not None:
+            kwargs["retry_of"] = str(retry_of)
         raise wait_out_outage(self, exc, kwargs) from exc
     _log_claim(claim, slot_at.isoformat() if slot_at else None)
     if claim.dispatch is not None and claim.run_id is not None:
@@ -304,6 +327,8 @@ def _lost_messages(unreceived: list[reaper.LostJob]) -> int:
     queued = queued_messages()
     if queued >= len(unreceived):
         return 0
+    with session_scope() as session:
+        reaper.note_lost_messages(session, {uuid.UUID(str(lost.ids["run_id"])) for lost in unreceived}, utcnow())
     for lost in unreceived:
         with structlog.contextvars.bound_contextvars(**lost.ids):
             log.warning("job.resent", reason=lost.error, queued=queued, unreceived=len(unreceived))

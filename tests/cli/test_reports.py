@@ -3,7 +3,6 @@
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
 
 from orchestration.cli import reports
 from orchestration.store.statuses import RunStatus
@@ -29,20 +28,31 @@ def test_dumps_turns_ids_times_and_enums_into_json():
     assert document == {"id": str(run_id), "at": T0.isoformat(), "status": "partial", "jobs": [[1, T0.isoformat()]]}
 
 
-def test_runs_table_fits_80_columns_and_names_a_manual_run():
-    run = SimpleNamespace(
-        id=uuid.uuid4(), scheduled_for=None, trigger_type="manual", status="completed", jobs_completed=998,
-        jobs_failed=2, jobs_total=1000, memories_merged=123456, memories_archived=65432,
-        started_at=T0, finished_at=T0 + timedelta(minutes=42, seconds=3),
-    )  # fmt: skip
-    lines = reports.runs_table([run]).splitlines()
+def test_runs_table_fits_80_columns_and_shows_every_runs_start():
+    run = {
+        "id": str(uuid.uuid4()), "scheduled_for": None, "trigger_type": "scheduled", "status": "completed",
+        "jobs_completed": 998, "jobs_failed": 2, "jobs_total": 1000, "memories_merged": 123456,
+        "memories_archived": 65432, "started_at": T0.isoformat(),
+    }  # fmt: skip
+    lines = reports.runs_table([run, {**run, "trigger_type": "manual"}]).splitlines()
     assert all(len(line) <= 80 for line in lines)
-    assert lines[2].split() == [str(run.id)[:8], "manual", "completed", "998/2/1000", "123456", "65432", "42m03s"]
+    assert lines[2].split() == [
+        run["id"][:8],
+        "2026-11-27",
+        "02:00",
+        "scheduled",
+        "completed",
+        "998/2/1000",
+        "123456",
+        "65432",
+    ]
+    assert lines[3].split()[1:4] == ["2026-11-27", "02:00", "manual"]
 
 
 def _run_document(**overrides):
     job = {
-        "project_name": "payments-service-with-a-long-name", "project_id": str(uuid.uuid4()), "status": "failed",
+        "id": str(uuid.uuid4()), "project_name": "payments-service-with-a-long-name",
+        "project_id": str(uuid.uuid4()), "status": "failed",
         "attempts": 4, "started_at": T0.isoformat(), "completed_at": (T0 + timedelta(seconds=3)).isoformat(),
         "memories_merged": 0, "memories_archived": 0, "progress": 0.4,
         "error_message": "OperationalError: server closed the connection unexpectedly " + "x" * 100,
@@ -58,12 +68,20 @@ def _run_document(**overrides):
 
 
 def test_run_text_says_status_totals_and_each_failed_jobs_error_within_80_columns():
-    text = reports.run_text(_run_document())
+    document = _run_document()
+    text = reports.run_text(document)
     lines = text.splitlines()
     assert lines[0].endswith("scheduled  status: PARTIAL") and "took 1m05s" in lines[1]
     assert "jobs: 1 completed, 1 failed, 2 total" in text and "memories: 200 -> 150 active, 60 merged" in text
-    assert "errors:" in lines and any(line.startswith("  payments-service-wit: OperationalError") for line in lines)
+    job = document["jobs"][0]
+    assert "errors:" in lines and any(
+        line.startswith("  job ") and "payments-service-with-a-long-name" in line for line in lines
+    )
+    whole = "failed after 4 attempts: OperationalError: server closed the connection unexpectedly " + "x" * 100
+    assert "".join(whole.split()) in "".join(text.split())  # wrapped (a long word too), never cut
     assert all(len(line) <= 80 for line in lines)
+    table = text.split("errors:")[0]  # a long name is shortened in the table, where its id tells it apart
+    assert job["project_name"] not in table and f"…  {job['project_id'][:8]}  failed" in table
 
 
 def test_run_text_without_jobs_has_no_table():
@@ -92,7 +110,8 @@ def test_run_and_job_text_escape_values_from_the_database():
     document["jobs"][0].update(project_name=evil, error_message=f"{evil} boom")
     text = reports.run_text(document)
     assert "\x1b" not in text and "\x9b" not in text and "\r" not in text
-    assert "error: \\x1b[2Jx\\x9b\\rrest" in text and "  \\x1b[2Jx\\x9b: \\x1b[2Jx\\x9b boom" in text
+    assert "error: \\x1b[2Jx\\x9b\\rrest" in text and "\n    \\x1b[2Jx\\x9b boom" in text
+    assert "  \\x1b[2Jx\\x9b (" in text and "         second line" in text
     assert all(len(line) <= 80 for line in text.splitlines())
     table = reports.table(["name"], [(evil,)])
     assert table.splitlines()[2] == "\\x1b[2Jx\\x9b"

@@ -5,15 +5,22 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, update
 
-from orchestration.consolidation.audit import RollbackRefused, change_counts, prune_audit, rollback_job
+from orchestration.consolidation.audit import (
+    RollbackRefused,
+    change_counts,
+    preview_rollback,
+    prune_audit,
+    rollback_job,
+)
 from orchestration.demo.seed import seed
 from orchestration.jobs import lifecycle
 from orchestration.settings import load_settings
 from orchestration.store import db
 from orchestration.store.documents import row_dict
 from orchestration.store.models import ConsolidationChange, ConsolidationJob, TaskMemory
-from orchestration.store.statuses import TriggerType
+from orchestration.store.statuses import JobStatus, TriggerType
 from orchestration.store.types import utcnow
+from support import job_row, manual_job
 
 
 def _consolidated_job(status="completed"):
@@ -119,3 +126,116 @@ def test_prune_deletes_old_rows_in_batches_and_then_rollback_says_why(database):
 def test_prune_keeps_recent_rows(database):
     _consolidated_job()
     assert prune_audit(db.session_scope, retention_days=90) == 0
+
+
+def _preview(job_id, retention_days=90):
+    with db.session_scope() as session:
+        return preview_rollback(session, job_id, retention_days)
+
+
+def test_the_preview_says_what_the_rollback_does_and_changes_nothing(database):
+    manifest, job_id, _ = _consolidated_job()
+    state = _rows()
+    plan = _preview(job_id)
+    assert _rows() == state and job_row(job_id).rolled_back_at is None
+    assert plan.refused is None and plan.conflicts == [] and plan.status == "completed"
+    merged = sum(len(g) for g in manifest.groups)
+    assert (plan.unmerged, plan.repointed, plan.unarchived, plan.removed) == (
+        merged,
+        0,
+        len(manifest.stale),
+        len(manifest.groups),
+    )
+    assert plan.changes == merged + len(manifest.stale)
+    result = _rollback(job_id, changed_by="alice")
+    assert (result.restored, result.removed, result.unmerged, result.unarchived) == (
+        plan.changes,
+        plan.removed,
+        plan.unmerged,
+        plan.unarchived,
+    )
+    job = job_row(job_id)
+    assert job.rolled_back_by == "alice" and job.rolled_back_at == result.rolled_back_at is not None
+
+
+def test_the_preview_lists_the_conflicts_that_would_refuse_it(database):
+    manifest, job_id, before = _consolidated_job()
+    source = uuid.UUID(manifest.groups[0][0])
+    (created, *_) = set(_rows()) - set(before)  # a consolidated memory the job made
+    with db.session_scope() as session:
+        for memory_id in (source, created):
+            session.get_one(TaskMemory, memory_id).reused_count += 1  # reused since: versions move
+    state = _rows()
+    plan = _preview(job_id)
+    assert _rows() == state
+    assert plan.refused is not None and plan.refused.startswith("2 memories changed since")
+    assert {c.memory_id: (c.expected_version, c.current_version) for c in plan.conflicts} == {
+        str(source): (state[source]["version"] - 1, state[source]["version"]),
+        str(created): (1, 2),
+    }
+
+
+def test_a_second_rollback_is_refused_naming_when_and_by_whom(database):
+    _, job_id, _ = _consolidated_job()
+    at = utcnow()
+    _rollback(job_id, changed_by="alice", now=at)
+    expected = f"was already rolled back at {at:%Y-%m-%dT%H:%M:%SZ} by alice"
+    with pytest.raises(RollbackRefused, match=expected):
+        _rollback(job_id, changed_by="bob")
+    assert expected in (_preview(job_id).refused or "")
+    # A job rolled back before the job row kept it (migration 0004): its audit rows say.
+    with db.session_scope() as session:
+        job = session.get_one(ConsolidationJob, job_id)
+        job.rolled_back_at = job.rolled_back_by = None
+    with pytest.raises(RollbackRefused, match=expected):
+        _rollback(job_id, changed_by="bob")
+
+
+def test_the_job_row_is_stamped_in_the_rollbacks_own_transaction(database):
+    _, job_id, _ = _consolidated_job()
+    state = _rows()
+    with pytest.raises(RuntimeError, match="after the rollback"), db.session_scope() as session:
+        rollback_job(session, job_id, 90, changed_by="alice")
+        raise RuntimeError("after the rollback")  # the transaction is rolled back
+    assert _rows() == state and job_row(job_id).rolled_back_at is None
+    with db.session_scope() as session:
+        assert "rollback" not in change_counts(session, job_id)
+
+
+def test_the_preview_of_an_unknown_unfinished_or_empty_job_says_why(database):
+    assert "does not exist" in (_preview(uuid.uuid4()).refused or "")
+    _, job_id, _ = _consolidated_job(status="running")
+    assert "is running" in (_preview(job_id).refused or "")
+    with db.session_scope() as session:
+        (manifest,) = seed(session, 1, 8, seed=3, dim=8)
+    empty = manual_job(uuid.UUID(manifest.id), status=JobStatus.COMPLETED)
+    assert "changed nothing" in (_preview(empty).refused or "")
+
+
+@pytest.mark.integration
+def test_a_concurrent_second_rollback_waits_for_the_first_and_is_refused(pg_database):
+    import threading
+
+    _, job_id, _ = _consolidated_job()
+    outcome: list[BaseException | None] = []
+    with db.session_scope() as first:
+        rollback_job(first, job_id, 90, changed_by="alice")  # holds the job row until it commits
+
+        def second() -> None:
+            try:
+                _rollback(job_id, changed_by="bob")
+                outcome.append(None)
+            except RollbackRefused as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join(timeout=1.0)
+        assert thread.is_alive() and not outcome  # waiting on the lock
+    thread.join(timeout=10)
+    (error,) = outcome
+    assert isinstance(error, RollbackRefused) and "already rolled back at" in str(error)
+    assert str(error).endswith("by alice")
+    job = job_row(job_id)
+    with db.session_scope() as session:
+        assert change_counts(session, job_id)["rollback"] == job.memories_merged + job.memories_archived  # once

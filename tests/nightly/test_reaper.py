@@ -92,9 +92,9 @@ def test_no_job_is_judged_lost_while_the_database_server_has_just_started(databa
     """Heartbeats stopped by the server's own outage say nothing about the workers."""
     started = _run_with_attempts()
     _age(started.job_ids[0], STALE, STALE)
-    monkeypatch.setattr(reaper, "server_uptime", lambda session, now: heartbeat.LOST_AFTER / 2)
+    monkeypatch.setattr(reaper, "server_uptime", lambda session, now: reaper.RESTART_GRACE - timedelta(seconds=1))
     assert _reap().lost == []
-    monkeypatch.setattr(reaper, "server_uptime", lambda session, now: heartbeat.LOST_AFTER)
+    monkeypatch.setattr(reaper, "server_uptime", lambda session, now: reaper.RESTART_GRACE)
     assert [lost.ids["job_id"] for lost in _reap().lost] == [str(started.job_ids[0])]
 
 
@@ -124,3 +124,28 @@ def test_jobs_of_a_sent_chord_that_no_worker_received_are_listed_in_their_places
         unreceived = reaper.unreceived_jobs(session, now)
     assert [job.ids["job_id"] for job in unreceived] == [str(j) for j in started.job_ids if j != received]
     assert [job.group_index for job in unreceived] == [i for i, j in enumerate(started.job_ids) if j != received]
+
+
+def test_the_stuck_bound_of_a_restart_outlasts_a_heartbeat_and_the_longest_outage_wait():
+    """A worker beats within heartbeat.INTERVAL of the server's return and a task waiting
+    out the outage looks again within worker.base.OUTAGE_BACKOFF_MAX: both before the
+    reaper judges any heartbeat."""
+    from orchestration.worker.base import OUTAGE_BACKOFF_MAX
+
+    assert reaper.RESTART_GRACE >= heartbeat.LOST_AFTER + timedelta(seconds=OUTAGE_BACKOFF_MAX)
+
+
+def test_a_run_whose_messages_were_lost_is_closed_as_soon_as_its_jobs_end(database):
+    with db.session_scope() as session:
+        seed(session, 3, 40, seed=9, dim=8)
+        started = runs.start_run(session, "manual", None, 10)
+    for job_id in started.job_ids:
+        lifecycle.begin_attempt(job_id, SETTINGS)
+        lifecycle.fail(job_id, 1, "boom")
+    now = utcnow()
+    with db.session_scope() as session:
+        assert reaper.orphaned_runs(session, now) == []  # the callback may still come
+        reaper.note_lost_messages(session, {started.run_id}, now)
+    with db.session_scope() as session:
+        assert reaper.orphaned_runs(session, now) == [started.run_id]
+        assert reaper.orphaned_runs(session, now + reaper.CALLBACK_GRACE) == [started.run_id]

@@ -1,5 +1,6 @@
 """A night's run without Celery: claiming a slot, creating its jobs, the summary."""
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -121,3 +122,142 @@ def test_mark_failed_closes_only_an_open_run(manifests):
         assert run is not None and (run.status, run.error_message) == ("failed", "summary could not be written")
     with db.session_scope() as session:
         assert runs.mark_failed(session, claim.run_id, "again") is None
+
+
+# --- retries (runs retry) --------------------------------------------------------
+
+
+def _kinds(manifests) -> dict[str, uuid.UUID]:
+    return {m.kind: uuid.UUID(m.id) for m in manifests}
+
+
+def _retry(projects, retry_of, now=NOW + timedelta(minutes=1)):
+    with db.session_scope() as session:
+        return runs.claim(session, TriggerType.MANUAL, None, 10, now, projects=projects, retry_of=retry_of)
+
+
+def _finished(claim, statuses: dict[uuid.UUID, str]):
+    """Give the run's jobs (by project) these statuses, then finalize it."""
+    with db.session_scope() as session:
+        for project_id, status in statuses.items():
+            session.execute(
+                update(ConsolidationJob)
+                .where(ConsolidationJob.run_id == claim.run_id, ConsolidationJob.project_id == project_id)
+                .values(status=status)
+            )
+    with db.session_scope() as session:
+        assert runs.finalize(session, claim.run_id, NOW + timedelta(seconds=9)) is not None
+
+
+def test_a_retry_runs_the_named_enabled_projects_whatever_their_threshold_and_links_both_runs(manifests):
+    kinds = _kinds(manifests)
+    original = _claim()
+    _finished(original, {})
+    named = [kinds["under_threshold"], kinds["disabled"], uuid.uuid4()]  # below threshold, disabled, gone
+    retry = _retry(named, original.run_id)
+    assert retry.status == "started" and retry.started is not None
+    with db.session_scope() as session:
+        run = session.get_one(ConsolidationRun, retry.run_id)
+        jobs = session.scalars(select(ConsolidationJob).where(ConsolidationJob.run_id == run.id)).all()
+        first = session.get_one(ConsolidationRun, original.run_id)
+    assert [j.project_id for j in jobs] == [kinds["under_threshold"]] and retry.dispatch == [jobs[0].id]
+    assert (run.trigger_type, run.projects_checked, run.projects_eligible, run.projects_skipped, run.jobs_total) == (
+        "manual",
+        2,
+        1,
+        1,
+        1,
+    )
+    assert run.summary["retry_of"] == str(original.run_id)
+    assert first.summary["retried_by"] == [str(retry.run_id)]
+    assert first.summary["jobs_skipped"] == 0  # the rest of the original's summary is kept
+
+    again = _retry([kinds["under_threshold"]], original.run_id)
+    with db.session_scope() as session:
+        runs.mark_dispatched(session, again.run_id, NOW)
+        assert runs.finalize(session, again.run_id) is not None
+    with db.session_scope() as session:
+        first = session.get_one(ConsolidationRun, original.run_id)
+        second = session.get_one(ConsolidationRun, again.run_id)
+    assert first.summary["retried_by"] == [str(retry.run_id), str(again.run_id)]
+    assert second.summary["retry_of"] == str(original.run_id)  # kept when the retry is finalized
+
+
+def test_a_redelivered_retry_message_links_once(manifests):
+    kinds = _kinds(manifests)
+    original = _claim()
+    _finished(original, {})
+    run_id = uuid.uuid4()
+    with db.session_scope() as session:
+        first = runs.claim(
+            session,
+            TriggerType.MANUAL,
+            None,
+            10,
+            NOW,
+            run_id=run_id,
+            projects=[kinds["eligible"]],
+            retry_of=original.run_id,
+        )
+    with db.session_scope() as session:
+        second = runs.claim(
+            session,
+            TriggerType.MANUAL,
+            None,
+            10,
+            NOW,
+            run_id=run_id,
+            projects=[kinds["eligible"]],
+            retry_of=original.run_id,
+        )
+    assert (first.status, second.status) == ("started", "duplicate")
+    with db.session_scope() as session:
+        assert session.get_one(ConsolidationRun, original.run_id).summary["retried_by"] == [str(run_id)]
+
+
+def test_retry_projects_are_the_failed_jobs_projects_of_a_finished_run(manifests):
+    kinds = _kinds(manifests)
+    with db.session_scope() as session:
+        session.execute(update(Project).values(consolidation_threshold=1))  # every enabled project runs
+    claim = _claim()
+    with db.session_scope() as session, pytest.raises(runs.RetryRefused, match="is still running"):
+        runs.retry_projects(session, claim.run_id)
+    with db.session_scope() as session:
+        eligible = [
+            j.project_id
+            for j in session.scalars(select(ConsolidationJob).where(ConsolidationJob.run_id == claim.run_id))
+        ]
+    assert len(eligible) == 3 and kinds["under_threshold"] in eligible
+    failed, skipped, completed = eligible
+    _finished(claim, {failed: "failed", skipped: "skipped", completed: "completed"})
+    with db.session_scope() as session:
+        assert runs.retry_projects(session, claim.run_id) == [failed]
+
+
+def test_retry_is_refused_without_failed_jobs_or_their_projects(manifests):
+    claim = _claim()
+    _finished(claim, dict.fromkeys([uuid.UUID(m.id) for m in manifests], "completed"))
+    with db.session_scope() as session, pytest.raises(runs.RetryRefused, match=r"\(completed\) had no failed jobs"):
+        runs.retry_projects(session, claim.run_id)
+    with db.session_scope() as session, pytest.raises(runs.RetryRefused, match="does not exist"):
+        runs.retry_projects(session, uuid.uuid4())
+    with db.session_scope() as session:
+        job = session.scalars(select(ConsolidationJob).where(ConsolidationJob.run_id == claim.run_id)).first()
+        job.status = "failed"
+        session.delete(session.get_one(Project, job.project_id))
+    with db.session_scope() as session, pytest.raises(runs.RetryRefused, match="were deleted"):
+        runs.retry_projects(session, claim.run_id)
+
+
+def test_retry_message_parses_projects_and_refuses_bad_ones():
+    ids = [uuid.uuid4(), uuid.uuid4()]
+    assert runs.retry_message(TriggerType.MANUAL, [str(i) for i in ids], uuid.uuid4()) == ids
+    assert runs.retry_message(TriggerType.MANUAL, None, None) is None
+    assert runs.retry_message(TriggerType.SCHEDULED, None, None) is None
+    for bad in ("abc", [], [1], ["not-a-uuid"], {"a": 1}, [str(ids[0]), None]):
+        with pytest.raises(ValueError, match="projects"):
+            runs.retry_message(TriggerType.MANUAL, bad, None)
+    with pytest.raises(ValueError, match="manual run only"):
+        runs.retry_message(TriggerType.SCHEDULED, [str(ids[0])], None)
+    with pytest.raises(ValueError, match="manual run only"):
+        runs.retry_message(TriggerType.SCHEDULED, None, ids[0])
