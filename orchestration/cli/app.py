@@ -39,7 +39,7 @@ from orchestration.store import db
 # CONNECT_TIMEOUT_S, a publish retried once. Refused connections end at once; a host
 # that drops packets after about 2 x CONNECT_TIMEOUT_S plus the pause.
 CONNECT_TIMEOUT_S = 3.0
-SOCKET_TIMEOUT_S = 5.0
+SOCKET_TIMEOUT_S = 3.0
 PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.5, "interval_step": 0.5, "interval_max": 1.0}
 
 BROKER = ("broker", "ORCHESTRATION_BROKER_URL")
@@ -83,7 +83,9 @@ class Group(click.Group):
             raise CliError(str(exc), 2) from None
         except SQLAlchemyError as exc:
             raise database_error(exc) from None
-        except Exception as exc:
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # the broker's or the result backend's, if messaging_service says so
             service = messaging_service(exc)
             if service is None:
                 raise
@@ -185,13 +187,20 @@ def _down(error: BaseException) -> bool:
 
 
 def messaging_service(error: BaseException) -> tuple[str, str] | None:
-    """:data:`BROKER` or :data:`RESULT_BACKEND` if ``error`` comes from talking to
-    one (kombu, py-amqp, redis-py), else ``None``."""
-    modules = [type(cause).__module__.partition(".")[0] for cause in _chain(error)]
-    if modules[0] == "kombu" or "amqp" in modules:
-        return BROKER
-    if "redis" in modules:
-        return RESULT_BACKEND
+    """:data:`BROKER` or :data:`RESULT_BACKEND` if ``error`` says one could not be
+    reached or refused the login (kombu's and py-amqp's errors are the broker's,
+    redis-py's the result backend's: kombu wraps the broker's), else ``None``."""
+    import amqp.exceptions  # type: ignore[import-untyped]  # no type information shipped
+    import kombu.exceptions
+    import redis.exceptions
+
+    for cause in _chain(error):
+        if isinstance(
+            cause, kombu.exceptions.OperationalError | amqp.exceptions.ConnectionError | amqp.exceptions.AccessRefused
+        ):
+            return BROKER
+        if isinstance(cause, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+            return RESULT_BACKEND
     if isinstance(error, RuntimeError) and "result store" in str(error):  # celery's E_RETRY_LIMIT_EXCEEDED
         return RESULT_BACKEND
     return None
@@ -234,7 +243,7 @@ def _schema_problem() -> str | None:
     from orchestration.store import migrate
 
     try:
-        with db.get_engine().connect() as connection:
+        with _quiet("alembic"), db.get_engine().connect() as connection:
             return migrate.schema_problem(connection)
     except Exception:  # noqa: BLE001 - the original error is reported instead
         return None

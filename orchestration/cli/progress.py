@@ -2,9 +2,9 @@
 watch``, the demo).
 
 At a terminal: one line, drawn at once and redrawn in place (``\\r`` and clear to the
-end of the line) every second: jobs done of the total, memories merged and archived
-so far, failures, the time elapsed since the run started and an estimate of the rest
-(``eta ~2m10s``), which counts down between job ends and grows once a job is overdue.
+end of the line) every second: jobs done of the total, the time elapsed since the run
+started and an estimate of the rest (``eta ~2m10s``, counting down between job ends
+and growing once a job is overdue), memories merged and archived so far, failures.
 Elsewhere (a pipe, a CI log): a plain line when jobs have ended (at most one every
 few seconds), one after a minute without any, and one final line when the run
 finishes, never twice.
@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import IO
+from typing import IO, cast
 
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
@@ -37,6 +37,7 @@ QUIET_EVERY_S = 60.0
 CHECK_EVERY_S = 5.0
 _CLEAR_TO_END = "\x1b[K"
 _BAR_WIDTH = 20
+_BAR_MIN_WIDTH = 8
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def read_progress(session: Session, run: ConsolidationRun) -> RunProgress:
     unfinished_progress = case(
         (ConsolidationJob.status.in_(FINISHED_JOB_STATUSES), 0.0), else_=ConsolidationJob.progress
     )
-    rows = session.execute(
+    statement = (
         select(
             ConsolidationJob.status,
             func.count(),
@@ -82,7 +83,8 @@ def read_progress(session: Session, run: ConsolidationRun) -> RunProgress:
         )
         .where(ConsolidationJob.run_id == run.id)
         .group_by(ConsolidationJob.status)
-    ).all()
+    )
+    rows = cast(list[tuple[str, int, int, int, float]], session.execute(statement).all())
     by_status = {status: count for status, count, _, _, _ in rows}
     return RunProgress(
         run.id,
@@ -139,18 +141,34 @@ def plain_line(progress: RunProgress, elapsed: float, left: float | None = None)
     )
 
 
-def terminal_line(progress: RunProgress | None, elapsed: float, left: float | None = None) -> str:
+def terminal_line(progress: RunProgress | None, elapsed: float, left: float | None = None, width: int = 80) -> str:
+    """The line at a terminal ``width`` columns wide: jobs done, the time elapsed and
+    the estimate first, then the counters; a bar after the run's id where there is
+    room for one; cut at the end if it is still too long."""
     if progress is None:
-        return f"waiting for the run to start  {duration(elapsed)}"
-    run = f"run {str(progress.run_id)[:8]}"
-    if not progress.total and progress.status == RunStatus.RUNNING:
-        return f"{run}  choosing projects  {duration(elapsed)} elapsed"
-    filled = round(_BAR_WIDTH * progress.done / progress.total) if progress.total else _BAR_WIDTH
-    bar = "#" * filled + "-" * (_BAR_WIDTH - filled)
-    return (
-        f"{run}  [{bar}]  {progress.done}/{progress.total} jobs  {progress.counters()}  "
-        f"{duration(elapsed)} elapsed{_eta(left)}"
-    )
+        text = f"waiting for the run to start, {duration(elapsed)}"
+    elif not progress.total and progress.status == RunStatus.RUNNING:
+        text = f"run {str(progress.run_id)[:8]}: choosing projects, {duration(elapsed)} elapsed"
+    else:
+        head = f"run {str(progress.run_id)[:8]}"
+        rest = (
+            f"{progress.done}/{progress.total} jobs done, {duration(elapsed)} elapsed{_eta(left)}, "
+            f"{progress.counters()}"
+        )
+        text = f"{head}: {rest}"
+        room = min(_BAR_WIDTH, width - len(text) - 3)  # " [" and "]" in place of ":"
+        if room >= _BAR_MIN_WIDTH:
+            filled = round(room * progress.done / progress.total) if progress.total else room
+            text = f"{head} [{'#' * filled}{'-' * (room - filled)}] {rest}"
+    return _fit(text, width)
+
+
+def _fit(text: str, width: int) -> str:
+    """``text``, or as many of its comma-separated parts as fit in ``width``, then ``...``."""
+    if len(text) <= width:
+        return text
+    cut = text[: max(0, width - 5)].rfind(", ")
+    return text[:cut] + ", ..." if cut > 0 else text[: max(1, width - 3)] + "..."
 
 
 def _run_elapsed(run: ConsolidationRun) -> float:
@@ -168,9 +186,8 @@ class _Terminal:
         self.out = out
         self.shown: str | None = None
 
-    def draw(self, text: str) -> None:
-        width = shutil.get_terminal_size().columns - 1
-        text = text if len(text) <= width else text[: max(1, width - 3)] + "..."
+    def draw(self, progress: RunProgress | None, elapsed: float, left: float | None = None) -> None:
+        text = terminal_line(progress, elapsed, left, shutil.get_terminal_size().columns - 1)
         if text != self.shown:
             self.out.write(f"\r{text}{_CLEAR_TO_END}")
             self.out.flush()
@@ -202,7 +219,7 @@ def watch(
     base: float | None = None  # the run's elapsed seconds when first seen, minus our clock then
     try:
         if terminal is not None:
-            terminal.draw(terminal_line(None, 0))
+            terminal.draw(None, 0)
         while True:
             with session_scope() as session:
                 run = find(session)
@@ -214,7 +231,7 @@ def watch(
             elapsed = now - started + (base or 0.0)
             left = estimate.left(progress, elapsed) if progress is not None and not finished else None
             if terminal is not None:
-                terminal.draw(terminal_line(progress, elapsed, left))
+                terminal.draw(progress, elapsed, left)
                 if finished:
                     terminal.end()
             elif finished:

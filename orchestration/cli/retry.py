@@ -8,7 +8,7 @@ import uuid
 
 import click
 
-from orchestration.cli.app import CliError
+from orchestration.cli.app import CliError, send
 from orchestration.cli.lookup import find
 from orchestration.cli.running import _watch_and_report
 from orchestration.cli.runs import runs_group
@@ -40,13 +40,14 @@ def runs_retry(run_id: str, wait: bool, timeout: int | None) -> None:
     except RetryRefused as exc:
         raise CliError(str(exc)) from None
     new_id = uuid.uuid4()
-    run_scheduled.apply_async(
-        kwargs={
+    send(
+        run_scheduled,
+        {
             "trigger": TriggerType.MANUAL.value,
             "run_id": str(new_id),
             "projects": [str(p) for p in projects],
             "retry_of": str(original.id),
-        }
+        },
     )
     count = f"{len(projects)} project" + ("" if len(projects) == 1 else "s")
     label = f"manual run {new_id} (retry of run {original.id}: {count})"

@@ -71,7 +71,8 @@ def set_interactive(interactive: bool) -> bool:
     global _interactive
     with _lock:
         previous, _interactive = _interactive, interactive
-    dispose()
+    if previous != interactive:
+        dispose()  # engines are built for one or the other
     return previous
 
 

@@ -188,7 +188,7 @@ def test_unreachable_database_is_one_line_with_the_password_masked(settings_env)
     settings_env(database_url="postgresql://orch:s3cret@127.0.0.1:1/orch")
     db.use_database(None)
     try:
-        out = cli("runs", "list", code=1)
+        out = cli("runs", "list", code=2)
         health = cli("health", code=2)
     finally:
         db.dispose()

@@ -1,6 +1,6 @@
 """What operators see: the worker and beat started exactly as compose.yaml starts them
-print nothing but JSON lines, and every jq recipe in docs/events.md finds in that
-output what it promises."""
+print nothing but JSON lines (also when a pool process dies), and every jq recipe in
+docs/events.md finds in that output what it promises."""
 
 from __future__ import annotations
 
@@ -61,6 +61,23 @@ def stop(process: subprocess.Popen) -> None:
     process.wait(timeout=30)
 
 
+def pool_processes(pid: int) -> list[int]:
+    """The prefork pool's processes: the worker's children (Linux)."""
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def kill_a_pool_process(worker: subprocess.Popen, log: Path) -> int:
+    """SIGKILL one pool process (as the OOM killer does) and wait until the worker has
+    noticed; its pid."""
+    victim = pool_processes(worker.pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while f"pid:{victim} exited" not in log.read_text():
+        assert time.monotonic() < deadline and worker.poll() is None, log.read_text()[-2000:]
+        time.sleep(0.2)
+    return victim
+
+
 def recipes() -> list[str]:
     text = (ROOT / "docs" / "events.md").read_text()
     return [
@@ -93,6 +110,7 @@ def test_worker_and_beat_print_only_json_that_the_recipes_read(pg_database, redi
             lambda s: s.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == parse_slot(SLOT))),
             timeout=120,
         )
+        killed = kill_a_pool_process(worker, worker_log)  # billiard reports it past logging
     finally:
         stop(worker)
         stop(beat)
@@ -104,6 +122,11 @@ def test_worker_and_beat_print_only_json_that_the_recipes_read(pg_database, redi
             assert {"event", "level", "timestamp"} <= set(event), line
             assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z$", event["timestamp"]), line
     worker_events = [json.loads(line)["event"] for line in worker_log.read_text().splitlines()]
+    death = [json.loads(line) for line in worker_log.read_text().splitlines() if f"pid:{killed} exited" in line]
+    assert [(d["event"].split(" pid:")[0].startswith("Process 'ForkPoolWorker-"), d["level"]) for d in death] == [
+        (True, "error")
+    ]
+    assert death[0]["event"].endswith("exited with 'signal 9 (SIGKILL)'") and death[0]["logger"] == "multiprocessing"
     assert any("ready." in e for e in worker_events) and "worker: Warm shutdown (MainProcess)" in worker_events
     assert any("SecurityWarning" in e for e in worker_events) == (os.geteuid() == 0)  # root here: warned, as JSON
     assert any("beat: Starting" in json.loads(line)["event"] for line in beat_log.read_text().splitlines())
