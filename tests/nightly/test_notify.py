@@ -188,6 +188,7 @@ def test_a_silent_tls_server_is_cut_off_at_the_deadline(raw_server, logs):
     assert failed["attempts"] == 1
 
 
+@pytest.mark.slow
 def test_with_the_production_defaults_a_slow_drip_server_holds_the_call_about_22_seconds(raw_server, logs):
     """Two attempts of 10 s and a 2 s pause; today's urllib timeout let it run forever."""
     server = raw_server(_drip)
@@ -367,7 +368,8 @@ def test_the_log_shows_neither_path_nor_query_nor_user_info(http_server, logs):
 )
 def test_a_malformed_url_leaks_nothing_to_the_log(url, logs):
     assert notify.post_summary(url, SUMMARY, allow_private=True, deadline_s=1, retry_delay_s=0) is False
-    text = json.dumps(_failures(logs))
+    # Without the timestamps, whose digits may hold "1234" by chance.
+    text = json.dumps([{k: v for k, v in event.items() if k != "timestamp"} for event in _failures(logs)])
     for secret in ("Sx1", "Qy2", "1234", "Xy9SecretPath", "hooks"):
         assert secret not in text
 
