@@ -246,6 +246,7 @@ def run_text(doc: dict[str, Any]) -> str:
     ]
     if doc.get("error_message") and doc["error_message"].strip():
         lines += wrapped("  error: ", doc["error_message"])
+    lines += _links(doc.get("summary") or {})
     jobs = doc.get("jobs") or []
     if jobs:
         lines += ["", jobs_in_run_table(jobs)]
@@ -262,6 +263,23 @@ def run_text(doc: dict[str, Any]) -> str:
             for j in undone:
                 lines += wrapped("  ", f"job {short(j['id'])}  {_project(j)}  {rollback_state(j)}", hang=4)
     return "\n".join(lines)
+
+
+def _links(summary: dict[str, Any]) -> list[str]:
+    """The run's links to retries (``runs retry``) and what the summary notes about it."""
+    lines = []
+    if summary.get("retry_of"):
+        lines.append(f"  retry of run {clean(str(summary['retry_of']))}")
+    if summary.get("retried_by"):
+        lines.append(f"  retried by run {', '.join(clean(str(run)) for run in summary['retried_by'])}")
+    if summary.get("messages_lost_at"):
+        lines.append(
+            f"  the broker lost messages of this run; its jobs were sent again {when(summary['messages_lost_at'])}"
+        )
+    if summary.get("schedule_mismatch"):
+        beat, worker = (clean(str(summary["schedule_mismatch"].get(side))) for side in ("beat", "worker"))
+        lines.append(f"  beat's schedule {beat} differs from the worker's {worker}")
+    return lines
 
 
 def jobs_in_run_table(jobs: Sequence[dict[str, Any]]) -> str:

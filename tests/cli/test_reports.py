@@ -115,3 +115,26 @@ def test_run_and_job_text_escape_values_from_the_database():
     assert all(len(line) <= 80 for line in text.splitlines())
     table = reports.table(["name"], [(evil,)])
     assert table.splitlines()[2] == "\\x1b[2Jx\\x9b"
+
+
+def test_the_run_text_shows_its_links_and_notes(sqlite_database):
+    """A retry's link both ways, lost messages and a schedule mismatch, as the summary keeps them."""
+    from orchestration.demo.seed import seed
+    from orchestration.nightly import runs
+    from orchestration.store import db
+
+    with db.session_scope() as session:
+        seed(session, 2, 40, seed=1, dim=8)
+        notes = {
+            "retry_of": "11111111-2222-3333-4444-555555555555",
+            "retried_by": ["66666666-7777-8888-9999-000000000000"],
+            "messages_lost_at": T0.isoformat(),
+            "schedule_mismatch": {"beat": "30 3 * * * UTC", "worker": "0 2 * * * UTC"},
+        }
+        started = runs.start_run(session, "scheduled", T0, 10, T0, notes=notes)
+        runs.finalize(session, started.run_id, T0 + timedelta(minutes=1))
+    text = reports.run_text(reports.run_document(started.run_id))
+    assert "retry of run 11111111-2222-3333-4444-555555555555" in text
+    assert "retried by run 66666666-7777-8888-9999-000000000000" in text
+    assert "the broker lost messages of this run" in text
+    assert "beat's schedule 30 3 * * * UTC differs from the worker's 0 2 * * * UTC" in text
