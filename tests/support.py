@@ -148,3 +148,22 @@ def unavailable(service: str, error: Exception) -> None:
     if services_required():
         pytest.fail(f"{message}; CI/ORCHESTRATION_REQUIRE_SERVICES requires it", pytrace=False)
     pytest.skip(f"{message}; {START_HINT}")
+
+
+def run_for_slot(slot: str):
+    """The finished scheduled run of ``slot`` (ISO 8601), waited for."""
+    from orchestration.nightly.schedule import parse_slot
+    from orchestration.store.models import ConsolidationRun
+
+    at = parse_slot(slot)
+    return wait_for_run(lambda s: s.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == at)))
+
+
+def jobs_by_project(run_id) -> dict:
+    """A run's job rows by project id."""
+    from orchestration.store import db
+    from orchestration.store.models import ConsolidationJob
+
+    with db.session_scope() as session:
+        jobs = session.scalars(select(ConsolidationJob).where(ConsolidationJob.run_id == run_id))
+        return {job.project_id: job for job in jobs}

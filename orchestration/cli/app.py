@@ -22,7 +22,7 @@ import getpass
 import logging
 import re
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -117,6 +117,23 @@ def echo_text(text: str) -> None:
     """Print a text report. Its parts are escaped where they are put together; this
     keeps any control character that slipped through off the terminal all the same."""
     click.echo(clean(text, multiline=True))
+
+
+def echo_list(
+    documents: list[dict[str, Any]],
+    as_json: bool,
+    as_table: Callable[[list[dict[str, Any]]], str],
+    what: str,
+    filtered: bool,
+) -> None:
+    """A list command's output: the documents as JSON, or a table of them, or one line
+    saying there are none (yet, or matching the filters)."""
+    if as_json:
+        echo_json(documents)
+    elif not documents:
+        click.echo(f"no {what} match" if filtered else f"no {what} yet")
+    else:
+        echo_text(as_table(documents))
 
 
 def user() -> str:

@@ -12,7 +12,7 @@ import click
 from sqlalchemy import select
 
 from orchestration.cli import reports
-from orchestration.cli.app import CliError, Group, echo_json, echo_text, main, user
+from orchestration.cli.app import CliError, Group, echo_json, echo_list, echo_text, main, user
 from orchestration.cli.lookup import find, find_project
 from orchestration.cli.text import clean
 from orchestration.settings import get_settings
@@ -129,13 +129,7 @@ def jobs_list(run_id: str | None, project: str | None, status: str | None, limit
         query = query.where(ConsolidationJob.status == status)
     with db.session_scope() as session:
         documents = [reports.job_document(job, name) for job, name in session.execute(query)]
-    if as_json:
-        echo_json(documents)
-        return
-    if not documents:
-        click.echo("no jobs yet" if not (run_id or project or status) else "no jobs match")
-        return
-    echo_text(reports.jobs_table(documents))
+    echo_list(documents, as_json, reports.jobs_table, "jobs", filtered=bool(run_id or project or status))
 
 
 @jobs_group.command("show")

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from orchestration.cli import reports
-from orchestration.cli.app import Group, echo_json, echo_text, main
+from orchestration.cli.app import Group, echo_json, echo_list, echo_text, main
 from orchestration.cli.lookup import find_project
 from orchestration.cli.text import clean
 from orchestration.settings import get_settings
@@ -112,13 +112,7 @@ def projects_list(as_json: bool) -> None:
     """Every project: name, id, enabled, threshold, active memories, last job."""
     with db.session_scope() as session:
         documents = project_documents(session)
-    if as_json:
-        echo_json(documents)
-        return
-    if not documents:
-        click.echo("no projects yet")
-        return
-    echo_text(projects_table(documents))
+    echo_list(documents, as_json, projects_table, "projects", filtered=False)
 
 
 @projects_group.command("show")

@@ -11,7 +11,7 @@ import click
 from sqlalchemy import exists, select
 
 from orchestration.cli import reports
-from orchestration.cli.app import CliError, Group, echo_json, echo_text, main
+from orchestration.cli.app import CliError, Group, echo_json, echo_list, echo_text, main
 from orchestration.cli.lookup import find, find_project
 from orchestration.store import db
 from orchestration.store.models import ConsolidationJob, ConsolidationRun
@@ -61,13 +61,7 @@ def runs_list(
         rows = session.scalars(query.limit(limit)).all()
         live = reports.live_counters(session, [r.id for r in rows if r.status == RunStatus.RUNNING])
         documents = [reports.run_row(r, live) for r in rows]
-    if as_json:
-        echo_json(documents)
-        return
-    if not documents:
-        click.echo("no runs yet" if not (status or trigger or since or project) else "no runs match")
-        return
-    echo_text(reports.runs_table(documents))
+    echo_list(documents, as_json, reports.runs_table, "runs", filtered=bool(status or trigger or since or project))
 
 
 @runs_group.command("show")

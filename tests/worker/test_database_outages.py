@@ -6,20 +6,18 @@ from datetime import timedelta
 
 import psycopg
 import pytest
-from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from orchestration.consolidation import planning
 from orchestration.demo.seed import seed
 from orchestration.jobs import lifecycle
 from orchestration.nightly import runs
-from orchestration.nightly.schedule import parse_slot
 from orchestration.settings import get_settings
 from orchestration.store import db
-from orchestration.store.models import ConsolidationJob, ConsolidationRun
+from orchestration.store.models import ConsolidationJob
 from orchestration.worker import base
 from orchestration.worker.tasks import run_scheduled
-from support import failing_first, wait_for_run
+from support import failing_first, jobs_by_project, run_for_slot
 
 SLOT = "2026-11-27T02:00:00+00:00"
 
@@ -46,15 +44,10 @@ def _seed(projects=3):
 
 
 def _finished_run():
-    at = parse_slot(SLOT)
-    return wait_for_run(lambda s: s.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == at)))
+    return run_for_slot(SLOT)
 
 
-def _jobs(run_id):
-    with db.session_scope() as session:
-        return {
-            j.project_id: j for j in session.scalars(select(ConsolidationJob).where(ConsolidationJob.run_id == run_id))
-        }
+_jobs = jobs_by_project
 
 
 def test_the_database_is_recognised_as_unreachable():

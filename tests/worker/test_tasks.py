@@ -18,7 +18,7 @@ from orchestration.store import db
 from orchestration.store.models import ConsolidationChange, ConsolidationJob, ConsolidationRun, TaskMemory
 from orchestration.store.types import utcnow
 from orchestration.worker.tasks import finalize_run, reap_stale, run_project, run_scheduled
-from support import wait_for_run, wait_until
+from support import jobs_by_project, run_for_slot, wait_for_run, wait_until
 
 SLOT = "2026-11-27T02:00:00+00:00"
 
@@ -29,17 +29,10 @@ def _seed(projects=5, memories=60, **kw):
 
 
 def _run_for_slot(slot=SLOT):
-    from orchestration.nightly.schedule import parse_slot
-
-    at = parse_slot(slot)
-    return wait_for_run(lambda s: s.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == at)))
+    return run_for_slot(slot)
 
 
-def _jobs(run_id):
-    with db.session_scope() as session:
-        return {
-            j.project_id: j for j in session.scalars(select(ConsolidationJob).where(ConsolidationJob.run_id == run_id))
-        }
+_jobs = jobs_by_project
 
 
 def test_full_chord_on_seeded_data(celery_worker, database, captured_logs, monkeypatch):
