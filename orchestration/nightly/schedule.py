@@ -17,10 +17,14 @@ one in the future, and one the schedule does not produce only as a backfill.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from zoneinfo import ZoneInfo
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from celery.schedules import crontab
+
+from orchestration.settings import Settings, parse_cron
 
 # A slot further back than this does not exist (e.g. "0 0 30 2 *" never fires).
 MAX_LOOKBACK_DAYS = 366 * 8
@@ -125,3 +129,50 @@ def parse_slot(value: str) -> datetime:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.astimezone(UTC).replace(second=0, microsecond=0)
+
+
+@dataclass(frozen=True)
+class ScheduleMismatch:
+    """Beat's schedule (as its message carries it) and this worker's, when they differ."""
+
+    beat: tuple[str, str]  # cron expression, time zone
+    worker: tuple[str, str]
+
+    def log_fields(self) -> dict[str, str]:
+        return {
+            "beat_schedule": self.beat[0],
+            "beat_timezone": self.beat[1],
+            "worker_schedule": self.worker[0],
+            "worker_timezone": self.worker[1],
+            "hint": "give beat and every worker the same ORCHESTRATION_SCHEDULE and ORCHESTRATION_TIMEZONE",
+        }
+
+    def note(self) -> dict[str, Any]:
+        """The run summary's note (``health`` fails while the latest run has one)."""
+        return {"schedule_mismatch": {"beat": " ".join(self.beat), "worker": " ".join(self.worker)}}
+
+
+def scheduled_slot(
+    settings: Settings,
+    now: datetime,
+    slot: str | None,
+    *,
+    backfill: bool = False,
+    beat: tuple[str | None, str | None] = (None, None),
+) -> tuple[datetime, ScheduleMismatch | None]:
+    """The slot a ``run_scheduled`` message claims: the one it names (checked with
+    :func:`check_slot`), else the latest of the schedule. The schedule is beat's, as its
+    message carries it (beat is the clock), else this worker's; a difference is returned
+    for the caller to report. Raises ValueError for a bad slot or schedule."""
+    given = (beat[0] or settings.schedule, beat[1] or settings.timezone)
+    try:
+        cron, tz = parse_cron(given[0]), ZoneInfo(given[1])
+    except ZoneInfoNotFoundError:
+        raise ValueError(f"unknown time zone {given[1]!r} in the message") from None
+    mine = (settings.schedule, settings.timezone)
+    mismatch = ScheduleMismatch(given, mine) if given != mine else None
+    if not slot:
+        return previous_slot(cron, now, tz), mismatch
+    slot_at = parse_slot(slot)
+    check_slot(slot_at, cron, tz, now, backfill=backfill)
+    return slot_at, mismatch

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import uuid
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import structlog
 from celery import Signature, chord
-from celery.schedules import crontab
 from sqlalchemy.exc import SQLAlchemyError
 
 from orchestration.celery_app import app
@@ -29,8 +27,8 @@ from orchestration.consolidation import audit
 from orchestration.jobs import lifecycle, recovery
 from orchestration.logs import get_logger
 from orchestration.nightly import notify, reaper, runs
-from orchestration.nightly.schedule import check_slot, parse_slot, previous_slot
-from orchestration.settings import Settings, get_settings, parse_cron
+from orchestration.nightly.schedule import scheduled_slot
+from orchestration.settings import get_settings
 from orchestration.store.db import session_scope, unreachable
 from orchestration.store.statuses import RunStatus, TriggerType
 from orchestration.store.types import utcnow
@@ -79,13 +77,12 @@ def run_scheduled(
     slot_at = mismatch = None
     if trigger == TriggerType.SCHEDULED:
         try:
-            cron, tz, mismatch = _schedule_of(settings, schedule, timezone)
-            slot_at = parse_slot(slot) if slot else previous_slot(cron, now, tz)
-            if slot:
-                check_slot(slot_at, cron, tz, now, backfill=backfill)
+            slot_at, mismatch = scheduled_slot(settings, now, slot, backfill=backfill, beat=(schedule, timezone))
         except ValueError as exc:
             log.error("task.rejected", reason=str(exc)[:300])
             return {"status": "rejected", "error": str(exc)[:300]}
+        if mismatch:
+            log.error("schedule.mismatch", **mismatch.log_fields())
     try:
         with session_scope() as session:
             claim = runs.claim(
@@ -95,7 +92,7 @@ def run_scheduled(
                 settings.default_threshold,
                 now,
                 run_id=run_id,
-                notes=mismatch,
+                notes=mismatch.note() if mismatch else None,
                 projects=project_ids,
                 retry_of=retry_of,
             )
@@ -119,28 +116,6 @@ def run_scheduled(
     if claim.dispatch is not None and claim.run_id is not None:
         _dispatch(claim.run_id, claim.dispatch)
     return claim.as_dict()
-
-
-def _schedule_of(
-    settings: Settings, schedule: str | None, timezone: str | None
-) -> tuple[crontab, ZoneInfo, dict[str, Any] | None]:
-    """The schedule a scheduled run's slot is worked out with: beat's, as its message
-    carries it (beat is the clock), else this worker's. A difference is logged as
-    ``schedule.mismatch`` and returned, to be kept in the run's summary."""
-    beat = (schedule or settings.schedule, timezone or settings.timezone)
-    cron, tz = parse_cron(beat[0]), ZoneInfo(beat[1])
-    if beat == (settings.schedule, settings.timezone):
-        return cron, tz, None
-    mismatch = {"beat": " ".join(beat), "worker": f"{settings.schedule} {settings.timezone}"}
-    log.error(
-        "schedule.mismatch",
-        beat_schedule=beat[0],
-        beat_timezone=beat[1],
-        worker_schedule=settings.schedule,
-        worker_timezone=settings.timezone,
-        hint="give beat and every worker the same ORCHESTRATION_SCHEDULE and ORCHESTRATION_TIMEZONE",
-    )
-    return cron, tz, {"schedule_mismatch": mismatch}
 
 
 def _log_claim(claim: runs.Claim, scheduled_for: str | None) -> None:

@@ -160,3 +160,22 @@ def test_custom_schedule_and_zone_with_daylight_saving():
     assert previous_slot(settings.crontab, at(2026, 3, 10, 6, 3), settings.tz) == at(2026, 3, 10, 6, 0)
     assert previous_slot(settings.crontab, at(2026, 1, 10, 7, 3), settings.tz) == at(2026, 1, 10, 7, 0)
     assert timedelta(0) == at(2026, 3, 10, 6) - previous_slot(settings.crontab, at(2026, 3, 10, 6), settings.tz)
+
+
+def test_the_slot_of_a_message_uses_beats_schedule_and_names_a_difference():
+    from orchestration.nightly.schedule import scheduled_slot
+    from orchestration.settings import load_settings
+
+    settings = load_settings({})  # 0 2 * * * UTC
+    now = datetime(2026, 11, 27, 5, tzinfo=UTC)
+    slot, mismatch = scheduled_slot(settings, now, None)
+    assert slot == datetime(2026, 11, 27, 2, tzinfo=UTC) and mismatch is None
+    slot, mismatch = scheduled_slot(settings, now, None, beat=("30 3 * * *", None))
+    assert slot == datetime(2026, 11, 27, 3, 30, tzinfo=UTC)
+    assert mismatch is not None and mismatch.note() == {
+        "schedule_mismatch": {"beat": "30 3 * * * UTC", "worker": "0 2 * * * UTC"}
+    }
+    with pytest.raises(ValueError, match="unknown time zone 'Mars/Olympus'"):
+        scheduled_slot(settings, now, None, beat=(None, "Mars/Olympus"))
+    with pytest.raises(ValueError, match="in the future"):
+        scheduled_slot(settings, now, "2026-11-28T02:00:00+00:00")
