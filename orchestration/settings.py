@@ -226,7 +226,11 @@ def _cut_userinfo(value: str) -> bool:
     except ValueError:
         return False
     head, sep, rest = value.partition("://")
-    return bool(sep) and "@" in rest[len(netloc) :] and not head.lower().startswith(_LOCAL_SCHEMES)
+    # Two "@" in the host part: an unencoded "@" in the password. urlsplit takes the last
+    # as the end of the user info, SQLAlchemy and others the first, and would show the
+    # password's tail as the host.
+    cut = "@" in rest[len(netloc) :] or netloc.count("@") > 1
+    return bool(sep) and cut and not head.lower().startswith(_LOCAL_SCHEMES)
 
 
 def _url_problem(value: str, exc: ValueError) -> str:

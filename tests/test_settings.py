@@ -274,3 +274,11 @@ def test_a_webhook_error_shows_no_path_and_no_user_info():
     assert "hooks.example" in message and "URL scheme must be one of" in message
     for secret in ("who", "Sx1", "services", "Xy9SecretPath"):
         assert secret not in message
+
+
+def test_an_unencoded_at_sign_in_a_password_is_refused_without_showing_it():
+    """SQLAlchemy ends the user info at the first "@": the password's tail would be shown as the host."""
+    env = {"ORCHESTRATION_DATABASE_URL": "postgresql+psycopg://postgres:hunter2@topsecret@127.0.0.1:5432/x"}
+    with pytest.raises(SettingsError, match="percent-encode") as caught:
+        load_settings(env)
+    assert "hunter2" not in str(caught.value) and "topsecret" not in str(caught.value)

@@ -52,7 +52,7 @@ def seed(projects: int, memories: int, seed_value: int, dim: int, as_json: bool)
         return
     echo_text(
         reports.table(
-            ["project", "name", "kind", "memories", "dup groups", "stale"],
+            ["id", "name", "kind", "memories", "dup groups", "stale"],
             [(m.id, m.name, m.kind, m.memories, len(m.groups), len(m.stale)) for m in manifests],
         )
     )

@@ -109,6 +109,10 @@ def main(ctx: click.Context) -> None:
     ctx.call_on_close(lambda: db.set_interactive(previous))
 
 
+# The most rows a list command prints (--limit).
+MAX_LIMIT = 10_000
+
+
 def echo_json(document: Any) -> None:
     click.echo(reports.dumps(document))
 

@@ -12,7 +12,7 @@ import click
 from sqlalchemy import select
 
 from orchestration.cli import reports
-from orchestration.cli.app import CliError, Group, echo_json, echo_list, echo_text, main, user
+from orchestration.cli.app import MAX_LIMIT, CliError, Group, echo_json, echo_list, echo_text, main, user
 from orchestration.cli.lookup import find, find_project
 from orchestration.cli.text import clean
 from orchestration.settings import get_settings
@@ -111,7 +111,7 @@ def jobs_group() -> None:
 @click.option("--run", "run_id", metavar="RUN", help="Jobs of this run (id or id prefix).")
 @click.option("--project", metavar="PROJECT", help="Jobs of this project (id, id prefix or name).")
 @click.option("--status", type=click.Choice([s.value for s in JobStatus]))
-@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1, max=MAX_LIMIT), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def jobs_list(run_id: str | None, project: str | None, status: str | None, limit: int, as_json: bool) -> None:
     """Jobs, newest first."""
@@ -121,9 +121,9 @@ def jobs_list(run_id: str | None, project: str | None, status: str | None, limit
         .order_by(ConsolidationJob.created_at.desc(), ConsolidationJob.id.desc())
         .limit(limit)
     )
-    if run_id:
+    if run_id is not None:
         query = query.where(ConsolidationJob.run_id == find(ConsolidationRun, run_id, "run").id)
-    if project:
+    if project is not None:
         query = query.where(ConsolidationJob.project_id == find_project(project).id)
     if status:
         query = query.where(ConsolidationJob.status == status)

@@ -56,6 +56,8 @@ def find_project(text: str) -> Project:
     then a case-insensitive match. A miss names the closest names; an ambiguous name
     lists the ids to choose from. Every error is one line (exit 1)."""
     given = text.strip()
+    if not given:
+        raise CliError("no project given: name one by its id, a unique id prefix or its name")
     with db.session_scope() as session:
         try:
             project = session.get(Project, uuid.UUID(given))

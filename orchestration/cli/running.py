@@ -63,6 +63,9 @@ def run_now(wait: bool, slot: str | None, backfill: bool, timeout: int | None) -
     settings = get_settings()
     if backfill and slot is None:
         raise CliError("--backfill needs --slot: it lets a past slot off the schedule run", 2)
+    with db.session_scope() as session:  # a missing, unmigrated or unreachable database stops it before it is sent
+        session.execute(select(ConsolidationRun.id).limit(1))
+    sent = True
     if slot is not None:
         try:
             slot_at = parse_slot(slot)
@@ -75,6 +78,7 @@ def run_now(wait: bool, slot: str | None, backfill: bool, timeout: int | None) -
         with db.session_scope() as session:
             existing = session.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == slot_at))
         if existing is not None:
+            sent = False
             click.echo(
                 f"slot {slot_at.isoformat()} already has run {existing.id} ({clean(existing.status)}); nothing started",
                 err=True,
@@ -96,7 +100,8 @@ def run_now(wait: bool, slot: str | None, backfill: bool, timeout: int | None) -
         label = f"manual run {run_id}"
         follow = f"orchestration runs watch {run_id}"
     if not wait:
-        click.echo(f"sent {label} to the broker at {db.mask_url(settings.broker_url)}")
+        if sent:
+            click.echo(f"sent {label} to the broker at {db.mask_url(settings.broker_url)}")
         return
     _watch_and_report(
         finder, timeout or settings.run_deadline, label, check=services_check(f"the run may still finish: {follow}")
@@ -132,7 +137,10 @@ def _watch_and_report(finder: Any, timeout: float, label: str, check: Callable[[
 
     run = watch(finder, timeout, sys.stdout, check=check)
     if run is None:
-        raise CliError(f"{label} did not finish within the timeout", 2)
+        with db.session_scope() as session:
+            started = finder(session) is not None
+        state = "did not finish" if started else "was not started by any worker (still queued)"
+        raise CliError(f"{label} {state} within the timeout", 2)
     document = reports.run_document(run.id)
     echo_text(reports.run_text(document))
     sys.exit(0 if document["status"] == RunStatus.COMPLETED else 1)

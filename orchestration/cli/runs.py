@@ -11,7 +11,7 @@ import click
 from sqlalchemy import exists, select
 
 from orchestration.cli import reports
-from orchestration.cli.app import CliError, Group, echo_json, echo_list, echo_text, main
+from orchestration.cli.app import MAX_LIMIT, CliError, Group, echo_json, echo_list, echo_text, main
 from orchestration.cli.lookup import find, find_project
 from orchestration.store import db
 from orchestration.store.models import ConsolidationJob, ConsolidationRun
@@ -35,7 +35,7 @@ def parse_since(text: str) -> datetime:
 
 
 @runs_group.command("list")
-@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1, max=MAX_LIMIT), default=20, show_default=True)
 @click.option("--status", type=click.Choice([s.value for s in RunStatus]))
 @click.option("--trigger", type=click.Choice([t.value for t in TriggerType]))
 @click.option("--since", metavar="DATE", help="Runs started at or after this ISO date or date-time (naive is UTC).")
@@ -50,9 +50,9 @@ def runs_list(
         query = query.where(ConsolidationRun.status == status)
     if trigger:
         query = query.where(ConsolidationRun.trigger_type == trigger)
-    if since:
+    if since is not None:
         query = query.where(ConsolidationRun.started_at >= parse_since(since))
-    if project:
+    if project is not None:
         project_id = find_project(project).id
         query = query.where(
             exists().where(ConsolidationJob.run_id == ConsolidationRun.id, ConsolidationJob.project_id == project_id)

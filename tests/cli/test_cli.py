@@ -479,3 +479,45 @@ def test_health_text_shows_control_characters_escaped(sqlite_database, clock):
     assert out.startswith("DEGRADED: run") and len(out.strip().splitlines()) == 1
     assert out.strip().endswith("partial: \\x1b[2JOperationalError: boom\\rforged line\\x07\\nsecond line")
     assert doc["message"].endswith(EVIL_ERROR)
+
+
+def test_run_now_checks_the_database_before_it_sends_anything(tmp_path, settings_env, sent, monkeypatch):
+    """A missing database stops run-now with one line and nothing reaches the broker
+    (a worker elsewhere would otherwise run what the operator was told failed)."""
+    monkeypatch.chdir(tmp_path)
+    settings_env(database_url=f"sqlite:///{tmp_path}/var/none.db")
+    db.use_database(None)
+    try:
+        assert "no database at" in cli("run-now", code=2)
+        assert "no database at" in cli("run-now", "--wait", "--timeout", "1", code=2)
+    finally:
+        db.dispose()
+    assert sent == []
+
+
+def test_run_now_for_a_claimed_slot_does_not_say_it_sent_one(sqlite_database, sent):
+    _seed()
+    slot = "2026-11-20T02:00:00+00:00"
+    with db.session_scope() as session:
+        runs.start_run(session, "scheduled", datetime.fromisoformat(slot), 10, datetime.fromisoformat(slot))
+    result = CliRunner().invoke(main, ["run-now", "--slot", slot])
+    assert result.exit_code == 0 and "already has run" in result.stderr and "sent" not in result.stdout
+    assert sent == []
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["jobs", "list", "--project", ""], "no project given"),
+        (["runs", "list", "--project", "  "], "no project given"),
+        (["runs", "list", "--since", ""], "--since"),
+    ],
+)
+def test_an_empty_filter_is_an_error_not_no_filter(sqlite_database, args, expected):
+    _seed()
+    assert expected in cli(*args, code=1)
+
+
+def test_a_huge_limit_is_refused_as_input(sqlite_database):
+    result = CliRunner().invoke(main, ["jobs", "list", "--limit", "99999999999999999999"])
+    assert result.exit_code == 2 and "Traceback" not in result.output and "database error" not in result.output
