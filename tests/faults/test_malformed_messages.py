@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DEAD_LETTERS = "malformed-dead-letters"
 
 
-@pytest.fixture(params=["redis", "rabbitmq"])
+# RabbitMQ's run (about 35 s) is in the slow suite, which CI runs too: make test stays short.
+@pytest.fixture(params=["redis", pytest.param("rabbitmq", marks=pytest.mark.slow)])
 def broker(request, redis_server) -> str:
     """The broker URL; the result backend is always the test's Redis."""
     return redis_server.url if request.param == "redis" else request.getfixturevalue("amqp_url")
