@@ -37,11 +37,12 @@ def find(model: type[ConsolidationRun] | type[ConsolidationJob] | type[Project],
             return row
         if len(prefix) < MIN_PREFIX:
             raise CliError(f"{what} {prefix!r}: give at least {MIN_PREFIX} characters of the id")
-        matches = _by_prefix(session, model, prefix) if _ID_PREFIX.fullmatch(prefix) else []
+        matches = _by_prefix(session, model, prefix, limit=4) if _ID_PREFIX.fullmatch(prefix) else []
     if not matches:
         raise CliError(f"no {what} with id {prefix!r}")
     if len(matches) > 1:
-        raise CliError(f"{what} id prefix {prefix!r} is ambiguous; give more characters")
+        shown = ", ".join(str(row.id) for row in matches[:3]) + (", …" if len(matches) > 3 else "")
+        raise CliError(f"{what} id prefix {prefix!r} is ambiguous: {shown}; give more characters")
     return matches[0]
 
 
@@ -86,7 +87,7 @@ def find_project(text: str) -> Project:
     if by_name and not by_id:
         raise CliError(f"{len(by_name)} projects are named {given!r}; give one of their ids: {_ids(by_name)}")
     if by_id and not by_name:
-        raise CliError(f"project id prefix {prefix!r} is ambiguous; give more characters")
+        raise CliError(f"project id prefix {prefix!r} is ambiguous: {_ids(by_id)}; give more characters")
     raise CliError(f"{given!r} names a project and starts another's id; give the full id: {_ids(found.values())}")
 
 

@@ -304,7 +304,8 @@ def test_an_ambiguous_prefix_is_one_line(sqlite_database):
     _run_in_state("completed", uuid.UUID("abcd1111-0000-0000-0000-000000000000"))
     _run_in_state("completed", uuid.UUID("abcd2222-0000-0000-0000-000000000000"))
     assert cli("runs", "show", "abcd", code=1).strip() == (
-        "Error: run id prefix 'abcd' is ambiguous; give more characters"
+        "Error: run id prefix 'abcd' is ambiguous: abcd1111-0000-0000-0000-000000000000, "
+        "abcd2222-0000-0000-0000-000000000000; give more characters"
     )
     assert "abcd1111" in cli("runs", "show", "abcd1")
     assert cli("jobs", "show", "0000", code=1).strip() == "Error: no job with id '0000'"
