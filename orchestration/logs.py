@@ -58,7 +58,7 @@ def configure_logging(settings: Settings, stream: IO[str] | None = None) -> None
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = _ConsoleHandler(stream or sys.stderr) if console else logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
@@ -87,6 +87,25 @@ def _route_pool_messages(handler: logging.Handler, level: str) -> None:
     pool.handlers[:] = [handler]
     pool.propagate = False
     pool.setLevel(logging.DEBUG if level == "DEBUG" else logging.ERROR)
+
+
+# What clears a line being redrawn in place at the terminal (a progress line), if any.
+_held_line: list[Callable[[], None]] = []
+
+
+def hold_line(clear: Callable[[], None] | None) -> None:
+    """While a line is redrawn in place at the terminal, ``clear`` wipes it before a
+    console log line is written, so the two never share a line (``None``: no line)."""
+    _held_line[:] = [clear] if clear else []
+
+
+class _ConsoleHandler(logging.StreamHandler):
+    """Console log lines start on a line of their own (see :func:`hold_line`)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        for clear in _held_line:
+            clear()
+        super().emit(record)
 
 
 def get_logger(name: str = "orchestration") -> structlog.stdlib.BoundLogger:

@@ -24,6 +24,7 @@ from typing import IO, cast
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from orchestration.logs import hold_line
 from orchestration.store.db import session_scope
 from orchestration.store.models import ConsolidationJob, ConsolidationRun
 from orchestration.store.statuses import FINISHED_JOB_STATUSES, JobStatus, RunStatus
@@ -185,6 +186,7 @@ class _Terminal:
     def __init__(self, out: IO[str]):
         self.out = out
         self.shown: str | None = None
+        hold_line(self.clear)  # a console log line wipes it first; the next tick redraws it
 
     def draw(self, progress: RunProgress | None, elapsed: float, left: float | None = None) -> None:
         text = terminal_line(progress, elapsed, left, shutil.get_terminal_size().columns - 1)
@@ -193,7 +195,14 @@ class _Terminal:
             self.out.flush()
             self.shown = text
 
+    def clear(self) -> None:
+        if self.shown is not None:
+            self.out.write(f"\r{_CLEAR_TO_END}")
+            self.out.flush()
+            self.shown = None
+
     def end(self) -> None:
+        hold_line(None)
         if self.shown is not None:
             self.out.write("\n")
             self.out.flush()

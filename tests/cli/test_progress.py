@@ -215,3 +215,38 @@ def test_what_the_check_raises_ends_the_watch_on_a_fresh_line(sqlite_database, m
     with pytest.raises(RuntimeError, match="went away"):
         watch(lambda s: s.get(ConsolidationRun, started.run_id), 30, out, interval=0.01, check=check)
     assert out.getvalue().endswith("\n") and out.getvalue().count("\n") == 1
+
+
+def test_a_console_log_line_never_lands_on_the_progress_line(sqlite_database):
+    """At a terminal, console log lines (stderr) and the progress line (stdout) share the
+    screen: the progress line is wiped before a log line and drawn again at the next tick."""
+    import logging
+
+    from orchestration.logs import configure_logging, get_logger
+    from orchestration.settings import load_settings
+
+    screen = _Terminal()  # stdout and stderr on one terminal
+    configure_logging(load_settings({"ORCHESTRATION_LOG_FORMAT": "console"}), stream=screen)
+    try:
+        started = _run()
+        worker = _finish_jobs_one_by_one(started, pause=0.3)
+
+        def log_meanwhile() -> None:
+            time.sleep(0.5)
+            get_logger("orchestration.test").warning("job.failed", error="boom")
+
+        logger_thread = threading.Thread(target=log_meanwhile)
+        logger_thread.start()
+        watch(lambda s: s.get(ConsolidationRun, started.run_id), 30, screen, interval=0.1)
+        worker.join()
+        logger_thread.join()
+    finally:
+        from orchestration.settings import get_settings
+
+        configure_logging(get_settings())
+        logging.getLogger("orchestration.test").handlers.clear()
+    text = screen.getvalue()
+    before, _, _ = text.partition("job.failed")
+    line_start = before.rsplit("\n", 1)[-1].rsplit("\r", 1)[-1]
+    assert "jobs done" not in line_start and "waiting for" not in line_start  # wiped first
+    assert "jobs done" in text.rpartition("job.failed")[2]  # and drawn again afterwards
