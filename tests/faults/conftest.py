@@ -315,10 +315,11 @@ class Workers:
         self.log_dir = log_dir
         self.processes: list[subprocess.Popen] = []
 
-    def start(self, env: dict[str, str]) -> subprocess.Popen:
+    def start(self, env: dict[str, str], app: str = "tests.fault_worker") -> subprocess.Popen:
+        """``celery -A app worker``: the fault-injecting app, or the production one."""
         log = self.log_dir / f"worker-{len(self.processes)}.log"
         process = subprocess.Popen(
-            celery_worker_command("tests.fault_worker", "--loglevel", "INFO", "-n", f"fault{len(self.processes)}@%h"),
+            celery_worker_command(app, "--loglevel", "INFO", "-n", f"fault{len(self.processes)}@%h"),
             env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
             cwd=ROOT,
             start_new_session=True,

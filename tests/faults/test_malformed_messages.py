@@ -27,7 +27,7 @@ from orchestration.demo.seed import seed
 from orchestration.store import db
 from orchestration.store.models import ConsolidationJob
 from orchestration.store.statuses import JobStatus
-from support import celery_worker_command, manual_job, wait_until
+from support import manual_job, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DEAD_LETTERS = "malformed-dead-letters"
@@ -38,23 +38,6 @@ DEAD_LETTERS = "malformed-dead-letters"
 def broker(request, redis_server) -> str:
     """The broker URL; the result backend is always the test's Redis."""
     return redis_server.url if request.param == "redis" else request.getfixturevalue("amqp_url")
-
-
-def start_worker(workers, env: dict[str, str]) -> subprocess.Popen:
-    """``celery -A orchestration.celery_app worker`` (prefork, 2 processes), kept with the
-    ``workers`` fixture's processes: stopped at the end, its log read by ``events()``."""
-    log = workers.log_dir / f"worker-{len(workers.processes)}.log"
-    process = subprocess.Popen(
-        celery_worker_command("orchestration.celery_app", "--loglevel", "INFO", "-n", "malformed@%h"),
-        env=env,
-        cwd=ROOT,
-        start_new_session=True,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    process.log = log  # type: ignore[attr-defined]
-    workers.processes.append(process)
-    return process
 
 
 def dead_letter_queue(amqp_url: str) -> Queue | None:
@@ -116,7 +99,7 @@ def test_malformed_messages_never_stop_a_worker(broker, redis_server, pg_databas
         "ORCHESTRATION_RESULT_BACKEND": redis_server.url,
         "ORCHESTRATION_LOG_FORMAT": "json",
     }
-    worker = start_worker(workers, env)
+    worker = workers.start(env, app="orchestration.celery_app")  # the production app, no faults injected
     with Connection(broker) as conn:
         expected = publish_bad_messages(conn)
     # Sent after every bad message: a real job, and the reaper.
