@@ -4,17 +4,21 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-slow test-fast test-integration test-faults lint bench check clean
+.PHONY: demo dashboard test test-slow test-fast test-integration test-faults lint bench check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,lint]"
+	$(BIN)/python -m pip install --quiet -e ".[web,test,lint]"
 	touch $(STAMP)
 
 ## demo: embedded default (SQLite, in-process worker, synthetic projects); prints the run summary
 demo: $(STAMP)
 	$(BIN)/orchestration demo
+
+## dashboard: the demo, then its dashboard at http://127.0.0.1:8800/ (Ctrl-C stops it)
+dashboard: $(STAMP)
+	$(BIN)/orchestration demo --with-failure --web
 
 ## test: the whole suite but the slow scenarios; server tests skip with a hint unless CI=true
 test: $(STAMP)

@@ -14,12 +14,18 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import IO, Any
 
 import structlog
 
 from orchestration.settings import Settings
+
+
+def _drop_color_message(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """uvicorn passes its message again with terminal colour codes: not for a log line."""
+    event.pop("color_message", None)
+    return event
 
 
 def _shared_processors() -> list[Callable]:
@@ -28,6 +34,7 @@ def _shared_processors() -> list[Callable]:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.stdlib.ExtraAdder(),
+        _drop_color_message,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
         structlog.processors.format_exc_info,

@@ -12,7 +12,7 @@ import os
 import re
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -146,6 +146,8 @@ class Settings:
     notify_allow_private: bool = False
     log_format: str = "auto"
     log_level: str = "INFO"
+    # Never in a repr (settings may be logged or shown in a traceback).
+    web_token: str | None = field(default=None, repr=False)
 
     @property
     def job_hard_limit(self) -> int:
@@ -281,6 +283,24 @@ def _notify_url(env: Mapping[str, str], allow_private: bool) -> str | None:
     return value
 
 
+# A token shorter than this is guessable over a network.
+MIN_WEB_TOKEN = 16
+
+
+def _web_token(env: Mapping[str, str]) -> str | None:
+    token = env.get(PREFIX + "WEB_TOKEN", "")
+    if not token.strip():
+        return None
+    if token != token.strip() or len(token) < MIN_WEB_TOKEN or not token.isprintable():
+        raise _fail(
+            "WEB_TOKEN",
+            "***",
+            f"must be at least {MIN_WEB_TOKEN} printable characters with no surrounding spaces "
+            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')",
+        )
+    return token
+
+
 def _required_url(env: Mapping[str, str], name: str, default: str, schemes: tuple[str, ...]) -> str:
     value = _url(env, name, default, schemes)
     return default if value is None else value
@@ -341,6 +361,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         notify_allow_private=notify_allow_private,
         log_format=_choice(env, "LOG_FORMAT", Settings.log_format, LOG_FORMATS),
         log_level=_choice(env, "LOG_LEVEL", Settings.log_level, LOG_LEVELS, upper=True),
+        web_token=_web_token(env),
     )
 
 

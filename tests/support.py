@@ -167,3 +167,10 @@ def jobs_by_project(run_id) -> dict:
     with db.session_scope() as session:
         jobs = session.scalars(select(ConsolidationJob).where(ConsolidationJob.run_id == run_id))
         return {job.project_id: job for job in jobs}
+
+
+# The dashboard's tests (tests/web): a project name that is markup, what the demo's
+# failing project's job fails with (its options are malformed on purpose), a token.
+XSS_NAME = "<script>alert(1)</script>"
+FAILED_ERROR = "similarity_threshold"
+WEB_TOKEN = "t0ken-of-the-dashboard-0123456789"

@@ -13,7 +13,7 @@ def _compose() -> dict:
 
 def test_services_and_their_order():
     services = _compose()["services"]
-    assert set(services) == {"redis", "rabbitmq", "postgres", "migrate", "worker", "beat"}
+    assert set(services) == {"redis", "rabbitmq", "postgres", "migrate", "worker", "beat", "web"}
     assert services["rabbitmq"]["profiles"] == ["rabbitmq"]  # only with --profile rabbitmq
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     for name in ("worker", "beat"):
@@ -25,7 +25,7 @@ def test_services_and_their_order():
 def test_one_image_built_from_the_dockerfile():
     services = _compose()["services"]
     assert services["migrate"]["build"] == "."
-    assert {services[n]["image"] for n in ("migrate", "worker", "beat")} == {"orchestration:local"}
+    assert {services[n]["image"] for n in ("migrate", "worker", "beat", "web")} == {"orchestration:local"}
     assert (ROOT / "Dockerfile").exists()
 
 
@@ -34,6 +34,14 @@ def test_commands_match_the_documented_entry_points():
     assert services["migrate"]["command"] == ["orchestration", "db", "upgrade"]
     assert services["worker"]["command"][:4] == ["celery", "-A", "orchestration.celery_app", "worker"]
     assert services["beat"]["command"][:4] == ["celery", "-A", "orchestration.celery_app", "beat"]
+    assert services["web"]["command"][:2] == ["orchestration", "web"]  # SPEC §6
+
+
+def test_the_dashboard_is_published_on_loopback_only_and_takes_the_token():
+    web = _compose()["services"]["web"]
+    assert all(port.startswith("127.0.0.1:") for port in web["ports"])
+    assert "ORCHESTRATION_WEB_TOKEN" in web["environment"]
+    assert web["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
 
 
 def test_postgres_has_a_volume_and_health_check():

@@ -14,6 +14,7 @@ from unittest.mock import patch
 import structlog
 from sqlalchemy import select, update
 
+from orchestration.cli import web
 from orchestration.consolidation import planning
 from orchestration.demo.seed import seed
 from orchestration.jobs import progress as job_progress
@@ -210,6 +211,7 @@ def test_the_catalogue_matches_what_a_run_emits(celery_worker, sqlite_database, 
         reap_stale.apply_async().get(timeout=60)
         _outage_and_schedule_events()
         _crash_recovery_events(flaky)
+        web.announce(get_settings(), "0.0.0.0", 8800)  # what `orchestration web --host 0.0.0.0` says first
         with db.session_scope() as session:
             session.execute(update(ConsolidationChange).values(changed_at=long_ago - timedelta(days=100)))
         prune_audit.apply_async().get(timeout=30)

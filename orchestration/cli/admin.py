@@ -62,13 +62,19 @@ def seed(projects: int, memories: int, seed_value: int, dim: int, as_json: bool)
 @click.option("--with-failure", is_flag=True, help="Add a project whose job fails, to show a partial run.")
 @click.option("--projects", type=click.IntRange(min=1), default=6, show_default=True)
 @click.option("--memories", type=click.IntRange(min=4), default=300, show_default=True)
-def demo(with_failure: bool, projects: int, memories: int) -> None:
+@click.option("--web", "serve_web", is_flag=True, help="Then serve the dashboard on its database.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8800, show_default=True, help="The dashboard's port.")
+def demo(with_failure: bool, projects: int, memories: int, serve_web: bool, port: int) -> None:
     """Embedded default: fresh SQLite, in-process worker, tonight's run now; prints the summary."""
-    from orchestration.demo.embedded import inspect_command, run_demo
+    from orchestration.cli.web import serve
+    from orchestration.demo.embedded import inspect_command, run_demo, web_command
 
     document = run_demo(projects=projects, memories=memories, with_failure=with_failure, out=sys.stdout)
     echo_text(reports.run_text(document))
     click.echo(f"\ninspect it: {inspect_command(document['id'])}")
+    click.echo(f"see it in the browser: {web_command(port=port)}")
+    if serve_web:
+        serve(port=port)
     sys.exit(0 if document["status"] == RunStatus.COMPLETED else 1)
 
 

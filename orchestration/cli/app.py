@@ -264,7 +264,7 @@ def _schema_problem() -> str | None:
     from orchestration.store import migrate
 
     try:
-        with _quiet("alembic"), db.get_engine().connect() as connection:
+        with quiet("alembic"), db.get_engine().connect() as connection:
             return migrate.schema_problem(connection)
     except Exception:  # noqa: BLE001 - the original error is reported instead
         return None
@@ -293,7 +293,7 @@ def bound_for_cli(app: Any) -> None:
 
 
 @contextmanager
-def _quiet(*names: str) -> Iterator[None]:
+def quiet(*names: str) -> Iterator[None]:
     """Silence these loggers for the block: the command reports the failure itself,
     in one line, instead of their reconnection messages."""
     loggers = [logging.getLogger(name) for name in names]
@@ -314,7 +314,7 @@ def check_services(then: str = "") -> None:
 
     bound_for_cli(app)
     settings = get_settings()
-    with _quiet("celery", "kombu", "amqp"):
+    with quiet("celery", "kombu", "amqp"):
         try:
             with app.connection_for_write() as connection:
                 connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0.5, interval_max=0.5)
@@ -338,7 +338,7 @@ def send(task: Any, kwargs: dict[str, Any]) -> None:
     the run's chord needs) cannot be reached."""
     check_services()
     settings = get_settings()
-    with _quiet("celery", "kombu", "amqp"):
+    with quiet("celery", "kombu", "amqp"):
         try:
             task.apply_async(kwargs=kwargs)
         except Exception as exc:

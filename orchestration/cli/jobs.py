@@ -9,16 +9,16 @@ from dataclasses import asdict
 from typing import Any
 
 import click
-from sqlalchemy import select
 
 from orchestration.cli import reports
 from orchestration.cli.app import MAX_LIMIT, CliError, Group, echo_json, echo_list, echo_text, main, user
 from orchestration.cli.lookup import find, find_project
 from orchestration.cli.text import clean
+from orchestration.documents.jobs import JobFilter, job_detail, list_jobs
 from orchestration.settings import get_settings
 from orchestration.store import db
 from orchestration.store.documents import row_dict
-from orchestration.store.models import ConsolidationJob, ConsolidationRun, Project
+from orchestration.store.models import ConsolidationJob, ConsolidationRun
 from orchestration.store.statuses import JobStatus, TriggerType
 
 
@@ -115,21 +115,14 @@ def jobs_group() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def jobs_list(run_id: str | None, project: str | None, status: str | None, limit: int, as_json: bool) -> None:
     """Jobs, newest first."""
-    query = (
-        select(ConsolidationJob, Project.name)
-        .outerjoin(Project, Project.id == ConsolidationJob.project_id)
-        .order_by(ConsolidationJob.created_at.desc(), ConsolidationJob.id.desc())
-        .limit(limit)
+    where = JobFilter(
+        run_id=None if run_id is None else find(ConsolidationRun, run_id, "run").id,
+        project_id=None if project is None else find_project(project).id,
+        status=status,
     )
-    if run_id is not None:
-        query = query.where(ConsolidationJob.run_id == find(ConsolidationRun, run_id, "run").id)
-    if project is not None:
-        query = query.where(ConsolidationJob.project_id == find_project(project).id)
-    if status:
-        query = query.where(ConsolidationJob.status == status)
     with db.session_scope() as session:
-        documents = [reports.job_document(job, name) for job, name in session.execute(query)]
-    echo_list(documents, as_json, reports.jobs_table, "jobs", filtered=bool(run_id or project or status))
+        documents = list_jobs(session, limit, where)
+    echo_list(documents, as_json, reports.jobs_table, "jobs", filtered=bool(where))
 
 
 @jobs_group.command("show")
@@ -137,13 +130,7 @@ def jobs_list(run_id: str | None, project: str | None, status: str | None, limit
 @click.option("--json", "as_json", is_flag=True)
 def jobs_show(job_id: str, as_json: bool) -> None:
     """One job: its counters, attempts, duration and rollback state."""
-    from orchestration.consolidation.audit import change_counts
-
-    job = find(ConsolidationJob, job_id, "job")
-    with db.session_scope() as session:
-        changes = change_counts(session, job.id)
-        project = session.get(Project, job.project_id) if job.project_id else None
-    document = {**reports.job_document(job, project.name if project else None), "changes": changes}
+    document = job_detail(find(ConsolidationJob, job_id, "job").id)
     if as_json:
         echo_json(document)
         return

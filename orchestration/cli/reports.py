@@ -1,12 +1,9 @@
-"""Turning rows and results into what people and scripts read: JSON documents whose
-keys are the column names, and aligned text tables and summaries. Every value the text
+"""Turning documents (``orchestration.documents``) and results into what people read:
+aligned text tables and summaries, and the JSON that ``--json`` prints. Every value the text
 forms print from the database goes through ``text.clean`` (no control characters reach
 a terminal); JSON escapes them itself. Error texts are printed whole, wrapped to the
 terminal width (80 columns when there is no terminal); only names in table cells are
 shortened to fit, next to an id that tells them apart.
-
-While a run is open its row's counters are still those of its start (finalizing writes
-them), so its documents take them from its job rows (:func:`live_counters`).
 """
 
 from __future__ import annotations
@@ -14,34 +11,18 @@ from __future__ import annotations
 import json
 import shutil
 import textwrap
-import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import case, func, select
-from sqlalchemy.orm import Session
-
 from orchestration.cli.text import clean
-from orchestration.store.db import session_scope
-from orchestration.store.documents import jsonable, row_dict
-from orchestration.store.models import ConsolidationJob, ConsolidationRun, Project
+from orchestration.documents.times import parse
+from orchestration.store.documents import jsonable
 from orchestration.store.statuses import UNFINISHED_JOB_STATUSES, JobStatus, RunStatus
 from orchestration.store.types import utcnow
 
 if TYPE_CHECKING:
     from orchestration.consolidation.calibration import Calibration
-
-# The run columns an open run takes from its job rows.
-LIVE_COUNTERS = (
-    "jobs_total",
-    "jobs_completed",
-    "jobs_failed",
-    "memories_before",
-    "memories_after",
-    "memories_merged",
-    "memories_archived",
-)
 
 
 def dumps(document: Any) -> str:
@@ -109,13 +90,7 @@ def duration(start: datetime | None, end: datetime | None) -> str:
 
 def took(job: dict[str, Any]) -> str:
     """How long a job (a document) took: from its start to its end, "-" if unfinished."""
-    return duration(_parse(job["started_at"]), _parse(job["completed_at"]))
-
-
-def seconds(start: str | datetime | None, end: str | datetime | None) -> float | None:
-    """The ``duration_s`` of a document: seconds from ``start`` to ``end``, or ``None``."""
-    start, end = _parse(start), _parse(end)
-    return None if start is None or end is None else round((end - start).total_seconds(), 3)
+    return duration(parse(job["started_at"]), parse(job["completed_at"]))
 
 
 def short(value: Any) -> str:
@@ -132,56 +107,11 @@ def when(value: str | datetime | None) -> str:
 
 def stamp(value: str | datetime | None) -> str:
     """A time to the minute, for tables: ``2026-11-27 02:00`` (UTC)."""
-    parsed = _parse(value)
+    parsed = parse(value)
     return "-" if parsed is None else parsed.strftime("%Y-%m-%d %H:%M")
 
 
-def _parse(value: str | datetime | None) -> datetime | None:
-    if isinstance(value, datetime) or value is None:
-        return value
-    return datetime.fromisoformat(value)
-
-
 # --- runs -------------------------------------------------------------------------
-
-
-def live_counters(session: Session, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, dict[str, int]]:
-    """The :data:`LIVE_COUNTERS` of open runs, summed over their job rows. An
-    unfinished job's active memories after are its before minus what it merged and
-    archived so far plus the consolidated memories it made (a pending job counts 0)."""
-    if not run_ids:
-        return {}
-    job = ConsolidationJob
-    unfinished = job.status.in_(UNFINISHED_JOB_STATUSES)
-    after = case(
-        (unfinished, job.memories_before - job.memories_merged - job.memories_archived + job.clusters_found),
-        else_=job.memories_after,
-    )
-    rows = session.execute(
-        select(
-            job.run_id,
-            func.count().label("jobs_total"),
-            func.sum(case((job.status == JobStatus.COMPLETED, 1), else_=0)).label("jobs_completed"),
-            func.sum(case((job.status == JobStatus.FAILED, 1), else_=0)).label("jobs_failed"),
-            func.sum(job.memories_before).label("memories_before"),
-            func.sum(after).label("memories_after"),
-            func.sum(job.memories_merged).label("memories_merged"),
-            func.sum(job.memories_archived).label("memories_archived"),
-        )
-        .where(job.run_id.in_(run_ids))
-        .group_by(job.run_id)
-    ).all()
-    found = {row.run_id: {name: int(getattr(row, name) or 0) for name in LIVE_COUNTERS} for row in rows}
-    return {run_id: found.get(run_id, dict.fromkeys(LIVE_COUNTERS, 0)) for run_id in run_ids}
-
-
-def run_row(run: ConsolidationRun, live: dict[uuid.UUID, dict[str, int]]) -> dict[str, Any]:
-    """A run's columns; an open run's counters from its jobs (``counters_from``)."""
-    document = row_dict(run)
-    if run.status == RunStatus.RUNNING:
-        document.update(live.get(run.id, {}))
-    document["counters_from"] = "jobs" if run.status == RunStatus.RUNNING else "run"
-    return document
 
 
 def runs_table(runs: Sequence[dict[str, Any]]) -> str:
@@ -204,33 +134,9 @@ def runs_table(runs: Sequence[dict[str, Any]]) -> str:
     )
 
 
-def job_document(job: ConsolidationJob, project_name: str | None) -> dict[str, Any]:
-    """A job's columns, its project's name and its ``duration_s``."""
-    document = {**row_dict(job), "project_name": project_name}
-    document["duration_s"] = seconds(document["started_at"], document["completed_at"])
-    return document
-
-
-def run_document(run_id: uuid.UUID) -> dict[str, Any]:
-    """A run's columns plus its jobs (failed first), as ``runs show --json`` prints it.
-    While the run is open its counters come from the job rows (``counters_from``)."""
-    with session_scope() as session:
-        run = session.get_one(ConsolidationRun, run_id)
-        live = live_counters(session, [run.id]) if run.status == RunStatus.RUNNING else {}
-        rows = session.execute(
-            select(ConsolidationJob, Project.name)
-            .outerjoin(Project, Project.id == ConsolidationJob.project_id)
-            .where(ConsolidationJob.run_id == run_id)
-            .order_by(
-                case((ConsolidationJob.status == JobStatus.FAILED, 0), else_=1), Project.name, ConsolidationJob.id
-            )
-        ).all()
-        return {**run_row(run, live), "jobs": [job_document(job, name) for job, name in rows]}
-
-
 def run_text(doc: dict[str, Any]) -> str:
     """A run summary, its jobs (failed first) and the full text of every error."""
-    started, finished = _parse(doc["started_at"]), _parse(doc["finished_at"])
+    started, finished = parse(doc["started_at"]), parse(doc["finished_at"])
     is_open = doc["status"] == RunStatus.RUNNING
     elapsed = f"running for {duration(started, utcnow())}" if is_open else f"took {duration(started, finished)}"
     so_far = "  (so far, from the job rows)" if doc.get("counters_from") == "jobs" else ""
@@ -370,7 +276,7 @@ def job_text(doc: dict[str, Any]) -> str:
     """``jobs show``: one job, its counters, what it left alone, its audit rows, its
     rollback state and the full text of its error."""
     changes = ", ".join(f"{clean(k)} {v}" for k, v in sorted(doc.get("changes", {}).items())) or "none"
-    started, completed = _parse(doc["started_at"]), _parse(doc["completed_at"])
+    started, completed = parse(doc["started_at"]), parse(doc["completed_at"])
     lines = [
         f"job {doc['id']}  {clean(doc['trigger_type'])} by {clean(doc['triggered_by'])}  "
         f"status: {clean(doc['status'].upper())}",

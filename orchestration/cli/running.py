@@ -23,6 +23,7 @@ from orchestration.cli.app import CliError, Unreachable, check_services, echo_te
 from orchestration.cli.lookup import find
 from orchestration.cli.runs import runs_group
 from orchestration.cli.text import clean
+from orchestration.documents.runs import run_document
 from orchestration.settings import get_settings
 from orchestration.store import db
 from orchestration.store.models import ConsolidationRun
@@ -141,6 +142,6 @@ def _watch_and_report(finder: Any, timeout: float, label: str, check: Callable[[
             started = finder(session) is not None
         state = "did not finish" if started else "was not started by any worker (still queued)"
         raise CliError(f"{label} {state} within the timeout", 2)
-    document = reports.run_document(run.id)
+    document = run_document(run.id)
     echo_text(reports.run_text(document))
     sys.exit(0 if document["status"] == RunStatus.COMPLETED else 1)

@@ -1,20 +1,19 @@
-"""``runs list`` and ``runs show``: what ran, newest first, and one run with its jobs.
-
-While a run is open its row's counters are those of its start; both commands take them
-from its job rows instead (``reports.live_counters``)."""
+"""``runs list`` and ``runs show``: what ran, newest first, and one run with its jobs
+(the documents of ``orchestration.documents.runs``)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 import click
-from sqlalchemy import exists, select
 
 from orchestration.cli import reports
 from orchestration.cli.app import MAX_LIMIT, CliError, Group, echo_json, echo_list, echo_text, main
 from orchestration.cli.lookup import find, find_project
+from orchestration.documents import times
+from orchestration.documents.runs import RunFilter, list_runs, run_document
 from orchestration.store import db
-from orchestration.store.models import ConsolidationJob, ConsolidationRun
+from orchestration.store.models import ConsolidationRun
 from orchestration.store.statuses import RunStatus, TriggerType
 
 # --- runs -----------------------------------------------------------------------
@@ -26,12 +25,11 @@ def runs_group() -> None:
 
 
 def parse_since(text: str) -> datetime:
-    """An ISO 8601 date or date-time as aware UTC; a naive one is UTC."""
+    """``--since``: an ISO 8601 date or date-time as aware UTC; a naive one is UTC."""
     try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise CliError(f"--since {text!r} is not an ISO 8601 date or date-time, e.g. 2026-11-27") from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        return times.parse_since(text)
+    except ValueError as exc:
+        raise CliError(f"--since {exc}") from None
 
 
 @runs_group.command("list")
@@ -45,23 +43,15 @@ def runs_list(
     limit: int, status: str | None, trigger: str | None, since: str | None, project: str | None, as_json: bool
 ) -> None:
     """Runs, newest first."""
-    query = select(ConsolidationRun).order_by(ConsolidationRun.started_at.desc(), ConsolidationRun.id.desc())
-    if status:
-        query = query.where(ConsolidationRun.status == status)
-    if trigger:
-        query = query.where(ConsolidationRun.trigger_type == trigger)
-    if since is not None:
-        query = query.where(ConsolidationRun.started_at >= parse_since(since))
-    if project is not None:
-        project_id = find_project(project).id
-        query = query.where(
-            exists().where(ConsolidationJob.run_id == ConsolidationRun.id, ConsolidationJob.project_id == project_id)
-        )
+    where = RunFilter(
+        status=status,
+        trigger=trigger,
+        since=None if since is None else parse_since(since),
+        project_id=None if project is None else find_project(project).id,
+    )
     with db.session_scope() as session:
-        rows = session.scalars(query.limit(limit)).all()
-        live = reports.live_counters(session, [r.id for r in rows if r.status == RunStatus.RUNNING])
-        documents = [reports.run_row(r, live) for r in rows]
-    echo_list(documents, as_json, reports.runs_table, "runs", filtered=bool(status or trigger or since or project))
+        documents = list_runs(session, limit, where)
+    echo_list(documents, as_json, reports.runs_table, "runs", filtered=bool(where))
 
 
 @runs_group.command("show")
@@ -70,7 +60,7 @@ def runs_list(
 def runs_show(run_id: str, as_json: bool) -> None:
     """The run summary and one line per job."""
     run = find(ConsolidationRun, run_id, "run")
-    document = reports.run_document(run.id)
+    document = run_document(run.id)
     if as_json:
         echo_json(document)
         return

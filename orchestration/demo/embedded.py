@@ -21,8 +21,8 @@ import click
 from celery import Celery
 from sqlalchemy import select
 
-from orchestration.cli import reports
 from orchestration.cli.progress import watch
+from orchestration.documents.runs import run_document
 from orchestration.nightly import runs
 from orchestration.store import db, migrate
 from orchestration.store.models import ConsolidationRun
@@ -77,6 +77,13 @@ def inspect_command(run_id: object, path: Path = DEMO_DB) -> str:
     return f"ORCHESTRATION_DATABASE_URL={shlex.quote(url)} {shlex.quote(_program())} runs show {run_id}"
 
 
+def web_command(path: Path = DEMO_DB, port: int = 8800) -> str:
+    """The command that serves the dashboard on the demo's database."""
+    url = f"sqlite:///{path}"
+    option = "" if port == 8800 else f" --port {port}"
+    return f"ORCHESTRATION_DATABASE_URL={shlex.quote(url)} {shlex.quote(_program())} web{option}"
+
+
 def run_demo(projects: int, memories: int, with_failure: bool = False, out: IO[str] | None = None) -> dict[str, Any]:
     """Seed, run tonight's scheduled run through the chord, return the run document.
     With ``out``, say what happens there and show the run's progress."""
@@ -109,4 +116,4 @@ def run_demo(projects: int, memories: int, with_failure: bool = False, out: IO[s
         run = watch(find, WAIT_S, out, interval=0.1) if out is not None else runs.wait_for_finish(find, WAIT_S)
     if run is None:
         raise TimeoutError(f"the demo run did not finish within {WAIT_S:.0f}s")
-    return reports.run_document(run.id)
+    return run_document(run.id)

@@ -21,6 +21,7 @@ re-sends the job if nothing else runs it.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 import uuid
@@ -48,6 +49,15 @@ RECEIPT_PAUSE_S = 0.1
 WAITING = (JobStatus.PENDING, JobStatus.RETRYING)
 
 log = get_logger("orchestration.jobs.heartbeat")
+
+
+def worker_name() -> str:
+    """Where an attempt runs, as the job row's ``worker`` names it: ``host:pid``, and
+    the thread's name in a thread pool (``host:pid/name``), whose threads run jobs side
+    by side in one process."""
+    thread = threading.current_thread()
+    suffix = "" if thread is threading.main_thread() else f"/{thread.name}"
+    return f"{socket.gethostname()}:{os.getpid()}{suffix}"
 
 
 class _Beater:

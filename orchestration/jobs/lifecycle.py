@@ -309,6 +309,7 @@ def _start(job_id: uuid.UUID, settings: Settings, celery_task_id: str | None, fo
                 heartbeat_at=now,
                 error_message=None,
                 celery_task_id=celery_task_id or row.celery_task_id,
+                worker=heartbeat.worker_name(),
                 options=options.as_dict(),
                 **({"memories_before": counts.active_count_expr(row.project_id)} if row.started_at is None else {}),
             )
@@ -453,6 +454,7 @@ def _end_now(
             job.memories_before = counts.active_count_expr(job.project_id)
         job.attempts += 1
         job.started_at = job.started_at or now
+        job.worker = heartbeat.worker_name()
     close_unfinished(session, job, status, error, now)
     outcome = JobOutcome(str(job.id), status, error)
     log_end(outcome, job.attempts)

@@ -52,6 +52,7 @@ WITH job AS (
     UPDATE consolidation_jobs AS j
     SET attempts = job.attempts + 1, status = 'running', started_at = coalesce(job.started_at, :now),
         heartbeat_at = :now, error_message = NULL, celery_task_id = coalesce(:celery_task_id, job.celery_task_id),
+        worker = :worker,
         memories_before = CASE WHEN job.started_at IS NULL THEN {_ACTIVE_COUNT} ELSE j.memories_before END
     FROM job
     WHERE j.id = job.id AND EXISTS (SELECT 1 FROM locked)
@@ -97,6 +98,7 @@ def start(
             "alive_since": now - heartbeat.LOST_AFTER,
             "max_attempts": max_attempts,
             "celery_task_id": celery_task_id,
+            "worker": heartbeat.worker_name(),
             "force": force,
         },
     ).first()

@@ -52,6 +52,8 @@ _autocommit_engine: Engine | None = None
 _sessionmaker: sessionmaker[Session] | None = None
 # Whether this process is the command line (see set_interactive).
 _interactive = False
+# Whether this process may only read (see set_read_only).
+_read_only = False
 
 
 class NoDatabase(Exception):
@@ -76,6 +78,19 @@ def set_interactive(interactive: bool) -> bool:
     return previous
 
 
+def set_read_only(read_only: bool) -> bool:
+    """Make :func:`get_engine` build engines that cannot write (``True``; the dashboard):
+    PostgreSQL transactions are ``READ ONLY``, SQLite connections ``query_only`` and
+    their transactions deferred, so a reader never holds SQLite's write lock. Returns
+    the previous value."""
+    global _read_only
+    with _lock:
+        previous, _read_only = _read_only, read_only
+    if previous != read_only:
+        dispose()
+    return previous
+
+
 def normalize_url(url: str) -> str:
     """``postgresql://`` means psycopg 3 here (SQLAlchemy would pick psycopg2)."""
     parsed = make_url(url)
@@ -84,7 +99,7 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def _sqlite_setup(engine: Engine) -> None:
+def _sqlite_setup(engine: Engine, read_only: bool = False) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:
         # Let SQLAlchemy, not pysqlite, decide when transactions begin.
@@ -94,14 +109,18 @@ def _sqlite_setup(engine: Engine) -> None:
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        if read_only:
+            cursor.execute("PRAGMA query_only=ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
-def _postgresql_engine(url: URL, connect_timeout: float | None = None, **kwargs: Any) -> Engine:
+def _postgresql_engine(
+    url: URL, connect_timeout: float | None = None, read_only: bool = False, **kwargs: Any
+) -> Engine:
     """An engine whose sessions start in UTC (``-c TimeZone=UTC`` added to any
     ``options`` the URL has, so timestamps arrive in UTC and need no conversion), and
     that returns rows in binary format to statements that ask (:data:`BINARY_ROWS`).
@@ -110,7 +129,8 @@ def _postgresql_engine(url: URL, connect_timeout: float | None = None, **kwargs:
 
     given = url.query.get("options", "")
     given = " ".join(given) if isinstance(given, tuple) else given
-    connect_args: dict[str, Any] = {"options": f"{given} -c TimeZone=UTC".strip()}
+    options = f"{given} -c TimeZone=UTC" + (" -c default_transaction_read_only=on" if read_only else "")
+    connect_args: dict[str, Any] = {"options": options.strip()}
     if connect_timeout is not None and "connect_timeout" not in url.query:
         connect_args["connect_timeout"] = max(1, round(connect_timeout))
     engine = create_engine(url, connect_args=connect_args, **kwargs)
@@ -133,11 +153,13 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database).absolute()
 
 
-def build_engine(url: str, create: bool = True, connect_timeout: float | None = None) -> Engine:
+def build_engine(
+    url: str, create: bool = True, connect_timeout: float | None = None, read_only: bool = False
+) -> Engine:
     """Create an engine for ``url`` with the per-dialect setup described above. A
     missing SQLite file and its folder are created unless ``create`` is false, where
     that raises :class:`NoDatabase`; ``connect_timeout`` bounds connecting to
-    PostgreSQL (seconds)."""
+    PostgreSQL (seconds); ``read_only`` as :func:`set_read_only` describes."""
     url = normalize_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -150,12 +172,12 @@ def build_engine(url: str, create: bool = True, connect_timeout: float | None = 
             url,
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
         )
-        _sqlite_setup(engine)
+        _sqlite_setup(engine, read_only)
         return engine
     # No pre-ping: it would cost a round trip per transaction. A connection that died
     # with the server raises OperationalError, SQLAlchemy drops the pool, and the job
     # retries like after any other transient error.
-    return _postgresql_engine(parsed, connect_timeout, pool_size=5, max_overflow=5)
+    return _postgresql_engine(parsed, connect_timeout, read_only, pool_size=5, max_overflow=5)
 
 
 def current_url() -> str:
@@ -175,9 +197,9 @@ def get_engine() -> Engine:
     with _lock:
         if _engine is None:
             _engine = (
-                build_engine(current_url(), create=False, connect_timeout=CONNECT_TIMEOUT_S)
+                build_engine(current_url(), create=False, connect_timeout=CONNECT_TIMEOUT_S, read_only=_read_only)
                 if _interactive
-                else build_engine(current_url())
+                else build_engine(current_url(), read_only=_read_only)
             )
             _sessionmaker = sessionmaker(_engine, expire_on_commit=False)
             if _engine.dialect.name == "postgresql":
@@ -204,6 +226,7 @@ def _build_autocommit_engine(engine: Engine) -> Engine:
     autocommit = _postgresql_engine(
         engine.url,
         CONNECT_TIMEOUT_S if _interactive else None,
+        _read_only,
         isolation_level="AUTOCOMMIT",
         pool_size=2,
         max_overflow=8,

@@ -192,6 +192,9 @@ class ConsolidationJob(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     error_message: Mapped[str | None] = mapped_column(Text)
     celery_task_id: Mapped[str | None] = mapped_column(String(64))
+    # The process that started the latest attempt (``host:pid``): the dashboard's
+    # timeline draws one lane per worker process.
+    worker: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
     # Set when the job's changes were undone (``orchestration jobs rollback``), and by whom.
     rolled_back_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

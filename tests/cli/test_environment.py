@@ -308,7 +308,7 @@ def test_workers_still_create_their_sqlite_file(tmp_path):
     ("revision", "problem"),
     [
         ("base", "is not migrated (it has no schema yet): run 'orchestration db upgrade'"),
-        ("0003", "is not migrated to the latest schema (it is at revision 0003, the latest is 0004): "),
+        ("0003", "is not migrated to the latest schema (it is at revision 0003, the latest is 0005): "),
     ],
     ids=["no-schema", "behind"],
 )
@@ -351,10 +351,10 @@ def test_version():
     assert result.exit_code == 0 and result.stdout == f"orchestration, version {version('orchestration')}\n"
 
 
-def test_the_demo_ends_with_the_command_that_shows_its_run(tmp_path):
+def test_the_demo_ends_with_the_commands_that_show_its_run_and_its_dashboard(tmp_path):
     code, out, err, _ = orchestration("demo", "--projects", "2", "--memories", "40", env={}, cwd=tmp_path, timeout=120)
     assert code == 0, err[-2000:]
-    last = out.rstrip().splitlines()[-1]
+    last, web = out.rstrip().splitlines()[-2:]
     run_id = next(json.loads(line) for line in err.splitlines() if '"run.finished"' in line)["run_id"]
     on_path = shutil.which("orchestration")
     program = "orchestration" if on_path and Path(on_path).resolve() == PROGRAM.resolve() else str(PROGRAM)
@@ -370,3 +370,33 @@ def test_the_demo_ends_with_the_command_that_shows_its_run(tmp_path):
     )
     assert shown.returncode == 0 and f"run {run_id}" in shown.stdout and "status: COMPLETED" in shown.stdout
     assert shlex.split(last)[-1] == run_id
+
+    assert web == f"see it in the browser: ORCHESTRATION_DATABASE_URL=sqlite:///var/demo.db {program} web"
+    port = closed_port()
+    server = subprocess.Popen(
+        ["bash", "-c", f"exec env {web.removeprefix('see it in the browser: ')} --port {port}"],
+        env=clean,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        page = _page_when_up(f"http://127.0.0.1:{port}/runs/{run_id}", server)
+    finally:
+        server.terminate()
+        server.wait(timeout=BOUND_S)
+    assert f'Run <span class="id">{run_id[:8]}</span>' in page and "completed" in page
+
+
+def _page_when_up(url: str, server: subprocess.Popen) -> str:
+    import urllib.request
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.read().decode()
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)

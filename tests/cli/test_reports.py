@@ -5,6 +5,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from orchestration.cli import reports
+from orchestration.documents.runs import run_document
 from orchestration.store.statuses import RunStatus
 
 T0 = datetime(2026, 11, 27, 2, tzinfo=UTC)
@@ -133,7 +134,7 @@ def test_the_run_text_shows_its_links_and_notes(sqlite_database):
         }
         started = runs.start_run(session, "scheduled", T0, 10, T0, notes=notes)
         runs.finalize(session, started.run_id, T0 + timedelta(minutes=1))
-    text = reports.run_text(reports.run_document(started.run_id))
+    text = reports.run_text(run_document(started.run_id))
     assert "retry of run 11111111-2222-3333-4444-555555555555" in text
     assert "retried by run 66666666-7777-8888-9999-000000000000" in text
     assert "the broker lost messages of this run" in text
