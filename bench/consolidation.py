@@ -26,10 +26,15 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import scratch_pg_database
+# Run as a script, bench/ is on sys.path; mypy (from the repository root) knows it as the package bench.
+if TYPE_CHECKING:
+    from bench._common import scratch_pg_database
+else:
+    from _common import scratch_pg_database
 
 
 def _seed(url: str, size: int) -> None:

@@ -28,19 +28,32 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _common import (  # noqa: E402
-    client,
-    nightly,
-    scratch_pg_database,
-    scratch_redis_db,
-    seed_minimal,
-    worker,
-    worker_env,
-)
+# Run as a script, bench/ is on sys.path; mypy (from the repository root) knows it as the package bench.
+if TYPE_CHECKING:
+    from bench._common import (
+        client,
+        nightly,
+        scratch_pg_database,
+        scratch_redis_db,
+        seed_minimal,
+        worker,
+        worker_env,
+    )
+else:
+    from _common import (
+        client,
+        nightly,
+        scratch_pg_database,
+        scratch_redis_db,
+        seed_minimal,
+        worker,
+        worker_env,
+    )
 
 SLOT = "2026-01-03T02:00:00+00:00"
 

@@ -39,13 +39,18 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _common import create_database, drop_database, nightly, scratch_redis_db, worker, worker_env  # noqa: E402
+# Run as a script, bench/ is on sys.path; mypy (from the repository root) knows it as the package bench.
+if TYPE_CHECKING:
+    from bench._common import create_database, drop_database, nightly, scratch_redis_db, worker, worker_env
+else:
+    from _common import create_database, drop_database, nightly, scratch_redis_db, worker, worker_env
 
 SLOT = "2026-01-02T02:00:00+00:00"
 

@@ -36,21 +36,35 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parent.parent
 # This file is named orchestration.py: the package must win the import.
 sys.path.insert(0, str(ROOT))
 
-from _common import (  # noqa: E402
-    MINIMAL,
-    client,
-    nightly,
-    scratch_pg_database,
-    scratch_redis_db,
-    seed_minimal,
-    worker,
-    worker_env,
-)
+# Run as a script, bench/ is on sys.path; mypy (from the repository root) knows it as the package bench.
+if TYPE_CHECKING:
+    from bench._common import (
+        MINIMAL,
+        client,
+        nightly,
+        scratch_pg_database,
+        scratch_redis_db,
+        seed_minimal,
+        worker,
+        worker_env,
+    )
+else:
+    from _common import (
+        MINIMAL,
+        client,
+        nightly,
+        scratch_pg_database,
+        scratch_redis_db,
+        seed_minimal,
+        worker,
+        worker_env,
+    )
 
 
 def _nightly(size: int) -> float:

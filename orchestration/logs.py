@@ -14,12 +14,28 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
+from contextlib import contextmanager
 from typing import IO, Any
 
 import structlog
 
 from orchestration.settings import Settings
+
+
+@contextmanager
+def quiet(*names: str) -> Iterator[None]:
+    """Silence these loggers for the block: the caller reports the failure itself, in
+    one line, instead of their reconnection messages."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _drop_color_message(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

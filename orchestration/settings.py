@@ -38,8 +38,14 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _PORT = re.compile(r"^\d*$")
 
 
+# A query parameter whose name says it holds a secret (libpq's ``password`` and
+# ``sslpassword``, a ``token`` or ``secret`` of a broker transport).
+_SECRET_PARAMETER = re.compile(r"([?&][^=&#]*(?:pass|secret|token)[^=&#]*=)[^&#]*", re.I)
+
+
 def mask_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***``, however malformed the URL.
+    """Return ``url`` with any password replaced by ``***``, however malformed the URL,
+    in its user info and in query parameters such as ``?password=``.
 
     Not :func:`urllib.parse.urlsplit`: a password with an unencoded ``/``, ``?``, ``#``
     or ``@`` makes it split in the wrong place. Everything between ``scheme://`` (or
@@ -48,6 +54,10 @@ def mask_url(url: str) -> str:
     a number may be a password that lost its ``@``: it is masked with the rest of the
     URL. When in doubt this masks too much (an ``@`` in a query), never too little.
     """
+    return _SECRET_PARAMETER.sub(r"\1***", _mask_userinfo(url))
+
+
+def _mask_userinfo(url: str) -> str:
     scheme = _SCHEME.match(url)
     head, rest = (url[: scheme.end()], url[scheme.end() :]) if scheme else ("", url)
     userinfo, at, after = rest.rpartition("@")
@@ -289,13 +299,13 @@ MIN_WEB_TOKEN = 16
 
 def _web_token(env: Mapping[str, str]) -> str | None:
     token = env.get(PREFIX + "WEB_TOKEN", "")
-    if not token.strip():
+    if not token:
         return None
-    if token != token.strip() or len(token) < MIN_WEB_TOKEN or not token.isprintable():
+    if token != token.strip() or len(token) < MIN_WEB_TOKEN or not (token.isascii() and token.isprintable()):
         raise _fail(
             "WEB_TOKEN",
             "***",
-            f"must be at least {MIN_WEB_TOKEN} printable characters with no surrounding spaces "
+            f"must be at least {MIN_WEB_TOKEN} printable ASCII characters with no surrounding spaces "
             "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')",
         )
     return token

@@ -35,6 +35,17 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("ORCHESTRATION_LOG_LEVEL", "INFO")
 
 
+# The slow scenarios (production defaults: outages of up to 10 minutes) get this long
+# instead of the default per-test timeout in pyproject.toml.
+SLOW_TIMEOUT_S = 1800
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
+
+
 PG_ADMIN_URL = os.environ.get("ORCHESTRATION_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("ORCHESTRATION_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 AMQP_URL = os.environ.get("ORCHESTRATION_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")

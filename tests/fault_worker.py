@@ -24,13 +24,15 @@ import os
 import signal
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import orchestration.worker.tasks  # noqa: F401
 from orchestration.celery_app import app
 from orchestration.consolidation import applying, planning
+from orchestration.consolidation.options import ConsolidationOptions
 from orchestration.jobs import heartbeat, lifecycle
+from orchestration.store.db import Executor
 
 _env = os.environ.get
 
@@ -45,32 +47,32 @@ def _kill_once(point: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-if _env("FAULT_VISIBILITY_TIMEOUT"):
-    timeout = int(_env("FAULT_VISIBILITY_TIMEOUT"))
+if visibility_timeout := _env("FAULT_VISIBILITY_TIMEOUT"):
+    timeout = int(visibility_timeout)
     # kombu looks for expired unacked messages every 10 checks of this interval.
     app.conf.broker_transport_options = {
         **app.conf.broker_transport_options,
         "visibility_timeout": timeout,
         "unacked_restore_interval": 0.3,
     }
-if _env("FAULT_LOST_AFTER"):
-    heartbeat.LOST_AFTER = timedelta(seconds=float(_env("FAULT_LOST_AFTER")))
+if lost_after := _env("FAULT_LOST_AFTER"):
+    heartbeat.LOST_AFTER = timedelta(seconds=float(lost_after))
     heartbeat.INTERVAL = heartbeat.LOST_AFTER / 6
-if _env("FAULT_MERGE_BATCH"):
-    applying.MERGE_BATCH = int(_env("FAULT_MERGE_BATCH"))
+if merge_batch_size := _env("FAULT_MERGE_BATCH"):
+    applying.MERGE_BATCH = int(merge_batch_size)
 
 _plan, _merge_batch, _finish = planning.plan, applying.merge_batch, lifecycle._finish
 _batches = {"n": 0}
 
 
-def plan(session, project_id, *args, **kwargs):
-    if _env("FAULT_RAISE_PROJECT") and uuid.UUID(_env("FAULT_RAISE_PROJECT")) == project_id:
+def plan(source: Executor, project_id: uuid.UUID, options: ConsolidationOptions, now: datetime) -> planning.Plan:
+    if (failing := _env("FAULT_RAISE_PROJECT")) and uuid.UUID(failing) == project_id:
         raise RuntimeError("injected fault: this project's job always fails")
-    if _env("FAULT_CRASH_PROJECT") and uuid.UUID(_env("FAULT_CRASH_PROJECT")) == project_id:
+    if (crashing := _env("FAULT_CRASH_PROJECT")) and uuid.UUID(crashing) == project_id:
         os.kill(os.getpid(), signal.SIGKILL)
-    if _env("FAULT_SLEEP_S"):
-        time.sleep(float(_env("FAULT_SLEEP_S")))
-    return _plan(session, project_id, *args, **kwargs)
+    if sleep_s := _env("FAULT_SLEEP_S"):
+        time.sleep(float(sleep_s))
+    return _plan(source, project_id, options, now)
 
 
 def merge_batch(*args, **kwargs):

@@ -7,7 +7,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+import uuid
 from collections import Counter
+from typing import NoReturn
 
 import pytest
 from sqlalchemy import select
@@ -102,7 +104,7 @@ def fingerprint() -> list[tuple]:
     memories are named by their sorted sources."""
     with db.session_scope() as session:
         memories = {m.id: m for m in session.scalars(select(TaskMemory))}
-    key = {
+    key: dict[uuid.UUID | None, str] = {  # looked up with duplicate_of, which may be None
         m.id: "consolidated:" + ",".join(sorted(m.consolidated_from)) if m.consolidated_from else str(m.id)
         for m in memories.values()
     }
@@ -142,7 +144,7 @@ def services_required() -> bool:
     return os.environ.get("CI", "").lower() == "true" or os.environ.get("ORCHESTRATION_REQUIRE_SERVICES") == "1"
 
 
-def unavailable(service: str, error: Exception) -> None:
+def unavailable(service: str, error: Exception) -> NoReturn:
     reason = (str(error).strip().splitlines() or [""])[0]
     message = f"{service} unreachable ({type(error).__name__}: {reason})"
     if services_required():

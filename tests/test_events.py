@@ -24,6 +24,7 @@ from orchestration.nightly.schedule import parse_slot
 from orchestration.settings import get_settings
 from orchestration.store import db
 from orchestration.store.models import ConsolidationChange, ConsolidationJob, ConsolidationRun, Project
+from orchestration.store.statuses import TriggerType
 from orchestration.store.types import utcnow
 from orchestration.worker.tasks import prune_audit, reap_stale, run_project, run_scheduled
 from support import wait_for_run, wait_until
@@ -64,9 +65,11 @@ def _crash_recovery_events(project_id) -> None:
 
     settings = get_settings()
     with db.session_scope() as session:
-        started = runs.start_run(session, "manual", None, 1)
+        started = runs.start_run(session, TriggerType.MANUAL, None, 1)
+        assert started is not None
     job_id = next(j for j in started.job_ids if _job(j).project_id == project_id)
     live = lifecycle.begin_attempt(job_id, settings)
+    assert isinstance(live, lifecycle.Attempt)
     run_project.apply_async(args=[str(job_id)])  # a duplicate delivery while the attempt is alive
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and _job(job_id).attempts == 1 and not _duplicate_seen():
@@ -88,7 +91,8 @@ def _crash_recovery_events(project_id) -> None:
     def unreachable_db():
         raise OperationalError("DELETE FROM project_locks", {}, Exception("connection refused"))
 
-    JobRequest._record(SimpleNamespace(_job_id=lambda: job_id), unreachable, "worker lost")
+    # A stand-in request: _record only asks it for _job_id().
+    JobRequest._record(SimpleNamespace(_job_id=lambda: job_id), unreachable, "worker lost")  # type: ignore[arg-type]
     # An attempt fails while the database is down: its lock cannot be given back.
     lease = Lease(project_id, job_id, 9)
     with (
@@ -116,7 +120,8 @@ def _outage_and_schedule_events() -> None:
     from orchestration.worker import base
 
     with db.session_scope() as session:
-        started = runs.start_run(session, "manual", None, 10)
+        started = runs.start_run(session, TriggerType.MANUAL, None, 10)
+        assert started is not None
         runs.mark_dispatched(session, started.run_id, utcnow() - reaper.QUEUE_GRACE * 2)  # and lost by the broker
     real, calls = planning.plan, {"n": 0}
 

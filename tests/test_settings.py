@@ -79,6 +79,14 @@ def test_bad_values_name_the_variable_on_one_line(name, value, problem):
 def test_passwords_are_masked_in_urls_and_errors():
     assert mask_url("postgresql+psycopg://orch:s3cret@db:5432/orch") == "postgresql+psycopg://orch:***@db:5432/orch"
     assert mask_url("redis://:hunter2@cache:6379/0") == "redis://:***@cache:6379/0"
+    # libpq takes the password as a query parameter too
+    assert mask_url("postgresql://orch@db/orch?password=s3cret&sslmode=require") == (
+        "postgresql://orch@db/orch?password=***&sslmode=require"
+    )
+    assert mask_url("postgresql://db/orch?sslmode=require&sslpassword=k3y#x") == (
+        "postgresql://db/orch?sslmode=require&sslpassword=***#x"
+    )
+    assert mask_url("redis://cache/0?TOKEN=abc") == "redis://cache/0?TOKEN=***"
     assert mask_url("redis://cache:6379/0") == "redis://cache:6379/0"
     assert mask_url("redis://u:pw@cache:notaport/0") == "redis://u:***@cache:notaport/0"
     with pytest.raises(SettingsError) as info:

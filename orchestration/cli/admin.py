@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import sys
 from datetime import timedelta
+from typing import IO, Any
 
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from orchestration.cli import reports
+from orchestration.cli import progress, reports
 from orchestration.cli.app import Group, database_error, echo_json, echo_text, main
 from orchestration.cli.text import clean
 from orchestration.settings import get_settings
@@ -69,12 +70,17 @@ def demo(with_failure: bool, projects: int, memories: int, serve_web: bool, port
     from orchestration.cli.web import serve
     from orchestration.demo.embedded import inspect_command, run_demo, web_command
 
-    document = run_demo(projects=projects, memories=memories, with_failure=with_failure, out=sys.stdout)
+    def watch(find: Any, timeout: float, out: IO[str]) -> Any:
+        return progress.watch(find, timeout, out, interval=0.1)
+
+    document = run_demo(projects, memories, with_failure, out=sys.stdout, watch=watch)
     echo_text(reports.run_text(document))
     click.echo(f"\ninspect it: {inspect_command(document['id'])}")
-    click.echo(f"see it in the browser: {web_command(port=port)}")
     if serve_web:
+        click.echo(f"serving its dashboard at http://127.0.0.1:{port}/ (Ctrl-C stops it)")
         serve(port=port)
+    else:
+        click.echo(f"see it in the browser: {web_command(port=port)}")
     sys.exit(0 if document["status"] == RunStatus.COMPLETED else 1)
 
 

@@ -19,21 +19,18 @@ they need (NumPy, the Celery app) when they run, so that quick commands such as
 from __future__ import annotations
 
 import getpass
-import logging
-import re
-import socket
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import click
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from orchestration.cli import reports
 from orchestration.cli.text import clean
-from orchestration.logs import configure_logging
-from orchestration.settings import SettingsError, get_settings, mask_url
+from orchestration.logs import configure_logging, quiet
+from orchestration.settings import SettingsError, get_settings
 from orchestration.store import db
+from orchestration.store.diagnosis import Unreachable, chain, database_problem
 
 # What the command line allows the broker and the result backend: a connection within
 # CONNECT_TIMEOUT_S, a publish retried once. Refused connections end at once; a host
@@ -44,7 +41,6 @@ PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.5, "interval_step"
 
 BROKER = ("broker", "ORCHESTRATION_BROKER_URL")
 RESULT_BACKEND = ("result backend", "ORCHESTRATION_RESULT_BACKEND")
-DATABASE = ("database", "ORCHESTRATION_DATABASE_URL")
 
 
 class CliError(click.ClickException):
@@ -54,23 +50,6 @@ class CliError(click.ClickException):
     def __init__(self, message: str, exit_code: int = 1):
         super().__init__(clean(message))
         self.exit_code = exit_code  # type: ignore[misc]  # click reads it per instance
-
-
-class Unreachable(Exception):
-    """A server the command needs could not be reached or refused the login. Its
-    message is the one line the operator sees (exit 2): what, where (password masked),
-    why, and which variable points there."""
-
-    def __init__(self, service: tuple[str, str], url: str, error: BaseException, then: str = ""):
-        what, variable = service
-        reason, login = reason_of(error)
-        if login:
-            message = f"{what} refused the login at {mask_url(url)}: {reason} (check {variable})"
-        else:
-            hint = f"is it running? {variable}" if _down(error) else variable
-            message = f"{what} unreachable at {mask_url(url)}: {reason} ({hint})"
-        super().__init__(message + (f"; {then}" if then else ""))
-        self.service = service
 
 
 class Group(click.Group):
@@ -150,63 +129,6 @@ def user() -> str:
 # --- what went wrong, in one line ----------------------------------------------
 
 
-def _chain(error: BaseException | None) -> Iterator[BaseException]:
-    """``error`` and the exceptions it was raised from or while handling."""
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        yield error
-        error = error.__cause__ or getattr(error, "orig", None) or error.__context__
-
-
-_LOGIN_REFUSED = re.compile(
-    r"ACCESS_REFUSED|WRONGPASS|NOAUTH|invalid username-password|authentication (failed|required)", re.I
-)
-
-
-def reason_of(error: BaseException) -> tuple[str, bool]:
-    """Why ``error`` happened, briefly (``Connection refused``, ``timed out``), and
-    whether the server refused the login."""
-    chain = list(_chain(error))
-    for cause in chain:
-        if type(cause).__name__ in ("AccessRefused", "AuthenticationError") or _LOGIN_REFUSED.search(str(cause)):
-            return "wrong user name or password", True
-        sqlstate = getattr(cause, "sqlstate", None)
-        if isinstance(sqlstate, str) and sqlstate.startswith("28"):
-            return _first_line(cause), True
-    for cause in chain:
-        if isinstance(cause, ConnectionRefusedError):
-            return "Connection refused", False
-        if isinstance(cause, socket.gaierror):
-            return f"cannot resolve the host name ({cause.strerror})", False
-        if isinstance(cause, TimeoutError | socket.timeout):
-            return "timed out", False
-        if isinstance(cause, OSError) and cause.strerror:
-            return cause.strerror, False
-    return _first_line(error), False
-
-
-def _first_line(error: BaseException) -> str:
-    """The first line of ``error``'s text without the driver's wrapping
-    (psycopg's ``connection failed: connection to server at ... failed: ``)."""
-    text = (str(error).strip().splitlines() or [type(error).__name__])[0].strip()
-    text = re.sub(r"^\([\w.]+\) ", "", text)  # SQLAlchemy's "(sqlite3.OperationalError) "
-    text = re.sub(r"^connection failed: ", "", text)
-    text = re.sub(r"^connection to server (at|on) .*? failed: ", "", text)
-    text = re.sub(r"^FATAL:\s+", "", text)
-    return text.rstrip(".") or type(error).__name__
-
-
-def _down(error: BaseException) -> bool:
-    """Whether ``error`` says nothing answered (worth asking whether it runs)."""
-    for cause in _chain(error):
-        if isinstance(cause, ConnectionRefusedError | TimeoutError | socket.timeout | socket.gaierror):
-            return True
-        if re.search(r"connection refused|timed? ?out|could not connect|resolve", str(cause), re.I):
-            return True
-    return False
-
-
 def messaging_service(error: BaseException) -> tuple[str, str] | None:
     """:data:`BROKER` or :data:`RESULT_BACKEND` if ``error`` says one could not be
     reached or refused the login (kombu's and py-amqp's errors are the broker's,
@@ -215,7 +137,7 @@ def messaging_service(error: BaseException) -> tuple[str, str] | None:
     import kombu.exceptions
     import redis.exceptions
 
-    for cause in _chain(error):
+    for cause in chain(error):
         if isinstance(
             cause, kombu.exceptions.OperationalError | amqp.exceptions.ConnectionError | amqp.exceptions.AccessRefused
         ):
@@ -227,47 +149,11 @@ def messaging_service(error: BaseException) -> tuple[str, str] | None:
     return None
 
 
-# SQLSTATE classes and driver messages of a schema that is not there yet.
-_MISSING_SCHEMA_STATES = ("42P01", "42703")  # undefined_table, undefined_column
-_MISSING_SCHEMA = re.compile(r"no such (table|column)|has no column named")
-
-
 def database_error(error: SQLAlchemyError) -> CliError:
-    """The one line for a database error: not migrated (exit 2), unreachable or
-    refusing the login (exit 2), or any other error (exit 1)."""
-    original = getattr(error, "orig", None)
-    if getattr(original, "sqlstate", None) in _MISSING_SCHEMA_STATES or _MISSING_SCHEMA.search(str(original or "")):
-        problem = _schema_problem()
-        if problem:
-            return CliError(f"database at {db.describe()} {problem}", 2)
-    if isinstance(error, DBAPIError) and _not_connected(error):
-        return CliError(str(Unreachable(DATABASE, db.current_url(), error)), 2)
-    return CliError(f"database error at {db.describe()}: {_first_line(original or error)}")
-
-
-# SQLSTATEs of a connection refused by the server: a login refused (class 28), a
-# database that does not exist (3D000).
-_REFUSED_STATES = ("28", "3D000")
-
-
-def _not_connected(error: DBAPIError) -> bool:
-    """Whether ``error`` means there is no connection to the database: a server that
-    cannot be reached (:func:`db.unreachable`) or refused the connection, a SQLite
-    file that cannot be opened."""
-    state = getattr(error.orig, "sqlstate", None)
-    if isinstance(state, str) and state.startswith(_REFUSED_STATES):
-        return True
-    return db.unreachable(error) or "unable to open database file" in str(error.orig)
-
-
-def _schema_problem() -> str | None:
-    from orchestration.store import migrate
-
-    try:
-        with quiet("alembic"), db.get_engine().connect() as connection:
-            return migrate.schema_problem(connection)
-    except Exception:  # noqa: BLE001 - the original error is reported instead
-        return None
+    """The one line for a database error: not migrated, unreachable or refusing the
+    login (exit 2), or any other error (exit 1)."""
+    message, environment = database_problem(error)
+    return CliError(message, 2 if environment else 1)
 
 
 # --- the broker ----------------------------------------------------------------
@@ -290,21 +176,6 @@ def bound_for_cli(app: Any) -> None:
             "retry_policy": {"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5},
         },
     )
-
-
-@contextmanager
-def quiet(*names: str) -> Iterator[None]:
-    """Silence these loggers for the block: the command reports the failure itself,
-    in one line, instead of their reconnection messages."""
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.CRITICAL + 1)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
 
 
 def check_services(then: str = "") -> None:

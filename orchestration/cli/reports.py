@@ -152,7 +152,8 @@ def run_text(doc: dict[str, Any]) -> str:
     ]
     if doc.get("error_message") and doc["error_message"].strip():
         lines += wrapped("  error: ", doc["error_message"])
-    lines += _links(doc.get("summary") or {})
+    summary = doc.get("summary")
+    lines += _links(summary if isinstance(summary, dict) else {})  # a summary is an object, unless hand-edited
     jobs = doc.get("jobs") or []
     if jobs:
         lines += ["", jobs_in_run_table(jobs)]

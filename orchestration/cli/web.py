@@ -3,13 +3,14 @@ uvicorn, after checking that the database answers and is migrated."""
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 
 import click
 
-from orchestration.cli.app import CliError, main, quiet
-from orchestration.logs import get_logger
+from orchestration.cli.app import CliError, main
+from orchestration.logs import get_logger, quiet
 from orchestration.settings import Settings, get_settings
 from orchestration.store import db, migrate
 
@@ -29,6 +30,8 @@ def _loopback(host: str) -> bool:
 
 
 def _check_port(host: str, port: int) -> None:
+    if not host.strip():
+        raise CliError("--host is empty: give an address, e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every one)")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -36,7 +39,8 @@ def _check_port(host: str, port: int) -> None:
             probe.bind((host, port))
         except OSError as exc:
             reason = exc.strerror or exc
-            raise CliError(f"cannot listen on {host}:{port}: {reason}; choose another with --port") from None
+            option = "--port" if exc.errno in (errno.EADDRINUSE, errno.EACCES) else "--host"
+            raise CliError(f"cannot listen on {host}:{port}: {reason}; choose another with {option}") from None
 
 
 def announce(settings: Settings, host: str, port: int) -> None:
@@ -58,6 +62,7 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
         import uvicorn
 
         from orchestration.web.app import create_app
+        from orchestration.web.security import LOOPBACK_NAMES
     except ImportError as exc:
         missing = f"the dashboard needs the web extra ({exc.name} is missing)"
         raise CliError(f"{missing}: pip install 'orchestration[web]'") from None
@@ -70,7 +75,9 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
             raise CliError(f"database at {db.describe()} {problem}", 2)
         _check_port(host, port)
         announce(settings, host, port)
-        uvicorn.run(create_app(settings), host=host, port=port, log_config=None, server_header=False)
+        shown = f"[{host}]" if ":" in host else host
+        hosts = (*LOOPBACK_NAMES, shown) if _loopback(host) else None
+        uvicorn.run(create_app(settings, hosts), host=host, port=port, log_config=None, server_header=False)
     finally:
         db.set_read_only(previous)
 

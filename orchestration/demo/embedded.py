@@ -12,7 +12,7 @@ import logging
 import shlex
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -20,8 +20,8 @@ from typing import IO, Any
 import click
 from celery import Celery
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from orchestration.cli.progress import watch
 from orchestration.documents.runs import run_document
 from orchestration.nightly import runs
 from orchestration.store import db, migrate
@@ -84,9 +84,20 @@ def web_command(path: Path = DEMO_DB, port: int = 8800) -> str:
     return f"ORCHESTRATION_DATABASE_URL={shlex.quote(url)} {shlex.quote(_program())} web{option}"
 
 
-def run_demo(projects: int, memories: int, with_failure: bool = False, out: IO[str] | None = None) -> dict[str, Any]:
+# Shows a run's progress on a stream until it ends (the command line's
+# ``progress.watch``): given by the caller, so that the demo needs no command line.
+Watch = Callable[[Callable[[Session], ConsolidationRun | None], float, IO[str]], ConsolidationRun | None]
+
+
+def run_demo(
+    projects: int,
+    memories: int,
+    with_failure: bool = False,
+    out: IO[str] | None = None,
+    watch: Watch | None = None,
+) -> dict[str, Any]:
     """Seed, run tonight's scheduled run through the chord, return the run document.
-    With ``out``, say what happens there and show the run's progress."""
+    With ``out``, say what happens there, and show the run's progress with ``watch``."""
     from orchestration.celery_app import app
     from orchestration.demo.seed import seed
     from orchestration.logs import log_format
@@ -113,7 +124,7 @@ def run_demo(projects: int, memories: int, with_failure: bool = False, out: IO[s
     with embedded_worker(app) as worker:
         say(f"in-process Celery worker ({worker.concurrency} threads) started; running tonight's chord now")
         run_scheduled.apply_async(kwargs={"slot": slot.isoformat(), "backfill": True})  # now, off the schedule
-        run = watch(find, WAIT_S, out, interval=0.1) if out is not None else runs.wait_for_finish(find, WAIT_S)
+        run = watch(find, WAIT_S, out) if out is not None and watch else runs.wait_for_finish(find, WAIT_S)
     if run is None:
         raise TimeoutError(f"the demo run did not finish within {WAIT_S:.0f}s")
     return run_document(run.id)

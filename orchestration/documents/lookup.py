@@ -19,6 +19,7 @@ from orchestration.store.models import ConsolidationJob, ConsolidationRun, Proje
 # The shortest id prefix taken, and what an id prefix can look like: hex digits and
 # dashes only (anything else is not an id, and never reaches a LIKE pattern).
 MIN_PREFIX = 4
+ID_LENGTH = 36
 _ID_PREFIX = re.compile(r"[0-9a-f-]+")
 # How many similar names a miss suggests, and how many ids an ambiguous name lists.
 SUGGESTIONS = 3
@@ -49,7 +50,8 @@ def find(model: type[ConsolidationRun] | type[ConsolidationJob] | type[Project],
             return row
         if len(prefix) < MIN_PREFIX:
             raise Ambiguous(f"{what} {prefix!r}: give at least {MIN_PREFIX} characters of the id")
-        matches = _by_prefix(session, model, prefix, limit=4) if _ID_PREFIX.fullmatch(prefix) else []
+        is_prefix = len(prefix) <= ID_LENGTH and _ID_PREFIX.fullmatch(prefix)
+        matches = _by_prefix(session, model, prefix, limit=4) if is_prefix else []
     if not matches:
         raise NotFound(f"no {what} with id {prefix!r}")
     if len(matches) > 1:
@@ -87,7 +89,7 @@ def find_project(text: str) -> Project:
             ).all()
         prefix = given.lower()
         by_id: Sequence[Project] = []
-        if len(prefix) >= MIN_PREFIX and _ID_PREFIX.fullmatch(prefix):
+        if MIN_PREFIX <= len(prefix) <= ID_LENGTH and _ID_PREFIX.fullmatch(prefix):
             by_id = _by_prefix(session, Project, prefix)
         found = {p.id: p for p in [*by_name, *by_id]}
         if len(found) == 1:

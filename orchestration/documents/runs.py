@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, exists, func, select
+from sqlalchemy import String, case, cast, exists, func, select
 from sqlalchemy.orm import Session
 
 from orchestration.documents.jobs import job_document
 from orchestration.documents.times import seconds
 from orchestration.store.db import session_scope
-from orchestration.store.documents import row_dict
-from orchestration.store.models import ConsolidationJob, ConsolidationRun, Project
+from orchestration.store.documents import jsonable, row_dict
+from orchestration.store.models import ConsolidationJob, ConsolidationRun, Project, table_of
 from orchestration.store.statuses import UNFINISHED_JOB_STATUSES, JobStatus, RunStatus
 
 # The run columns an open run takes from its job rows.
@@ -79,10 +79,10 @@ def live_counters(session: Session, run_ids: Sequence[uuid.UUID]) -> dict[uuid.U
     return {run_id: found.get(run_id, dict.fromkeys(LIVE_COUNTERS, 0)) for run_id in run_ids}
 
 
-def run_row(run: ConsolidationRun, live: dict[uuid.UUID, dict[str, int]]) -> dict[str, Any]:
+def run_row(run: ConsolidationRun | Any, live: dict[uuid.UUID, dict[str, int]]) -> dict[str, Any]:
     """A run's columns and ``duration_s`` (null while open); an open run's counters
-    from its jobs (``counters_from``)."""
-    document = row_dict(run)
+    from its jobs (``counters_from``). ``run`` is a model, or a row of some columns."""
+    document = row_dict(run) if isinstance(run, ConsolidationRun) else jsonable(run._asdict())
     document["duration_s"] = seconds(document["started_at"], document["finished_at"])
     if run.status == RunStatus.RUNNING:
         document.update(live.get(run.id, {}))
@@ -90,22 +90,25 @@ def run_row(run: ConsolidationRun, live: dict[uuid.UUID, dict[str, int]]) -> dic
     return document
 
 
-def list_runs(session: Session, limit: int, where: RunFilter = RunFilter()) -> list[dict[str, Any]]:
-    """Run documents (:func:`run_row`), newest first."""
-    query = select(ConsolidationRun).order_by(ConsolidationRun.started_at.desc(), ConsolidationRun.id.desc())
+def list_runs(
+    session: Session, limit: int, where: RunFilter = RunFilter(), summary: bool = True
+) -> list[dict[str, Any]]:
+    """Run documents (:func:`run_row`), newest first; without their ``summary`` (a
+    page that shows none need not read it: a night's can hold hundreds of job lines)."""
+    run = ConsolidationRun
+    query = select(run) if summary else select(*(column for column in table_of(run).c if column.name != "summary"))
+    query = query.order_by(run.started_at.desc(), run.id.desc())
     if where.status:
-        query = query.where(ConsolidationRun.status == where.status)
+        query = query.where(run.status == where.status)
     if where.trigger:
-        query = query.where(ConsolidationRun.trigger_type == where.trigger)
+        query = query.where(run.trigger_type == where.trigger)
     if where.since is not None:
-        query = query.where(ConsolidationRun.started_at >= where.since)
+        query = query.where(run.started_at >= where.since)
     if where.project_id is not None:
         query = query.where(
-            exists().where(
-                ConsolidationJob.run_id == ConsolidationRun.id, ConsolidationJob.project_id == where.project_id
-            )
+            exists().where(ConsolidationJob.run_id == run.id, ConsolidationJob.project_id == where.project_id)
         )
-    rows = session.scalars(query.limit(limit)).all()
+    rows = (session.scalars if summary else session.execute)(query.limit(limit)).all()
     live = live_counters(session, [r.id for r in rows if r.status == RunStatus.RUNNING])
     return [run_row(r, live) for r in rows]
 
@@ -125,3 +128,50 @@ def run_document(run_id: uuid.UUID) -> dict[str, Any]:
             )
         ).all()
         return {**run_row(run, live), "jobs": [job_document(job, name) for job, name in rows]}
+
+
+# What the run page shows of each job (its timeline, lists and counters); the ids as
+# text (a page prints them, and 40,000 UUID objects are a good part of its time).
+PAGE_JOB_COLUMNS = (
+    "status",
+    "attempts",
+    "created_at",
+    "started_at",
+    "completed_at",
+    "worker",
+    "error_message",
+    "memories_before",
+    "memories_after",
+    "memories_merged",
+    "memories_archived",
+    "rolled_back_at",
+)
+
+
+def run_page(run_id: uuid.UUID) -> dict[str, Any]:
+    """A run for its page: :func:`run_document`'s run, and its jobs (failed first) as
+    plain rows of ``id``, ``project_id`` (text), :data:`PAGE_JOB_COLUMNS`,
+    ``project_name`` and ``duration_s``, times as datetimes. A run of 20,000 jobs
+    reads in a fraction of what the full documents cost (docs/benchmarks.md, "The
+    dashboard")."""
+    job = ConsolidationJob
+    columns = [
+        cast(job.id, String).label("id"),
+        cast(job.project_id, String).label("project_id"),
+        *(getattr(job, name) for name in PAGE_JOB_COLUMNS),
+        Project.name.label("project_name"),
+    ]
+    with session_scope() as session:
+        run = session.get_one(ConsolidationRun, run_id)
+        live = live_counters(session, [run.id]) if run.status == RunStatus.RUNNING else {}
+        result = session.execute(
+            select(*columns)
+            .outerjoin(Project, Project.id == job.project_id)
+            .where(job.run_id == run_id)
+            .order_by(case((job.status == JobStatus.FAILED, 0), else_=1), Project.name, job.id)
+        )
+        keys = list(result.keys())
+        jobs = [dict(zip(keys, row, strict=True)) for row in result]
+        for document in jobs:
+            document["duration_s"] = seconds(document["started_at"], document["completed_at"])
+        return {**run_row(run, live), "jobs": jobs}

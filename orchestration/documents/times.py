@@ -23,6 +23,6 @@ def parse_since(text: str) -> datetime:
     naming an example otherwise."""
     try:
         moment = datetime.fromisoformat(text.strip())
-    except ValueError:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: a time that is out of range in UTC
         raise ValueError(f"{text!r} is not an ISO 8601 date or date-time, e.g. 2026-11-27") from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

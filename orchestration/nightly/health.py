@@ -84,7 +84,7 @@ def check_health(session: Session, settings: Settings, now: datetime, max_age: t
             run,
             expected,
         )
-    mismatch = (run.summary or {}).get("schedule_mismatch")
+    mismatch = run.summary.get("schedule_mismatch") if isinstance(run.summary, dict) else None
     if mismatch:
         return Health(
             2,

@@ -27,6 +27,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from orchestration.settings import get_settings, mask_url
 
@@ -105,12 +106,15 @@ def _sqlite_setup(engine: Engine, read_only: bool = False) -> None:
         # Let SQLAlchemy, not pysqlite, decide when transactions begin.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA synchronous=NORMAL")
         if read_only:
+            # A reader changes nothing in the file, its journal mode included (the
+            # writers, the worker and migrations, set WAL).
             cursor.execute("PRAGMA query_only=ON")
+        else:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -168,9 +172,15 @@ def build_engine(
             if not create:
                 raise NoDatabase(path)
             path.parent.mkdir(parents=True, exist_ok=True)
+        if read_only and path is not None:
+            # Opened read-only by SQLite itself: a missing file is an error, not created.
+            url = f"sqlite:///file:{path}?mode=ro&uri=true"
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            # A reader opens the file afresh for each session: one replaced or deleted
+            # meanwhile (a new demo) is read as it is now, not as a pooled handle saw it.
+            **({"poolclass": NullPool} if read_only else {}),
         )
         _sqlite_setup(engine, read_only)
         return engine

@@ -27,9 +27,9 @@ DEFAULT_MAX_AGE_HOURS = 26.0
 
 
 def json_response(document: Any, status_code: int = 200) -> Response:
-    return Response(
-        json.dumps(jsonable(document), indent=2) + "\n", status_code=status_code, media_type="application/json"
-    )
+    """Compact JSON (json's C encoder: a run of 20,000 jobs is tens of MB indented)."""
+    body = json.dumps(document, default=jsonable, separators=(",", ":"))
+    return Response(body + "\n", status_code=status_code, media_type="application/json")
 
 
 def runs(request: Request) -> Response:

@@ -26,7 +26,7 @@ def limit(params: Mapping[str, str], default: int = DEFAULT_LIMIT) -> int:
     text = params.get("limit", "").strip()
     if not text:
         return default
-    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
         raise BadRequest(f"limit={text!r}: give a whole number from 1 to {MAX_LIMIT}")
     return int(text)
 
@@ -46,9 +46,22 @@ def _project_id(params: Mapping[str, str]) -> uuid.UUID | None:
     return None if not given else lookup.find_project(given).id
 
 
+RUN_PARAMETERS = ("limit", "status", "trigger", "since", "project")
+JOB_PARAMETERS = ("limit", "run", "project", "status")
+
+
+def only(params: Mapping[str, str], known: tuple[str, ...]) -> None:
+    """A parameter the list does not take is refused (a misspelt filter would
+    otherwise list everything)."""
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise BadRequest(f"unknown parameter {unknown[0]!r}: this list takes {', '.join(known)}")
+
+
 def run_filter(params: Mapping[str, str]) -> RunFilter:
     """``status``, ``trigger``, ``since`` (ISO date or date-time, naive is UTC) and
     ``project`` (id, id prefix or name), as ``runs list`` takes them."""
+    only(params, RUN_PARAMETERS)
     since = params.get("since", "").strip()
     try:
         moment = times.parse_since(since) if since else None
@@ -64,6 +77,7 @@ def run_filter(params: Mapping[str, str]) -> RunFilter:
 
 def job_filter(params: Mapping[str, str]) -> JobFilter:
     """``run`` (id or id prefix), ``project`` and ``status``, as ``jobs list`` takes them."""
+    only(params, JOB_PARAMETERS)
     run = params.get("run", "").strip()
     return JobFilter(
         run_id=lookup.find(ConsolidationRun, run, "run").id if run else None,

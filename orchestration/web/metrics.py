@@ -145,6 +145,7 @@ def _unfinalized_jobs(session: Session, snapshot: Snapshot) -> OpenRunJobs:
     runs (also summed per trigger), of runs closed without a summary, and those started
     by hand (no run). Through the ``(run_id, project_id)`` index, never the whole table."""
     job, run = ConsolidationJob, ConsolidationRun
+    uncounted = or_(run.status == RunStatus.RUNNING, _finalized_skipped().is_(None))
     of_runs = (
         select(
             run.trigger_type,
@@ -156,7 +157,8 @@ def _unfinalized_jobs(session: Session, snapshot: Snapshot) -> OpenRunJobs:
             func.coalesce(func.sum(job.memories_archived), 0).label("archived"),
         )
         .join(run, run.id == job.run_id)
-        .where(or_(run.status == RunStatus.RUNNING, _finalized_skipped().is_(None)))
+        # The runs, not the jobs, narrowed first: else SQLite's planner walks every job.
+        .where(job.run_id.in_(select(run.id).where(uncounted).correlate(None)), uncounted)
         .group_by(run.trigger_type, run.status, job.run_id, job.status)
     )
     by_hand = (

@@ -15,7 +15,7 @@ from orchestration import __version__
 from orchestration.documents import lookup
 from orchestration.documents.jobs import job_detail
 from orchestration.documents.projects import project_detail, project_documents
-from orchestration.documents.runs import list_runs, run_document
+from orchestration.documents.runs import list_runs, run_page
 from orchestration.documents.times import parse
 from orchestration.nightly.health import check_health
 from orchestration.settings import get_settings
@@ -29,6 +29,10 @@ TEMPLATES = Path(__file__).parent / "templates"
 # The runs page lists a month of nights unless ``limit`` says otherwise.
 RUNS_SHOWN = 30
 SLOWEST = 10
+# The runs page names this many failed jobs of the latest scheduled run.
+FAILED_NAMED = 5
+# A run page shows this many failed jobs' whole errors (the rest: jobs list --status failed).
+FAILED_SHOWN = 50
 # A run page lists this many jobs in its table (every job is on the timeline).
 JOBS_LISTED = 500
 # Summary keys the run page shows elsewhere (its duration, the failed jobs' section).
@@ -63,14 +67,18 @@ def runs(request: Request) -> HTMLResponse:
     where = filters.run_filter(params)
     now = utcnow()
     with db.session_scope() as session:
-        documents = list_runs(session, filters.limit(params, RUNS_SHOWN), where)
-        health = check_health(session, get_settings(), now, timedelta(hours=26)).as_dict()
+        documents = list_runs(session, filters.limit(params, RUNS_SHOWN), where, summary=False)
+        verdict = check_health(session, get_settings(), now, timedelta(hours=26))
+        health = verdict.as_dict()
+        summary = verdict.run.summary if verdict.run is not None else None
+    failed = summary.get("failed_jobs") if isinstance(summary, dict) else None
     return render(
         request,
         "runs.html",
         runs=documents,
         chart=charts.runs_chart(documents, now),
         health=health,
+        failed=failed[:FAILED_NAMED] if isinstance(failed, list) else [],
         params=params,
         filtered=bool(where),
         refresh=REFRESH_S if any(r["status"] == RunStatus.RUNNING for r in documents) else None,
@@ -82,9 +90,17 @@ def _run_seconds(doc: dict[str, Any], now: datetime) -> float | None:
     return None if start is None else (end - start).total_seconds()
 
 
+def _notes(summary: Any) -> dict[str, Any]:
+    """What the summary notes that the page shows nowhere else (a hand-edited summary
+    that is not an object notes nothing)."""
+    if not isinstance(summary, dict):
+        return {}
+    return {k: v for k, v in summary.items() if k not in ON_THE_PAGE and v not in (None, [], {})}
+
+
 def run(request: Request) -> HTMLResponse:
     found = lookup.find(ConsolidationRun, request.path_params["run_id"], "run")
-    doc = run_document(found.id)
+    doc = run_page(found.id)
     now = utcnow()
     jobs = doc["jobs"]
     is_open = doc["status"] == RunStatus.RUNNING
@@ -96,9 +112,10 @@ def run(request: Request) -> HTMLResponse:
         seconds=_run_seconds(doc, now),
         timeline=charts.timeline(jobs, doc["started_at"], now),
         failed=[j for j in jobs if j["status"] == JobStatus.FAILED],
+        failed_shown=FAILED_SHOWN,
         slowest=sorted(timed, key=lambda j: j["duration_s"], reverse=True)[:SLOWEST],
         listed=jobs[:JOBS_LISTED],
-        notes={k: v for k, v in (doc["summary"] or {}).items() if k not in ON_THE_PAGE and v not in (None, [], {})},
+        notes=_notes(doc["summary"]),
         refresh=REFRESH_S if is_open else None,
     )
 

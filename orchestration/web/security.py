@@ -1,18 +1,20 @@
-"""What every response of the dashboard goes through: the optional access token
-(``ORCHESTRATION_WEB_TOKEN``, as a bearer token or as the password of basic auth) and
-the security headers (a CSP that allows no script and no inline style, no sniffing,
-no framing, no referrer)."""
+"""What every response of the dashboard goes through, outermost (an error page of the
+server included): the optional access token (``ORCHESTRATION_WEB_TOKEN``, as a bearer
+token or as the password of basic auth), the names it may be reached by (loopback
+names only when it listens on loopback: no DNS rebinding), and the security headers
+(a CSP that allows no script and no inline style, no sniffing, no framing, no
+referrer)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import hmac
+from collections.abc import Sequence
 
-from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
-from starlette.types import ASGIApp
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import PlainTextResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 HEADERS = {
     "Content-Security-Policy": (
@@ -25,6 +27,7 @@ HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
 }
 REALM = 'Basic realm="orchestration", charset="UTF-8"'
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
 
 def presented_token(authorization: str | None) -> str | None:
@@ -49,25 +52,47 @@ def token_matches(presented: str | None, token: str) -> bool:
     return presented is not None and hmac.compare_digest(presented.encode(), token.encode())
 
 
-class Guard(BaseHTTPMiddleware):
-    """Refuses a request without the token (when one is set) and adds :data:`HEADERS`."""
+def _host_name(host_header: str) -> str:
+    """``Host`` without its port (``[::1]:8800`` -> ``[::1]``)."""
+    if host_header.startswith("["):
+        return host_header.partition("]")[0] + "]"
+    return host_header.rpartition(":")[0] if ":" in host_header else host_header
 
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
-        super().__init__(app)
-        self.token = token
 
-    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        if self.token is not None and not token_matches(
-            presented_token(request.headers.get("authorization")), self.token
-        ):
-            response: Response = PlainTextResponse(
+class Guard:
+    """Refuses a request for another host name than ``hosts`` (``None``: any) or
+    without the token (when one is set), and adds :data:`HEADERS` to every response."""
+
+    def __init__(self, app: ASGIApp, token: str | None, hosts: Sequence[str] | None = None) -> None:
+        self.app, self.token = app, token
+        self.hosts = None if hosts is None else {host.lower() for host in hosts}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.update(HEADERS)
+                if not path.startswith("/static/"):
+                    headers["Cache-Control"] = "no-store"
+            await send(message)
+
+        headers = Headers(scope=scope)
+        if self.hosts is not None and _host_name(headers.get("host", "")).lower() not in self.hosts:
+            refused = PlainTextResponse(
+                "this dashboard answers on loopback names only (127.0.0.1, localhost, [::1])\n", status_code=400
+            )
+            await refused(scope, receive, send_with_headers)
+        elif self.token is not None and not token_matches(presented_token(headers.get("authorization")), self.token):
+            refused = PlainTextResponse(
                 "this dashboard needs its token (ORCHESTRATION_WEB_TOKEN): a bearer token or the basic-auth password\n",
                 status_code=401,
                 headers={"WWW-Authenticate": REALM},
             )
+            await refused(scope, receive, send_with_headers)
         else:
-            response = await call_next(request)
-        response.headers.update(HEADERS)
-        if not request.url.path.startswith("/static/"):
-            response.headers["Cache-Control"] = "no-store"
-        return response
+            await self.app(scope, receive, send_with_headers)

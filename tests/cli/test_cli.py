@@ -15,6 +15,7 @@ from orchestration.nightly import runs
 from orchestration.nightly.schedule import parse_slot
 from orchestration.store import db
 from orchestration.store.models import ConsolidationJob, ConsolidationRun, Project
+from orchestration.store.statuses import TriggerType
 
 
 def cli(*args, code=0):
@@ -249,7 +250,8 @@ def _run_in_state(state: str, run_id: uuid.UUID | None = None) -> uuid.UUID:
                 [Project(name="alpha", consolidation_threshold=1), Project(name="beta", consolidation_threshold=1)]
             )
             session.flush()
-        started = runs.start_run(session, "manual", None, 1, now=now - timedelta(hours=7), run_id=run_id)
+        started = runs.start_run(session, TriggerType.MANUAL, None, 1, now=now - timedelta(hours=7), run_id=run_id)
+        assert started is not None
         projects = session.scalars(select(Project).order_by(Project.name)).all()
         for index, project in enumerate(projects):
             job = ConsolidationJob(

@@ -17,6 +17,7 @@ from orchestration.demo.seed import seed
 from orchestration.nightly import runs
 from orchestration.store import db
 from orchestration.store.models import ConsolidationJob, ConsolidationRun
+from orchestration.store.statuses import TriggerType
 
 
 class _Terminal(io.StringIO):
@@ -27,7 +28,9 @@ class _Terminal(io.StringIO):
 def _run(projects: int = 6) -> runs.StartedRun:
     with db.session_scope() as session:
         seed(session, projects, 20, seed=3, dim=8)
-        return runs.start_run(session, "manual", None, 10)
+        started = runs.start_run(session, TriggerType.MANUAL, None, 10)
+        assert started is not None
+        return started
 
 
 def _finish_jobs_one_by_one(

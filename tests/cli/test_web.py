@@ -136,3 +136,16 @@ def test_listening_beyond_loopback_without_a_token_warns(sqlite_database, host, 
         assert [json.loads(line)["event"] for line in capsys.readouterr().err.splitlines()] == ["web.started"]
     finally:
         configure_logging(get_settings())
+
+
+def test_an_address_this_machine_does_not_have_or_an_empty_one_points_at_host(sqlite_database):
+    code, line = one_line("web", "--host", "192.0.2.1", "--port", str(free_port()))  # TEST-NET-1: not ours
+    assert code == 1 and line.startswith("Error: cannot listen on 192.0.2.1:") and line.endswith("with --host")
+    code, line = one_line("web", "--host", " ")
+    assert code == 1 and line.startswith("Error: --host is empty")
+
+
+def test_a_since_out_of_range_is_one_line(sqlite_database):
+    result = CliRunner().invoke(main, ["runs", "list", "--since", "9999-12-31T23:59:59-01:00"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.strip().endswith("is not an ISO 8601 date or date-time, e.g. 2026-11-27")

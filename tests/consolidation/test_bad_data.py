@@ -48,7 +48,8 @@ def _memories(project_id, but=None) -> dict[uuid.UUID, TaskMemory]:
 def _state(memory_id) -> tuple[bool, bool, int]:
     with db.session_scope() as session:
         query = select(TaskMemory.is_duplicate, TaskMemory.is_archived, TaskMemory.version)
-        return tuple(session.execute(query.where(TaskMemory.id == memory_id)).one())
+        duplicate, archived, version = session.execute(query.where(TaskMemory.id == memory_id)).one()
+        return duplicate, archived, version
 
 
 def _plan(project_id) -> planning.Plan:
@@ -58,7 +59,9 @@ def _plan(project_id) -> planning.Plan:
 
 def _assert_consolidated_lists_are_unions_of_their_sources(project_id, but) -> None:
     memories = _memories(project_id, but)
-    for merged in (m for m in memories.values() if m.consolidated_from):
+    for merged in memories.values():
+        if not merged.consolidated_from:
+            continue
         sources = [memories[uuid.UUID(i)] for i in merged.consolidated_from]
         assert set(merged.tags) == {t for s in sources for t in s.tags}
         assert set(merged.file_links) == {f for s in sources for f in s.file_links}

@@ -122,7 +122,7 @@ def test_wrong_types_name_the_range_too(name, value, problem):
     assert str(info.value) == f"consolidation_options.{name}: {problem}"
 
 
-def test_options_made_directly_are_checked_too():
+def test_options_made_directly_are_checked_too() -> None:
     with pytest.raises(InvalidOptions, match="archive_stale_days: must be from 1 to 36,500"):
         ConsolidationOptions(archive_stale_days=100_000_000)
     assert ConsolidationOptions(min_cluster_size=3.0).min_cluster_size == 3  # type: ignore[arg-type]

@@ -318,14 +318,15 @@ class Workers:
     def start(self, env: dict[str, str], app: str = "tests.fault_worker") -> subprocess.Popen:
         """``celery -A app worker``: the fault-injecting app, or the production one."""
         log = self.log_dir / f"worker-{len(self.processes)}.log"
-        process = subprocess.Popen(
-            celery_worker_command(app, "--loglevel", "INFO", "-n", f"fault{len(self.processes)}@%h"),
-            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
-            cwd=ROOT,
-            start_new_session=True,
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-        )
+        with log.open("w") as out:  # the worker writes to its own copy of the file
+            process = subprocess.Popen(
+                celery_worker_command(app, "--loglevel", "INFO", "-n", f"fault{len(self.processes)}@%h"),
+                env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+                cwd=ROOT,
+                start_new_session=True,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         process.log = log  # type: ignore[attr-defined]
         self.processes.append(process)
         return process
@@ -364,11 +365,12 @@ class Beats:
         log = self.directory / f"{name}.log"
         command = [sys.executable, "-m", "celery", "-A", "orchestration.celery_app", "beat", "--loglevel", "INFO",
                    "--schedule", str(self.directory / name)]  # fmt: skip
-        self.processes.append(
-            subprocess.Popen(
-                command, env=env, cwd=ROOT, start_new_session=True, stdout=log.open("w"), stderr=subprocess.STDOUT
-            )  # fmt: skip
-        )
+        with log.open("w") as out:  # beat writes to its own copy of the file
+            self.processes.append(
+                subprocess.Popen(
+                    command, env=env, cwd=ROOT, start_new_session=True, stdout=out, stderr=subprocess.STDOUT
+                )  # fmt: skip
+            )
         return log
 
     def stop_all(self) -> None:

@@ -8,12 +8,19 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from kombu import Connection
-from test_faults import clean_reference, finished_run, jobs_of, now_slot, plant, start_run, wait_dead
 
 from support import difference, fingerprint
+
+# pytest imports this folder's test modules by file name (the folder on sys.path); mypy,
+# with tests/ as its base, knows them as faults.*.
+if TYPE_CHECKING:
+    from faults.test_faults import clean_reference, finished_run, jobs_of, now_slot, plant, start_run, wait_dead
+else:
+    from test_faults import clean_reference, finished_run, jobs_of, now_slot, plant, start_run, wait_dead
 
 # The target: within 5 minutes of a worker's death its job runs again and the run completes.
 RECOVERY_TARGET_S = 300

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -97,19 +98,19 @@ def clean_reference(url: str, skip: tuple[str, ...] = ()) -> list[tuple]:
         db.use_database(previous)
 
 
-def jobs_of(run_id) -> list[ConsolidationJob]:
+def jobs_of(run_id) -> Sequence[ConsolidationJob]:
     with db.session_scope() as session:
         return session.scalars(select(ConsolidationJob).where(ConsolidationJob.run_id == run_id)).all()
 
 
 def jobs_running(slot) -> int:
     with db.session_scope() as session:
-        return session.scalar(
+        return session.execute(
             select(func.count())
             .select_from(ConsolidationJob)
             .join(ConsolidationRun, ConsolidationRun.id == ConsolidationJob.run_id)
             .where(ConsolidationRun.scheduled_for == slot, ConsolidationJob.status == "running")
-        )
+        ).scalar_one()
 
 
 def wait_dead(process: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -314,6 +315,7 @@ def test_agents_write_while_the_job_runs(pg_database, redis_server, workers, tmp
                         .order_by(func.random())
                         .limit(1)
                     )
+                    assert memory is not None
                     memory.reused_count += 1
                     memory.last_reused_at = utcnow()
                     copy = TaskMemory(

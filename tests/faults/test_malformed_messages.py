@@ -117,7 +117,7 @@ def test_malformed_messages_never_stop_a_worker(broker, redis_server, pg_databas
         seen[event["task"], event["task_id"]] = seen.get((event["task"], event["task_id"]), 0) + 1
     assert seen == dict(expected)  # once each: none of them delivered again
     assert all(len(e["reason"]) <= 300 and e["level"] == "error" for e in rejected)
-    log = worker.log.read_text()  # type: ignore[attr-defined]
+    log = worker.log.read_text()
     assert "Unrecoverable" not in log and len(max(log.splitlines(), key=len)) < 2000
     workers.stop_all()
     time.sleep(0.5)  # RabbitMQ returns what a closed channel held

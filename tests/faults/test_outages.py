@@ -9,16 +9,25 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import select
-from test_defaults import RECOVERY_TARGET_S, production_env
-from test_faults import finished_run, jobs_of, now_slot, plant, start_run
 
 from orchestration.consolidation.options import resolve_options
 from orchestration.store import db
 from orchestration.store.models import ConsolidationJob, ConsolidationRun
 from support import consolidate, difference, fingerprint, wait_until
+
+# pytest imports this folder's test modules by file name (the folder on sys.path); mypy,
+# with tests/ as its base, knows them as faults.*.
+if TYPE_CHECKING:
+    from faults.test_defaults import RECOVERY_TARGET_S, production_env
+    from faults.test_faults import finished_run, jobs_of, now_slot, plant, start_run
+else:
+    from test_defaults import RECOVERY_TARGET_S, production_env
+    from test_faults import finished_run, jobs_of, now_slot, plant, start_run
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +46,7 @@ def reference(url: str, **seeded) -> list[tuple]:
         db.use_database(previous)
 
 
-def run_jobs(slot) -> list[ConsolidationJob]:
+def run_jobs(slot) -> Sequence[ConsolidationJob]:
     """The jobs of the run of ``slot`` (none before it is claimed)."""
     with db.session_scope() as session:
         return session.scalars(

@@ -40,7 +40,9 @@ def _running_job_with_lock() -> tuple[uuid.UUID, str]:
 def _beats(job_id: uuid.UUID, holder: str):
     with db.session_scope() as session:
         lock = session.scalar(select(ProjectLock.heartbeat_at).where(ProjectLock.holder == holder))
-        return lock, session.get(ConsolidationJob, job_id).heartbeat_at
+        job = session.get(ConsolidationJob, job_id)
+        assert job is not None
+        return lock, job.heartbeat_at
 
 
 def test_a_beating_holder_stays_fresh_and_stops_when_done(database, monkeypatch):

@@ -187,7 +187,7 @@ def test_a_duplicate_start_racing_the_live_start_stands_down(job_ids, settings, 
 
 def _someone_waits_for_a_lock() -> bool:
     with db.session_scope() as session:
-        waiting = session.execute(
+        waiting: int = session.execute(
             text(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
             )

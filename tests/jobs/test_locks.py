@@ -22,7 +22,9 @@ def test_holder_names_the_attempt():
 
 
 def _lease(job_ids, attempt=1) -> Lease:
-    return Lease(job_row(job_ids[0]).project_id, job_ids[0], attempt)
+    project_id = job_row(job_ids[0]).project_id
+    assert project_id is not None
+    return Lease(project_id, job_ids[0], attempt)
 
 
 def test_a_lock_is_taken_once_until_it_goes_stale(job_ids):

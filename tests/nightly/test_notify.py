@@ -241,7 +241,7 @@ def no_connections(monkeypatch) -> list:
     attempts: list = []
 
     class Forbidden(socket.socket):
-        def connect(self, address):  # type: ignore[override]
+        def connect(self, address):
             attempts.append(address)
             raise AssertionError(f"connected to {address}")
 

@@ -11,6 +11,7 @@ from orchestration.nightly import reaper, runs
 from orchestration.settings import load_settings
 from orchestration.store import db
 from orchestration.store.models import ConsolidationJob, ProjectLock
+from orchestration.store.statuses import TriggerType
 from orchestration.store.types import utcnow
 
 SETTINGS = load_settings({})
@@ -20,7 +21,8 @@ STALE = heartbeat.LOST_AFTER + timedelta(seconds=1)
 def _run_with_attempts(projects: int = 5) -> runs.StartedRun:
     with db.session_scope() as session:
         seed(session, projects, 40, seed=9, dim=8)
-        started = runs.start_run(session, "manual", None, 10)
+        started = runs.start_run(session, TriggerType.MANUAL, None, 10)
+        assert started is not None
     for job_id in started.job_ids:
         lifecycle.begin_attempt(job_id, SETTINGS)
     return started

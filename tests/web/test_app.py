@@ -78,8 +78,9 @@ def test_ids_prefixes_and_project_names_all_find_the_row(night, client):
     run_id, job_id = str(night.run.id), str(night.jobs[0].id)
     assert client.get(f"/api/runs/{run_id[:8]}").json()["id"] == run_id
     assert client.get(f"/api/jobs/{job_id[:8]}").json()["id"] == job_id
-    by_name = client.get("/api/projects/" + XSS_NAME.replace("/", "%2F"))
-    assert by_name.status_code == 404  # a "/" cannot be in a path segment: the id works
+    by_name = client.get("/api/projects/" + XSS_NAME.replace("/", "%2F"))  # a "/" in the name too
+    assert by_name.status_code == 200 and by_name.json()["id"] == str(night.xss_project_id)
+    assert XSS_NAME in unescape(client.get("/projects/" + XSS_NAME).text)
     assert client.get(f"/api/projects/{night.xss_project_id}").json()["name"] == XSS_NAME
     failing = client.get(f"/api/projects/{night.failing_project_id}").json()["name"]
     assert client.get(f"/api/projects/{failing}").json()["id"] == str(night.failing_project_id)
@@ -126,6 +127,9 @@ def test_the_runs_page_says_what_happened_last_night_and_charts_each_run(night, 
     html = client.get("/runs").text
     assert html.count('class="run-bar ') == 3
     assert "DEGRADED" in html and f"{night.run.id}" in html and "1 of 4 jobs failed" in html
+    failed = night.job_of(night.failing_project_id)
+    banner = html[html.index('id="health"') : html.index("</section>")]
+    assert f'<a href="/jobs/{failed.id}">project-' in banner and FAILED_ERROR in banner  # who failed, and why
     assert html.count('<tr class="row-') == 3
     filtered = client.get("/runs?status=completed").text
     assert filtered.count('class="run-bar ') == 2 and "clear" in filtered
@@ -208,10 +212,11 @@ def _basic(user: str, password: str) -> str:
 
 
 def test_a_short_or_padded_token_is_refused_at_start_without_showing_it():
-    for bad in ("short", f" {TOKEN} "):
+    for bad in ("short", f" {TOKEN} ", " " * 20, "ünïcödé-tøken-ñ-1234"):
         with pytest.raises(ValueError) as refused:
             load_settings({"ORCHESTRATION_WEB_TOKEN": bad})
-        assert "ORCHESTRATION_WEB_TOKEN" in str(refused.value) and bad.strip() not in str(refused.value)
+        assert "ORCHESTRATION_WEB_TOKEN" in str(refused.value) and "='***'" in str(refused.value)
+        assert not bad.strip() or bad.strip() not in str(refused.value)
     assert load_settings({"ORCHESTRATION_WEB_TOKEN": TOKEN}).web_token == TOKEN
     assert TOKEN not in repr(load_settings({"ORCHESTRATION_WEB_TOKEN": TOKEN}))
 
@@ -246,6 +251,19 @@ def test_it_only_reads_a_read_only_connection_serves_every_page(night):
         ("/api/jobs?run=zzzz", 404, "no run with id 'zzzz'"),
         ("/healthz?max_age=-1", 400, "max_age='-1': give hours, a number above 0 (default 26)"),
         ("/nowhere", 404, "Not Found"),
+        ("/api/runs?limit=%C2%B2", 400, "limit='²': give a whole number from 1 to 10000"),
+        (
+            "/api/runs?since=9999-12-31T23:59:59-01:00",
+            400,
+            "since='9999-12-31T23:59:59-01:00' is not an ISO 8601 date or date-time, e.g. 2026-11-27",
+        ),
+        (
+            "/api/runs?stauts=failed",
+            400,
+            "unknown parameter 'stauts': this list takes limit, status, trigger, since, project",
+        ),
+        ("/api/jobs?trigger=manual", 400, "unknown parameter 'trigger': this list takes limit, run, project, status"),
+        ("/api/runs/" + "a" * 5000, 404, "no run with id '" + "a" * 5000 + "'"),
     ],
 )
 def test_bad_input_is_one_clear_line_with_its_status(client, path, status, message):
@@ -331,3 +349,63 @@ def test_the_database_password_never_appears(pg_url, settings_env):
             assert ":***@" in client.get("/runs").text
     finally:
         db.dispose()
+
+
+def test_serving_a_sqlite_file_changes_nothing_in_it_and_follows_a_replaced_file(night, database_url, sqlite_template):
+    path = db.sqlite_path(database_url)
+    if path is None:
+        pytest.skip("SQLite's file only")
+    db.dispose()  # the writers' connections closed: the WAL checkpointed into the file
+    before = path.read_bytes()
+    db.set_read_only(True)
+    try:
+        with TestClient(create_app(Settings())) as client:
+            for page in [*PAGES, *detail_pages(night), "/api/runs", "/metrics", "/healthz"]:
+                assert client.get(page).status_code in (200, 503), page
+            assert path.read_bytes() == before  # not even its journal mode
+            assert len(client.get("/api/runs").json()) == 1
+            # A new database in its place (a new demo) is what the next page reads.
+            for leftover in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+                leftover.unlink(missing_ok=True)
+            path.write_bytes(sqlite_template.read_bytes())
+            assert client.get("/api/runs").json() == []
+            path.unlink()
+            gone = client.get("/api/runs")
+            assert gone.status_code == 503 and "unable to open database file" in gone.json()["error"]
+            assert not path.exists()  # and it was not created
+    finally:
+        db.set_read_only(False)
+
+
+def test_a_summary_that_is_not_an_object_does_not_break_the_run_page(night, client):
+    with db.session_scope() as session:
+        session.execute(update(ConsolidationRun).where(ConsolidationRun.id == night.run.id).values(summary=["a"]))
+    assert client.get(f"/runs/{night.run.id}").status_code == 200
+    assert client.get("/runs").status_code == 200
+
+
+def test_on_loopback_it_answers_loopback_names_only(client, database):
+    from orchestration.web.security import LOOPBACK_NAMES
+
+    app = create_app(Settings(), hosts=LOOPBACK_NAMES)
+    with TestClient(app, base_url="http://127.0.0.1:8800") as local:
+        assert local.get("/runs").status_code == 200
+        assert local.get("/runs", headers={"Host": "localhost:8800"}).status_code == 200
+        assert local.get("/runs", headers={"Host": "[::1]:8800"}).status_code == 200
+        rebound = local.get("/api/runs", headers={"Host": "attacker.example:8800"})  # DNS rebinding
+        assert rebound.status_code == 400 and "loopback names only" in rebound.text
+        assert rebound.headers["x-frame-options"] == "DENY"
+
+
+def test_an_unexpected_error_is_a_500_with_the_security_headers(database, monkeypatch):
+    from orchestration.web import pages
+
+    def broken(request):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(pages, "projects", broken)  # an injected fault
+    with TestClient(create_app(Settings()), raise_server_exceptions=False) as client:
+        response = client.get("/projects")
+    assert response.status_code == 500 and "a bug" not in response.text
+    assert "default-src 'none'" in response.headers["content-security-policy"]
+    assert response.headers["x-content-type-options"] == "nosniff"

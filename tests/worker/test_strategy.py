@@ -74,7 +74,7 @@ def bad_messages(task: Any) -> list[tuple[str, Any, dict[str, Any]]]:
         ("timelimit of one", fits, {"timelimit": [1]}),
         ("timelimit a string", fits, {"timelimit": "soon"}),
     ]
-    binding = [
+    binding: list[tuple[str, list[Any]]] = [
         ("too many args", [[PLACEHOLDER] * (len(positional) + 1), {}, {}]),
         ("unknown kwarg", [args, {"no_such_argument": 1}, {}]),
         ("huge unknown kwarg", [args, {"y" * 100_000: 1}, {}]),

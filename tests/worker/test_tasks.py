@@ -443,6 +443,7 @@ def test_the_summary_is_posted_to_the_notify_url(celery_worker, sqlite_database,
         wait_until(lambda: _Receiver.received)  # consolidation.notify, a task of its own
     finally:
         server.shutdown()
+        server.server_close()
     assert len(_Receiver.received) == 1
     content_type, body = _Receiver.received[0]
     assert content_type == "application/json"

@@ -45,14 +45,15 @@ def start(name: str, addresses: dict[str, str], tmp_path: Path) -> tuple[subproc
         command[command.index("--schedule") + 1] = str(tmp_path / "celerybeat-schedule")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATION_")}
     log = tmp_path / f"{name}.log"
-    process = subprocess.Popen(
-        command,
-        env={**clean, **env, **addresses},
-        cwd=ROOT,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with log.open("w") as out:  # the process writes to its own copy of the file
+        process = subprocess.Popen(
+            command,
+            env={**clean, **env, **addresses},
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     return process, log
 
 

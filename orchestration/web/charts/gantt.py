@@ -58,6 +58,8 @@ _MIN_BAR_W = 1.0
 # A drawn bar is at least this wide, so that a job that ended at once (often the failed
 # one) is still something a pointer can hit.
 _MIN_TARGET_W = 3.0
+# The width of one character of an attempts mark (8 px text).
+_MARK_CHAR_W = 5.0
 # Consecutive sub-pixel bars further apart than this stay separate groups, so that a
 # group never spans a worker's idle time.
 _GROUP_GAP = 2.0
@@ -248,8 +250,11 @@ def _job_bar(job: _Job, y: float, at: _Scale) -> str:
     x, width = _bar_box(begin, job.end, at)
     attempts = doc.get("attempts") or 0
     mark = ""
-    if isinstance(attempts, int) and attempts > 1:
-        mark = f'<text class="attempts-mark" x="{_n(x)}" y="{_n(y + _BAR_DY - 1)}">×{attempts}</text>'
+    label = f"×{attempts}"
+    # Marked above the bar where the bar is as wide as the mark: narrower ones' marks
+    # would run into their neighbours' (the tooltip says the attempts either way).
+    if isinstance(attempts, int) and attempts > 1 and width >= _MARK_CHAR_W * len(label):
+        mark = f'<text class="attempts-mark" x="{_n(x)}" y="{_n(y + _BAR_DY - 1)}">{label}</text>'
     return (
         f'<a href="{_href("jobs", job_id)}"><title>{_text(_job_tip(job))}</title>'
         f'<rect class="job-bar status-{job.status}" data-job-id="{_text(job_id)}" x="{_n(x)}" '

@@ -1,0 +1,1 @@
+"""The embedded demo (``make demo``): seeded synthetic projects, an in-process worker."""

@@ -1,0 +1,1 @@
+"""The database: models, engines and sessions, migrations, kept counts, rows as JSON."""
