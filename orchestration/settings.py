@@ -311,6 +311,21 @@ def _web_token(env: Mapping[str, str]) -> str | None:
     return token
 
 
+# The database drivers orchestration is installed with (SQLAlchemy's names).
+DATABASE_DRIVERS = {"postgresql": ("psycopg",), "sqlite": ("pysqlite",)}
+
+
+def _database_url(env: Mapping[str, str]) -> str:
+    value = _required_url(env, "DATABASE_URL", Settings.database_url, DATABASE_SCHEMES)
+    dialect, _, driver = value.split("://", 1)[0].partition("+")
+    if driver and driver not in DATABASE_DRIVERS[dialect]:
+        supported = " or ".join(f"{dialect}+{d}://" for d in DATABASE_DRIVERS[dialect])
+        raise _fail(
+            "DATABASE_URL", mask_url(value), f"driver {driver!r} is not supported: use {dialect}:// or {supported}"
+        )
+    return value
+
+
 def _required_url(env: Mapping[str, str], name: str, default: str, schemes: tuple[str, ...]) -> str:
     value = _url(env, name, default, schemes)
     return default if value is None else value
@@ -355,7 +370,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise _fail("PROJECT_RATE_LIMIT", rate_limit, "must look like 30/m, 2/s or 100/h")
     notify_allow_private = _bool(env, "NOTIFY_ALLOW_PRIVATE", Settings.notify_allow_private)
     return Settings(
-        database_url=_required_url(env, "DATABASE_URL", Settings.database_url, DATABASE_SCHEMES),
+        database_url=_database_url(env),
         broker_url=_required_url(env, "BROKER_URL", Settings.broker_url, BROKER_SCHEMES),
         result_backend=_required_url(env, "RESULT_BACKEND", Settings.result_backend, BACKEND_SCHEMES),
         schedule=schedule,

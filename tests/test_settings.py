@@ -290,3 +290,14 @@ def test_an_unencoded_at_sign_in_a_password_is_refused_without_showing_it():
     with pytest.raises(SettingsError, match="percent-encode") as caught:
         load_settings(env)
     assert "hunter2" not in str(caught.value) and "topsecret" not in str(caught.value)
+
+
+def test_a_database_driver_orchestration_does_not_ship_is_refused_at_start():
+    with pytest.raises(SettingsError) as refused:
+        load_settings({"ORCHESTRATION_DATABASE_URL": "postgresql+psycopg2://orch:s3cret@db/orch"})
+    assert str(refused.value) == (
+        "ORCHESTRATION_DATABASE_URL='postgresql+psycopg2://orch:***@db/orch': driver 'psycopg2' is not supported: "
+        "use postgresql:// or postgresql+psycopg://"
+    )
+    assert load_settings({"ORCHESTRATION_DATABASE_URL": "postgresql+psycopg://db/orch"}).database_url.endswith("/orch")
+    assert load_settings({"ORCHESTRATION_DATABASE_URL": "sqlite+pysqlite:///x.db"}).is_sqlite
