@@ -255,20 +255,6 @@ def consumer_timeout_warning(broker_version: str, settings: Settings) -> str | N
 
 
 @signals.worker_ready.connect
-def _warm_heartbeat(sender: Any = None, **_: Any) -> None:
-    from celery.concurrency.prefork import TaskPool
-
-    from orchestration.jobs import heartbeat
-
-    if not isinstance(getattr(sender, "pool", None), TaskPool):
-        return  # only a prefork main process marks received jobs apart from running them
-    try:
-        heartbeat.warm()
-    except Exception as exc:  # noqa: BLE001 - the heartbeat thread retries; the jobs report the database
-        structlog.get_logger("orchestration.celery_app").warning("heartbeat.failed", error=str(exc)[:300])
-
-
-@signals.worker_ready.connect
 def _check_broker(sender: Any = None, **_: Any) -> None:
     settings = get_settings()
     if not settings.broker_url.startswith(("amqp", "pyamqp")):

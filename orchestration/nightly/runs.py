@@ -229,23 +229,18 @@ def mark_dispatched(session: Session, run_id: uuid.UUID, now: datetime) -> None:
     # Locked: the chord may already be finalizing the run and writing its summary.
     run = session.get(ConsolidationRun, run_id, with_for_update=True)
     if run is not None and run.status == RunStatus.RUNNING:
-        run.summary = {**(run.summary or {}), "dispatched_at": now.isoformat()}
+        run.dispatched_at = now
 
 
 def dispatched_before(run: ConsolidationRun, moment: datetime) -> bool:
     """Whether the run's chord was sent before ``moment``."""
-    sent = (run.summary or {}).get("dispatched_at")
-    return sent is not None and datetime.fromisoformat(sent) < moment
+    return run.dispatched_at is not None and run.dispatched_at < moment
 
 
 def undispatched_jobs(session: Session, run: ConsolidationRun, now: datetime) -> list[uuid.UUID] | None:
     """The pending jobs of a run whose chord was never sent, or ``None`` if it was (or
     may still be) sent."""
-    if (
-        run.status != RunStatus.RUNNING
-        or (run.summary or {}).get("dispatched_at")
-        or now - run.started_at < DISPATCH_GRACE
-    ):
+    if run.status != RunStatus.RUNNING or run.dispatched_at is not None or now - run.started_at < DISPATCH_GRACE:
         return None
     return list(
         session.scalars(

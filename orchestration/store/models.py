@@ -153,6 +153,9 @@ class ConsolidationRun(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     error_message: Mapped[str | None] = mapped_column(Text)
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # When the run's chord was sent; NULL: not (yet) sent. A claim found running with
+    # none well after its start was orphaned before sending (``nightly.runs``).
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class ConsolidationJob(Base):

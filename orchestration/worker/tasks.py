@@ -32,6 +32,7 @@ from orchestration.settings import get_settings
 from orchestration.store.db import session_scope, unreachable
 from orchestration.store.statuses import RunStatus, TriggerType
 from orchestration.store.types import utcnow
+from orchestration.worker import signals  # noqa: F401 - connects the worker's start-up hooks
 from orchestration.worker.base import JobTask, OrchestrationTask, unbounded, wait_out_outage
 from orchestration.worker.requests import JobRequest
 

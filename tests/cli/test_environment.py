@@ -308,7 +308,7 @@ def test_workers_still_create_their_sqlite_file(tmp_path):
     ("revision", "problem"),
     [
         ("base", "is not migrated (it has no schema yet): run 'orchestration db upgrade'"),
-        ("0003", "is not migrated to the latest schema (it is at revision 0003, the latest is 0005): "),
+        ("0003", "is not migrated to the latest schema (it is at revision 0003, the latest is 0006): "),
     ],
     ids=["no-schema", "behind"],
 )

@@ -64,9 +64,10 @@ def history_chart(jobs: Sequence[Mapping[str, Any]]) -> Markup:
     every = _label_every(slot, 6)
 
     ticks = [(base - plot_h * v / top, f"{round(v):,}") for v in _frange(0, top, step)]
-    legend = _legend(
-        [("history-before", "", "active before"), ("status-completed", "", "after"), ("", "failed", "failed")], left, 14
-    )
+    keys = [("history-before", "", "active before"), ("status-completed", "", "after")]
+    if any(doc.get("status") == "failed" for _, doc in shown):
+        keys.append(("", "failed", "failed"))
+    legend = _legend(keys, left, 14)
     parts = [legend, _y_axis(ticks, left, right), '<g class="bars">']
     labels = []
     for i, (moment, doc) in enumerate(shown):
