@@ -38,9 +38,16 @@ def quiet(*names: str) -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _drop_color_message(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """uvicorn passes its message again with terminal colour codes: not for a log line."""
+def _uvicorn_fields(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """uvicorn's lines: its message again with terminal colour codes dropped, and a
+    request's client, method, path and status as fields of their own (the access
+    line's arguments), for a log pipeline to filter on."""
     event.pop("color_message", None)
+    arguments = event.pop("positional_args", None)  # of every stdlib line (pass_foreign_args)
+    record = event.get("_record")
+    if record is not None and record.name == "uvicorn.access" and isinstance(arguments, tuple) and len(arguments) == 5:
+        client, method, path, _version, status = arguments
+        event.update(client=client, method=method, path=path, status=status)
     return event
 
 
@@ -50,7 +57,7 @@ def _shared_processors() -> list[Callable]:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.stdlib.ExtraAdder(),
-        _drop_color_message,
+        _uvicorn_fields,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
         structlog.processors.format_exc_info,
@@ -85,6 +92,7 @@ def configure_logging(settings: Settings, stream: IO[str] | None = None) -> None
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
+            pass_foreign_args=True,
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         )
     )

@@ -85,7 +85,9 @@ def test_the_server_answers_logs_json_and_stops_on_ctrl_c(sqlite_url, tmp_path):
     started = next(line for line in lines if line["event"] == "web.started")
     assert started["url"] == f"http://127.0.0.1:{port}/" and started["token"] is True
     assert WEB_TOKEN not in err.decode()
-    assert any(line["logger"] == "uvicorn.access" and "/api/runs" in line["event"] for line in lines)
+    access = [line for line in lines if line["logger"] == "uvicorn.access"]
+    assert {"method": "GET", "path": "/api/runs", "status": 200}.items() <= access[1].items()
+    assert access[0]["path"] == "/healthz" and access[0]["status"] == 401
     assert not any(line["event"] == "web.unprotected" for line in lines)  # loopback
 
 
