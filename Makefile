@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo dashboard test test-slow test-fast test-integration test-faults lint bench check clean
+.PHONY: demo dashboard test test-slow test-fast test-integration test-faults test-bench lint bench check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +21,10 @@ demo: $(STAMP)
 dashboard: $(STAMP)
 	-$(BIN)/orchestration demo --with-failure --web
 
-## test: the whole suite but the slow scenarios; server tests skip with a hint unless CI=true
+## test: the whole suite but the fault-injection suite, the benchmarks' smoke tests and the
+## slow scenarios (.ci/run runs those after it); server tests skip with a hint unless CI=true
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not faults and not bench" $(PYTEST_ARGS)
 
 ## test-slow: crash recovery with the production defaults (minutes per scenario)
 test-slow: $(STAMP)
@@ -40,6 +41,10 @@ test-integration: $(STAMP)
 ## test-faults: only the fault-injection suite (real processes, injected crashes)
 test-faults: $(STAMP)
 	$(BIN)/python -m pytest -m "faults and not slow" $(PYTEST_ARGS)
+
+## test-bench: every benchmark script at tiny sizes (their output holds; no timing asserted)
+test-bench: $(STAMP)
+	$(BIN)/python -m pytest -m "bench" $(PYTEST_ARGS)
 
 ## lint: ruff's checks and formatting, mypy over the package, tests and bench, and the
 ## layering of the package (import-linter); all configured in pyproject.toml

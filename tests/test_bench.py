@@ -12,7 +12,7 @@ import pytest
 
 from orchestration.store.migrate import ROOT
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.bench]
 
 
 def _bench(name: str, *args: str) -> str:

@@ -11,7 +11,7 @@ import pytest
 
 from orchestration.store.migrate import ROOT
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.bench]
 
 # 60 jobs need 60 projects: /metrics is timed with 60 (no goal), then with 40.
 TINY = ("--jobs", "60", "--runs", "12", "--projects", "40", "--history-jobs", "4", "--repeat", "2")
