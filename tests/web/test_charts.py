@@ -182,6 +182,18 @@ def test_a_running_run_is_drawn_until_now() -> None:
     assert "running for 15 min 00 s" in tooltip(link_of(root, bar))
 
 
+def test_a_run_left_open_for_days_is_drawn_to_the_top_without_flattening_the_others() -> None:
+    stuck = run_doc(0, status="running", took=None)
+    short, long = run_doc(1, took=600.0), run_doc(2, took=1200.0)
+    root = parse(runs_chart([stuck, short, long], T0 + timedelta(days=10)))
+
+    height = {bar.get("data-run-id"): num(bar, "height") for bar in find(root, "run-bar")}
+    assert height[short["id"]] / height[long["id"]] == pytest.approx(0.5, abs=0.01)
+    assert height[stuck["id"]] >= height[long["id"]]  # clipped at the top of the plot
+    (bar,) = (b for b in find(root, "run-bar") if b.get("data-run-id") == stuck["id"])
+    assert "running for 240 h 00 min" in tooltip(link_of(root, bar))
+
+
 def test_runs_chart_colours_bars_by_status_and_marks_only_failed_and_partial_runs() -> None:
     statuses = ["running", "completed", "partial", "failed"]
     runs = [run_doc(n, status=s, took=None if s == "running" else 900.0) for n, s in enumerate(statuses)]

@@ -55,7 +55,12 @@ def runs_chart(runs: Sequence[Mapping[str, Any]], now: datetime) -> Markup:
     now = _aware(now)
     shown = _newest(runs, "started_at", "scheduled_for")
     durations = [_run_duration(doc, start, now) for start, doc in shown]
-    longest = max((d for d in durations if d is not None), default=0.0)
+    # The scale is set by the finished runs: a run left open for days (beat and the
+    # reaper down) is drawn to the top, not allowed to flatten every other bar.
+    finished = [
+        d for (_, doc), d in zip(shown, durations, strict=True) if d is not None and doc.get("status") != "running"
+    ]
+    longest = max(finished or [d for d in durations if d is not None] or [0.0])
     step = _time_step(longest, 4)
     top = max(step, step * math.ceil(longest / step))
 
@@ -70,14 +75,16 @@ def runs_chart(runs: Sequence[Mapping[str, Any]], now: datetime) -> Markup:
     labels = []
     for i, ((start, doc), seconds) in enumerate(zip(shown, durations, strict=True)):
         x = left + i * slot + (slot - bar_w) / 2
-        height = max(plot_h * (seconds or 0.0) / top, 1.5)
+        height = min(max(plot_h * (seconds or 0.0) / top, 1.5), plot_h)
         parts.append(_run_bar(doc, start, seconds, x, base - height, bar_w, height))
         if (len(shown) - 1 - i) % every == 0:  # the newest run always gets its date
             labels.append((x + bar_w / 2, _day(start)))
     parts.append("</g>")
     parts.append(_baseline(left, right, base))
     parts.append(_x_labels(labels, base + 17))
-    return _svg("runs-chart", _RUNS_W, _RUNS_H, f"Durations of the last {len(shown)} runs", parts)
+    return _svg(
+        "runs-chart", _RUNS_W, _RUNS_H, f"Durations of the last {len(shown)} run{'s' if len(shown) != 1 else ''}", parts
+    )
 
 
 def _run_duration(doc: Mapping[str, Any], start: datetime | None, now: datetime) -> float | None:
