@@ -29,7 +29,7 @@ def runs_retry(run_id: str, wait: bool, timeout: int | None) -> None:
 
     Only failed jobs are retried (not skipped or completed ones); each of their
     projects runs if it is still enabled, even if it is now below its threshold."""
-    from orchestration.nightly.runs import RetryRefused, retry_projects
+    from orchestration.nightly.retries import RetryRefused, retry_projects
     from orchestration.worker.tasks import run_scheduled
 
     settings = get_settings()

@@ -30,13 +30,16 @@ from orchestration.store.models import ProjectLock, table_of
 log = get_logger(__name__)
 
 
+HOLDER_SEPARATOR = "#"
+
+
 def holder_for(job_id: uuid.UUID, attempt: int) -> str:
     """The lock holder of one attempt of a job (``<job id>#<attempt>``)."""
-    return f"{job_id}#{attempt}"
+    return f"{job_id}{HOLDER_SEPARATOR}{attempt}"
 
 
 def job_of(holder: str) -> str:
-    return holder.partition("#")[0]
+    return holder.partition(HOLDER_SEPARATOR)[0]
 
 
 class ProjectBusy(RuntimeError):

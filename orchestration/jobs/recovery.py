@@ -11,7 +11,9 @@ from datetime import datetime
 import structlog
 from sqlalchemy.orm import Session
 
-from orchestration.jobs.lifecycle import close_unfinished, job_ids, lost_error, running_job, set_retrying
+from orchestration.jobs import transitions
+from orchestration.jobs.endings import end, running_job
+from orchestration.jobs.outcomes import job_ids, lost_error
 from orchestration.logs import get_logger
 from orchestration.settings import Settings
 from orchestration.store.db import session_scope
@@ -26,10 +28,10 @@ def record_lost(session: Session, job: ConsolidationJob, settings: Settings, now
     """The running attempt of ``job`` died with its worker process: free its lock, then
     let the job run again (``retrying``) or, with no attempts left, fail it. Returns
     the new status. The caller holds the job row locked and logs."""
-    if job.attempts >= settings.max_retries + 1:
-        close_unfinished(session, job, JobStatus.FAILED, lost_error(job.attempts, settings), now)
+    if not transitions.attempts_left(job, settings):
+        end(session, job, transitions.FAIL, lost_error(job.attempts, settings), now)
         return JobStatus.FAILED
-    set_retrying(session, job, error, now)
+    end(session, job, transitions.LOSE, error, now)
     return JobStatus.RETRYING
 
 
@@ -57,7 +59,7 @@ def hard_time_limit(job_id: uuid.UUID, settings: Settings, reason: str) -> None:
         job = running_job(session, job_id)
         if job is None:
             return
-        close_unfinished(session, job, JobStatus.FAILED, error, utcnow())
+        end(session, job, transitions.FAIL, error, utcnow())
         ids, attempt = job_ids(job), job.attempts
     with structlog.contextvars.bound_contextvars(**ids):
         log.error("job.failed", attempts=attempt, error=error)

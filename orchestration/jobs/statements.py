@@ -8,6 +8,10 @@ a start that finds anything unusual (the job finished, its project gone or disab
 no attempts left, the project's lock held by a live attempt of this or another job)
 changes nothing, and the caller takes the portable path, which decides under the job
 row's lock.
+
+They are the ``start`` (or ``take over``) and ``complete`` transitions of
+``orchestration.jobs.transitions`` and are written from its declarations: the
+from-states, the to-states, the ``heartbeat_at`` they leave, and the active count.
 """
 
 from __future__ import annotations
@@ -16,16 +20,31 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import literal_column, text
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
 from orchestration.jobs import heartbeat
+from orchestration.jobs.locks import HOLDER_SEPARATOR
+from orchestration.jobs.transitions import COMPLETE, TAKE_OVER, active_count
+from orchestration.jobs.transitions import START as _START
+from orchestration.store import db
+from orchestration.store.statuses import JobStatus
 
-# counts.active_count_expr as SQL text: the kept count plus the unfolded deltas.
-_ACTIVE_COUNT = """
-    coalesce((SELECT c.active_count FROM project_memory_counts c WHERE c.project_id = job.project_id), 0)
-    + coalesce((SELECT sum(d.delta) FROM project_memory_count_deltas d WHERE d.project_id = job.project_id), 0)
-"""
+
+def statuses(states: frozenset[JobStatus] | set[JobStatus]) -> str:
+    """A set of statuses as an SQL list of literals (enum values: nothing to escape)."""
+    return ", ".join(f"'{state.value}'" for state in sorted(states))
+
+
+# The job's project's active count (``transitions.active_count``), for the CTE ``job``.
+_ACTIVE_COUNT = str(
+    active_count(literal_column("job.project_id")).compile(
+        dialect=postgresql.dialect(),
+        compile_kwargs={"literal_binds": True},
+    )
+)
+assert _START.target == TAKE_OVER.target and COMPLETE.sources == {_START.target}
 
 # The lock is taken before the attempt is counted: a conflict with a live holder is
 # decided on the latest committed lock row (ON CONFLICT), never on this statement's
@@ -40,9 +59,9 @@ WITH job AS (
     FOR UPDATE OF j
 ), locked AS (
     INSERT INTO project_locks (project_id, holder, acquired_at, heartbeat_at)
-    SELECT job.project_id, :job_key || '#' || (job.attempts + 1), :now, :now
+    SELECT job.project_id, :job_key || '{HOLDER_SEPARATOR}' || (job.attempts + 1), :now, :now
     FROM job JOIN projects p ON p.id = job.project_id
-    WHERE job.status IN ('pending', 'running', 'retrying') AND job.attempts < :max_attempts
+    WHERE job.status IN ({statuses(_START.sources | TAKE_OVER.sources)}) AND job.attempts < :max_attempts
       AND (p.consolidation_enabled OR :force)
     ON CONFLICT (project_id) DO UPDATE
         SET holder = excluded.holder, acquired_at = excluded.acquired_at, heartbeat_at = excluded.heartbeat_at
@@ -50,7 +69,8 @@ WITH job AS (
     RETURNING holder
 ), started AS (
     UPDATE consolidation_jobs AS j
-    SET attempts = job.attempts + 1, status = 'running', started_at = coalesce(job.started_at, :now),
+    SET attempts = job.attempts + {_START.counts}, status = '{_START.target.value}',
+        started_at = coalesce(job.started_at, :now),
         heartbeat_at = :now, error_message = NULL, celery_task_id = coalesce(:celery_task_id, job.celery_task_id),
         worker = :worker,
         memories_before = CASE WHEN job.started_at IS NULL THEN {_ACTIVE_COUNT} ELSE j.memories_before END
@@ -64,16 +84,21 @@ SELECT job.*, (SELECT attempts FROM started) AS number FROM job
 FINISH = text(f"""
 WITH done AS (
     UPDATE consolidation_jobs AS job
-    SET status = 'completed', progress = 1.0, memories_after = {_ACTIVE_COUNT},
-        completed_at = :now, heartbeat_at = :now, error_message = NULL,
+    SET status = '{COMPLETE.target.value}', progress = 1.0, memories_after = {_ACTIVE_COUNT},
+        completed_at = :now, heartbeat_at = NULL, error_message = NULL,
         skipped_invalid = :skipped_invalid, conflicts = :conflicts, pairs_kept_apart = :pairs_kept_apart
-    WHERE job.id = :job_id AND job.attempts = :attempt
+    WHERE job.id = :job_id AND job.status IN ({statuses(COMPLETE.sources)}) AND job.attempts = :attempt
     RETURNING memories_before, memories_after, clusters_found, memories_merged, memories_archived
 ), freed AS (
     DELETE FROM project_locks WHERE project_id = :project_id AND holder = :holder
 )
 SELECT * FROM done
 """)
+
+
+def one_statement() -> bool:
+    """Whether a job's start and end take these statements (PostgreSQL)."""
+    return db.is_postgresql()
 
 
 def start(

@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from orchestration.jobs import heartbeat, lifecycle, recovery
+from orchestration.jobs import heartbeat, lifecycle, recovery, transitions
 from orchestration.jobs.locks import holder_for
 from orchestration.nightly import runs
 from orchestration.settings import Settings
@@ -223,7 +223,7 @@ def _recover(session: Session, reaped: Reaped, job: ConsolidationJob, settings: 
     else:
         error = f"worker lost during attempt {job.attempts}: no heartbeat since {_iso(job.heartbeat_at)}"
     if job.run_id is None:  # started by hand (orchestration consolidate): nothing to re-send it
-        lifecycle.close_unfinished(session, job, JobStatus.FAILED, error, now)
+        lifecycle.end(session, job, transitions.FAIL, error, now)
     else:
         recovery.record_lost(session, job, settings, now, error)
     lost = LostJob(

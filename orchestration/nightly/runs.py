@@ -6,12 +6,9 @@ comes first owns the slot, every other one sees that it lost and starts nothing.
 The summary is always computed from the job rows, never from chord results alone,
 so finalizing twice (or from the reaper) gives the same answer.
 
-A retry (``runs retry``) is a manual run of the failed jobs' projects of a finished
-run: :func:`retry_projects` says which, or why there is nothing to retry, and
-:func:`start_run` with ``projects`` and ``retry_of`` runs just those (enabled ones,
-whatever their threshold: the operator named them) and links the two runs' summaries:
-``retry_of`` (the original run's id) in the new one, ``retried_by`` (the list of its
-retries' ids) in the original.
+A retry (``runs retry``) is :func:`start_run` with ``projects`` and ``retry_of``: it
+runs just those projects (enabled ones, whatever their threshold: the operator named
+them), which ``orchestration.nightly.retries`` chose, and links the two runs.
 """
 
 from __future__ import annotations
@@ -27,8 +24,11 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from orchestration.jobs.lifecycle import close_unfinished, create_jobs
+from orchestration.jobs import transitions
+from orchestration.jobs.creation import create_jobs
+from orchestration.jobs.endings import end
 from orchestration.nightly.eligibility import check_projects
+from orchestration.nightly.retries import link_retry
 from orchestration.store.db import session_scope
 from orchestration.store.documents import row_dict
 from orchestration.store.models import ConsolidationJob, ConsolidationRun, Project, table_of
@@ -107,61 +107,6 @@ def start_run(
     if retry_of is not None:
         link_retry(session, retry_of, run)
     return started
-
-
-class RetryRefused(ValueError):
-    """The run cannot be retried (still running, or nothing of it failed)."""
-
-
-def retry_projects(session: Session, run_id: uuid.UUID) -> list[uuid.UUID]:
-    """The projects of a finished run's failed jobs, for its retry; skipped and
-    completed jobs are not retried. Raises :class:`RetryRefused`."""
-    run = session.get(ConsolidationRun, run_id)
-    if run is None:
-        raise RetryRefused(f"run {run_id} does not exist")
-    if run.status == RunStatus.RUNNING:
-        raise RetryRefused(f"run {run_id} is still running; retry it when it has finished")
-    failed = session.execute(
-        select(ConsolidationJob.project_id)
-        .where(ConsolidationJob.run_id == run_id, ConsolidationJob.status == JobStatus.FAILED)
-        .order_by(ConsolidationJob.created_at, ConsolidationJob.id)
-    ).all()
-    if not failed:
-        raise RetryRefused(f"run {run_id} ({run.status}) had no failed jobs; there is nothing to retry")
-    projects = [row.project_id for row in failed if row.project_id is not None]
-    if not projects:
-        raise RetryRefused(f"the projects of run {run_id}'s failed jobs were deleted; there is nothing to retry")
-    return projects
-
-
-def retry_message(trigger_type: TriggerType, projects: Any, retry_of: uuid.UUID | None) -> list[uuid.UUID] | None:
-    """A ``run_scheduled`` message's ``projects`` as UUIDs (``None`` if not given).
-    ``ValueError`` unless they are a non-empty list of project ids, and unless
-    ``projects`` and ``retry_of`` come with a manual run only."""
-    if (projects is not None or retry_of is not None) and trigger_type != TriggerType.MANUAL:
-        raise ValueError("projects and retry_of go with a manual run only")
-    if projects is None:
-        return None
-    if not isinstance(projects, list) or not projects or not all(isinstance(p, str) for p in projects):
-        raise ValueError(f"projects must be a non-empty list of project ids, got {str(projects)[:64]!r}")
-    parsed = []
-    for project in projects:
-        try:
-            parsed.append(uuid.UUID(project))
-        except ValueError:
-            raise ValueError(f"projects: {project[:64]!r} is not a UUID") from None
-    return parsed
-
-
-def link_retry(session: Session, original_id: uuid.UUID, retry: ConsolidationRun) -> None:
-    """``retry_of`` in the retry's summary, the retry's id added to ``retried_by`` in the
-    original's (locked: two retries of one run both stay listed). An original that no
-    longer exists is only named."""
-    retry.summary = {**(retry.summary or {}), "retry_of": str(original_id)}
-    original = session.get(ConsolidationRun, original_id, with_for_update=True)
-    if original is not None:
-        summary = original.summary or {}
-        original.summary = {**summary, "retried_by": [*summary.get("retried_by", []), str(retry.id)]}
 
 
 @dataclass
@@ -324,13 +269,8 @@ def finalize(
     ).all()
     for job, _ in rows:
         if job.status in UNFINISHED_JOB_STATUSES:
-            close_unfinished(
-                session,
-                job,
-                JobStatus.FAILED,
-                unfinished_error or f"job was still {job.status} when the run was finalized",
-                now,
-            )
+            error = unfinished_error or f"job was still {job.status} when the run was finalized"
+            end(session, job, transitions.FAIL, error, now)
     statuses = [job.status for job, _ in rows]
     run.jobs_total = len(rows)
     run.jobs_completed = statuses.count(JobStatus.COMPLETED)

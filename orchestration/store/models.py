@@ -192,6 +192,8 @@ class ConsolidationJob(Base):
     pairs_kept_apart: Mapped[int] = _counter()
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # When a process last vouched for the unfinished job; NULL while it waits unreceived
+    # in the queue and once it finished (orchestration.jobs.transitions.effects).
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     error_message: Mapped[str | None] = mapped_column(Text)
     celery_task_id: Mapped[str | None] = mapped_column(String(64))

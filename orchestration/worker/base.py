@@ -21,7 +21,7 @@ from celery.utils.time import get_exponential_backoff_interval
 from sqlalchemy.exc import SQLAlchemyError
 
 from orchestration.consolidation.errors import DataError
-from orchestration.jobs import heartbeat, lifecycle
+from orchestration.jobs import heartbeat, lifecycle, transitions
 from orchestration.logs import get_logger
 from orchestration.settings import Settings, get_settings
 from orchestration.store import db
@@ -187,7 +187,8 @@ class JobTask(OrchestrationTask):
     def _failed(self, job_id: uuid.UUID, exc: Exception) -> dict[str, Any]:
         settings = get_settings()
         started = isinstance(exc, lifecycle.AttemptFailed)
-        # A start that was never recorded counts by Celery's retries.
+        # A start that failed before it was recorded is counted by Celery's retries:
+        # the job row cannot count what never reached it.
         number = exc.attempt if isinstance(exc, lifecycle.AttemptFailed) else self.request.retries + 1
         cause = exc.__cause__ if started else exc
         if isinstance(cause, SoftTimeLimitExceeded):
@@ -199,7 +200,7 @@ class JobTask(OrchestrationTask):
             error = f"bad data, not retried: {cause}"[:500]
         else:
             error = str(exc) if started else lifecycle.describe(exc)
-            if number <= settings.max_retries:
+            if transitions.attempts_left(number, settings):
                 freed = not started or best_effort(lifecycle.mark_retrying, job_id, error) is not None
                 countdown = retry_countdown(number - 1, settings, lock_freed=freed)
                 log.warning("job.retrying", attempt=number, countdown=countdown, error=error)

@@ -26,7 +26,7 @@ from orchestration.celery_app import app
 from orchestration.consolidation import audit
 from orchestration.jobs import lifecycle, recovery
 from orchestration.logs import get_logger
-from orchestration.nightly import notify, reaper, runs
+from orchestration.nightly import notify, reaper, retries, runs
 from orchestration.nightly.schedule import scheduled_slot
 from orchestration.settings import get_settings
 from orchestration.store.db import session_scope, unreachable
@@ -70,7 +70,7 @@ def run_scheduled(
         log.error("task.rejected", reason=f"unknown trigger {trigger!r}")
         return {"status": "rejected"}
     try:
-        project_ids = runs.retry_message(TriggerType(trigger), projects, retry_of)
+        project_ids = retries.retry_message(TriggerType(trigger), projects, retry_of)
     except ValueError as exc:
         log.error("task.rejected", reason=str(exc)[:300])
         return {"status": "rejected", "error": str(exc)[:300]}

@@ -1,4 +1,6 @@
-"""Fixtures of the job tests: a run whose jobs are created, not yet started."""
+"""Fixtures of the job tests: a run whose jobs are created, not yet started, on
+SQLite, on PostgreSQL, and on PostgreSQL with its one-statement start and end turned
+off (the portable path, which PostgreSQL otherwise takes only for unusual starts)."""
 
 from __future__ import annotations
 
@@ -7,11 +9,24 @@ import uuid
 import pytest
 
 from orchestration.demo.seed import seed
-from orchestration.jobs import lifecycle
+from orchestration.jobs import lifecycle, statements
 from orchestration.nightly import runs
 from orchestration.settings import Settings, load_settings
 from orchestration.store import db
 from orchestration.store.statuses import TriggerType
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.integration),
+        pytest.param("postgresql-portable", marks=pytest.mark.integration),
+    ]
+)
+def database_url(request, monkeypatch) -> str:
+    if request.param == "postgresql-portable":
+        monkeypatch.setattr(statements, "one_statement", lambda: False)
+    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import structlog
 from sqlalchemy import func, select, text, update
 
 from orchestration.consolidation import applying
-from orchestration.jobs import heartbeat, lifecycle
+from orchestration.jobs import heartbeat, lifecycle, starts
 from orchestration.store import db
 from orchestration.store.models import Project, ProjectLock, TaskMemory
 from orchestration.store.types import utcnow
@@ -159,7 +159,7 @@ def test_a_duplicate_start_racing_the_live_start_stands_down(job_ids, settings, 
     monkeypatch.setattr(Lease, "acquire", acquire_then_wait)
     outcome: dict = {}
     first = threading.Thread(
-        target=lambda: outcome.update(first=lifecycle._start(job_ids[0], settings, None, False)), name="first"
+        target=lambda: outcome.update(first=starts.start_portable(job_ids[0], settings, None, False)), name="first"
     )
     first.start()
     assert acquired.wait(30)
@@ -167,7 +167,7 @@ def test_a_duplicate_start_racing_the_live_start_stands_down(job_ids, settings, 
     def second_start():
         try:
             if second_path == "portable":
-                lifecycle._start(job_ids[0], settings, None, False)
+                starts.start_portable(job_ids[0], settings, None, False)
             else:
                 lifecycle.begin_attempt(job_ids[0], settings)
         except lifecycle.AlreadyRunning as exc:

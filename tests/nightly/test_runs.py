@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import select, update
 
 from orchestration.demo.seed import seed
-from orchestration.nightly import runs
+from orchestration.nightly import retries, runs
 from orchestration.store import db
 from orchestration.store.counts import count_active
 from orchestration.store.models import ConsolidationJob, ConsolidationRun, Project
@@ -213,8 +213,8 @@ def test_retry_projects_are_the_failed_jobs_projects_of_a_finished_run(manifests
     with db.session_scope() as session:
         session.execute(update(Project).values(consolidation_threshold=1))  # every enabled project runs
     claim = _claim()
-    with db.session_scope() as session, pytest.raises(runs.RetryRefused, match="is still running"):
-        runs.retry_projects(session, claim.run_id)
+    with db.session_scope() as session, pytest.raises(retries.RetryRefused, match="is still running"):
+        retries.retry_projects(session, claim.run_id)
     with db.session_scope() as session:
         eligible = [
             j.project_id
@@ -224,33 +224,33 @@ def test_retry_projects_are_the_failed_jobs_projects_of_a_finished_run(manifests
     failed, skipped, completed = eligible
     _finished(claim, {failed: "failed", skipped: "skipped", completed: "completed"})
     with db.session_scope() as session:
-        assert runs.retry_projects(session, claim.run_id) == [failed]
+        assert retries.retry_projects(session, claim.run_id) == [failed]
 
 
 def test_retry_is_refused_without_failed_jobs_or_their_projects(manifests):
     claim = _claim()
     _finished(claim, dict.fromkeys([uuid.UUID(m.id) for m in manifests], "completed"))
-    with db.session_scope() as session, pytest.raises(runs.RetryRefused, match=r"\(completed\) had no failed jobs"):
-        runs.retry_projects(session, claim.run_id)
-    with db.session_scope() as session, pytest.raises(runs.RetryRefused, match="does not exist"):
-        runs.retry_projects(session, uuid.uuid4())
+    with db.session_scope() as session, pytest.raises(retries.RetryRefused, match=r"\(completed\) had no failed jobs"):
+        retries.retry_projects(session, claim.run_id)
+    with db.session_scope() as session, pytest.raises(retries.RetryRefused, match="does not exist"):
+        retries.retry_projects(session, uuid.uuid4())
     with db.session_scope() as session:
         job = session.scalars(select(ConsolidationJob).where(ConsolidationJob.run_id == claim.run_id)).first()
         job.status = "failed"
         session.delete(session.get_one(Project, job.project_id))
-    with db.session_scope() as session, pytest.raises(runs.RetryRefused, match="were deleted"):
-        runs.retry_projects(session, claim.run_id)
+    with db.session_scope() as session, pytest.raises(retries.RetryRefused, match="were deleted"):
+        retries.retry_projects(session, claim.run_id)
 
 
 def test_retry_message_parses_projects_and_refuses_bad_ones():
     ids = [uuid.uuid4(), uuid.uuid4()]
-    assert runs.retry_message(TriggerType.MANUAL, [str(i) for i in ids], uuid.uuid4()) == ids
-    assert runs.retry_message(TriggerType.MANUAL, None, None) is None
-    assert runs.retry_message(TriggerType.SCHEDULED, None, None) is None
+    assert retries.retry_message(TriggerType.MANUAL, [str(i) for i in ids], uuid.uuid4()) == ids
+    assert retries.retry_message(TriggerType.MANUAL, None, None) is None
+    assert retries.retry_message(TriggerType.SCHEDULED, None, None) is None
     for bad in ("abc", [], [1], ["not-a-uuid"], {"a": 1}, [str(ids[0]), None]):
         with pytest.raises(ValueError, match="projects"):
-            runs.retry_message(TriggerType.MANUAL, bad, None)
+            retries.retry_message(TriggerType.MANUAL, bad, None)
     with pytest.raises(ValueError, match="manual run only"):
-        runs.retry_message(TriggerType.SCHEDULED, [str(ids[0])], None)
+        retries.retry_message(TriggerType.SCHEDULED, [str(ids[0])], None)
     with pytest.raises(ValueError, match="manual run only"):
-        runs.retry_message(TriggerType.SCHEDULED, None, ids[0])
+        retries.retry_message(TriggerType.SCHEDULED, None, ids[0])
