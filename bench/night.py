@@ -1,4 +1,4 @@
-"""Benchmark: a realistic night, consolidated three ways on the same data.
+"""Benchmark: a realistic night, consolidated several ways on the same data.
 
 ``--projects`` projects with sizes drawn log-normally between ``--min`` and ``--max``
 memories (384-dimension embeddings, duplicates and stale memories planted as in
@@ -14,12 +14,16 @@ measurement runs on a fresh copy of it:
 - *2-process worker*: the same with ``--concurrency 2``, the production defaults
   (one BLAS thread per process on this 2-CPU machine, largest projects first);
 - *2-process, BLAS unpinned*: the same, but each process keeps OpenBLAS's default of
-  one thread per CPU (``bench/night_unpinned.py``), as before that default existed.
+  one thread per CPU (``bench/night_unpinned.py``), as before that default existed;
+- *in-process, portable* and *2-process worker, portable*: the in-process run and the
+  2-process worker with a job's one-statement start and end turned off
+  (``jobs.statements.one_statement``; the worker runs ``bench/nightly_portable.py``):
+  what the PostgreSQL fast path saves on a realistic night.
 
 Prints each wall time and the speedup of each worker over the in-process run (a line
-containing ``speedup``), medians of ``--repeat`` rounds that alternate the order of
-the variants (one run varies by about 10% on a shared machine). PostgreSQL shares the
-machine's CPUs with the workers.
+containing ``speedup``), and the ratio fast path / portable path of each pair, medians
+of ``--repeat`` rounds that alternate the order of the variants (one run varies by
+about 10% on a shared machine). PostgreSQL shares the machine's CPUs with the workers.
 
     python bench/night.py --repeat 3                        # 40 projects, 1,000-20,000 memories
     python bench/night.py --projects 12 --max 6000          # make bench
@@ -75,14 +79,17 @@ def _seed(url: str, project_sizes: list[int]) -> None:
     db.dispose()
 
 
-def _in_process(url: str) -> None:
-    """Child: every job of a manual run, one after another (BLAS pinned by the parent)."""
-    from orchestration.jobs import lifecycle
+def _in_process(url: str, portable: bool = False) -> None:
+    """Child: every job of a manual run, one after another (BLAS pinned by the parent);
+    ``portable``: with the one-statement start and end turned off."""
+    from orchestration.jobs import lifecycle, statements
     from orchestration.nightly import runs
     from orchestration.settings import get_settings
     from orchestration.store import db
     from orchestration.store.statuses import TriggerType
 
+    if portable:
+        statements.one_statement = lambda: False
     db.use_database(url)
     started_at = time.perf_counter()
     with db.session_scope() as session:
@@ -93,9 +100,9 @@ def _in_process(url: str) -> None:
     print(json.dumps({"wall": time.perf_counter() - started_at, "jobs": len(started.job_ids)}))
 
 
-def in_process(url: str) -> float:
+def in_process(url: str, portable: bool = False) -> float:
     done = subprocess.run(
-        [sys.executable, __file__, "_in_process", url],
+        [sys.executable, __file__, "_in_process", url, *(["--portable"] if portable else [])],
         capture_output=True,
         text=True,
         env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "ORCHESTRATION_LOG_LEVEL": "WARNING"},
@@ -137,6 +144,8 @@ def main() -> None:
         "1-process worker": lambda url: nightly_on(url, broker, "orchestration.celery_app", 1),
         "2-process worker": lambda url: nightly_on(url, broker, "orchestration.celery_app", 2),
         "2-process, BLAS unpinned": lambda url: nightly_on(url, broker, "night_unpinned", 2),
+        "in-process, portable": lambda url: in_process(url, portable=True),
+        "2-process worker, portable": lambda url: nightly_on(url, broker, "nightly_portable", 2),
     }
     runs: dict[str, list[float]] = {name: [] for name in variants}
     try:
@@ -163,10 +172,12 @@ def main() -> None:
     print(f"1-process worker / in-process: {walls['1-process worker'] / base:.2f}")
     for name in ("2-process worker", "2-process, BLAS unpinned"):
         print(f"speedup of the {name} over in-process: {base / walls[name]:.2f}")
+    for name in ("in-process", "2-process worker"):
+        print(f"{name}, fast path / portable path: {walls[name] / walls[f'{name}, portable']:.2f}")
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "_in_process":
-        _in_process(sys.argv[2])
+        _in_process(sys.argv[2], portable="--portable" in sys.argv[3:])
     else:
         main()

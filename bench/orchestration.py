@@ -14,12 +14,15 @@ side on the same broker, alternating the order, medians of ``--repeat`` runs:
   ``celery -A orchestration.celery_app worker`` with the production defaults (task
   events on, INFO, JSON logs);
 - *nightly, no events*: the same with task events off (``bench/nightly_without_events.py``),
-  to compare like with like: the nightly run's own cost beyond the plain chord.
+  to compare like with like: the nightly run's own cost beyond the plain chord;
+- *nightly, portable*: the production app with a job's one-statement start and end
+  turned off (``bench/nightly_portable.py``): what the PostgreSQL fast path saves.
 
 Prints each figure, the ratio nightly / plain (and a line containing ``ratio``), the
 like-for-like ratios (nightly / plain + events, nightly without events / plain), the
-per-job overhead, and the database round trips of one job (counted in-process on the
-same code path the task runs). Worker output goes to /dev/null for every variant.
+ratio nightly / nightly portable, the per-job overhead, and the database round trips of
+one job on either path (counted in-process on the same code path the task runs).
+Worker output goes to /dev/null for every variant.
 
     python bench/orchestration.py                 # N = 100, 1000
     python bench/orchestration.py --sizes 1000,10000 --repeat 3
@@ -100,15 +103,18 @@ VARIANTS = {
     "plain + INFO": ("plain_app", ["--loglevel", "INFO"], _plain),
     "nightly": ("orchestration.celery_app", [], _nightly),
     "nightly, no events": ("nightly_without_events", [], _nightly),
+    "nightly, portable": ("nightly_portable", [], _nightly),
 }
 
 
-def _round_trips_per_job() -> tuple[float, float]:
-    """Statements and transactions of one job, counted on the task's code path. Each
-    transaction adds two round trips (psycopg sends BEGIN and COMMIT on their own)."""
+def _round_trips_per_job(fast_path: bool = True) -> tuple[float, float]:
+    """Statements and transactions of one job, counted on the task's code path: with the
+    one-statement start and end, or (``fast_path=False``) on the portable path, as
+    ``bench/nightly_portable.py`` runs it. Each transaction adds two round trips
+    (psycopg sends BEGIN and COMMIT on their own)."""
     from sqlalchemy import event, select
 
-    from orchestration.jobs import lifecycle
+    from orchestration.jobs import lifecycle, statements
     from orchestration.settings import get_settings
     from orchestration.store import db
     from orchestration.store.models import ConsolidationJob, Project
@@ -135,10 +141,14 @@ def _round_trips_per_job() -> tuple[float, float]:
     listeners = [(engine, name, counter(name)) for engine in db.engines() for name in count]
     for engine, name, listener in listeners:
         event.listen(engine, name, listener)
+    one_statement = statements.one_statement
+    if not fast_path:
+        statements.one_statement = lambda: False
     try:
         for job_id in created:
             lifecycle.run(job_id, get_settings())
     finally:
+        statements.one_statement = one_statement
         for engine, name, listener in listeners:
             event.remove(engine, name, listener)
     with db.session_scope() as session:
@@ -194,12 +204,15 @@ def main() -> None:
                 f"{median['nightly'] / median['plain + events']:.2f}, "
                 f"nightly without events / plain {median['nightly, no events'] / median['plain']:.2f}"
             )
+            fast_path_ratio = median["nightly"] / median["nightly, portable"]
+            print(f"        fast path: nightly / nightly portable {fast_path_ratio:.2f}")
             print("        all runs: " + "; ".join(f"{n} " + ", ".join(f"{v:.2f}" for v in by_name[n]) for n in names))
-        statements, transactions = _round_trips_per_job()
-        print(
-            f"database round trips per job: {statements + 2 * transactions:.0f} "
-            f"({statements:.0f} statements in {transactions:.0f} transactions)"
-        )
+        for fast_path, path in ((True, ""), (False, ", portable path")):
+            statements, transactions = _round_trips_per_job(fast_path)
+            print(
+                f"database round trips per job{path}: {statements + 2 * transactions:.0f} "
+                f"({statements:.0f} statements in {transactions:.0f} transactions)"
+            )
     finally:
         redis_client.flushdb()
         db.dispose()
