@@ -47,7 +47,8 @@ def jobs_rollback(job_id: str, dry_run: bool, yes: bool, as_json: bool) -> None:
     Asks for confirmation at a terminal unless --yes; refuses without --yes when stdin
     is not a terminal. With --dry-run, exit 0 if the rollback would go through, 1 if
     it would be refused."""
-    from orchestration.consolidation.audit import RollbackRefused, preview_rollback, rollback_job
+    from orchestration.consolidation.audit import RollbackRefused, preview_rollback
+    from orchestration.jobs.rollback import roll_back
 
     job = find(ConsolidationJob, job_id, "job")
     retention_days = get_settings().audit_retention_days
@@ -77,7 +78,7 @@ def jobs_rollback(job_id: str, dry_run: bool, yes: bool, as_json: bool) -> None:
             click.get_current_context().exit(1)
     try:
         with db.session_scope() as session:
-            result = rollback_job(session, job.id, retention_days, changed_by=user())
+            result = roll_back(session, job.id, retention_days, changed_by=user())
     except RollbackRefused as exc:  # something changed since the preview
         raise CliError(f"rollback refused: {exc}") from None
     if as_json:

@@ -223,9 +223,9 @@ def preview_rollback(
 def rollback_job(
     session: Session, job_id: uuid.UUID, retention_days: int, changed_by: str = "rollback", now: datetime | None = None
 ) -> RollbackResult:
-    """Undo every merge and archive of ``job_id``, or raise :class:`RollbackRefused`.
-    The job row records when and by whom (``rolled_back_at``, ``rolled_back_by``) in
-    the caller's transaction, with the restored memories and the ``rollback`` rows."""
+    """Undo every merge and archive of ``job_id`` (the restored memories and the
+    ``rollback`` rows, in the caller's transaction), or raise :class:`RollbackRefused`.
+    The job row records it through ``orchestration.jobs.rollback``."""
     now = now or utcnow()
     planned = _plan(session, job_id, retention_days, now, lock=True)
     plan, versions = planned.plan, planned.versions
@@ -255,7 +255,6 @@ def rollback_job(
         )
         versions[change.memory_id] = after
         restored += 1
-    planned.job.rolled_back_at, planned.job.rolled_back_by = now, changed_by
     session.flush()
     for chunk in chunks(created):
         session.execute(delete(TaskMemory).where(TaskMemory.id.in_(chunk)))

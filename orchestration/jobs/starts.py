@@ -111,7 +111,7 @@ def _start_in_one_statement(
     now = utcnow()
     with db.statement_scope() as connection:
         row = statements.start(
-            connection, job_id, now, max_attempts=settings.max_retries + 1, celery_task_id=celery_task_id, force=force
+            connection, job_id, now, max_attempts=attempts_left(0, settings), celery_task_id=celery_task_id, force=force
         )
     if row is None:
         raise JobNotFound(f"job {job_id} does not exist")
@@ -188,6 +188,6 @@ def _end_now(
         transitions.apply(session, transitions.starting(row.status), row.id, attempt, now)
         attempt += 1
     transitions.apply(session, transition, row.id, attempt, now, {"error_message": error})
-    outcome = JobOutcome(str(row.id), transition.target, error)
+    outcome = JobOutcome(str(row.id), str(transition.target), error)
     log_end(outcome, attempt)
     return outcome

@@ -69,7 +69,7 @@ WITH job AS (
     RETURNING holder
 ), started AS (
     UPDATE consolidation_jobs AS j
-    SET attempts = job.attempts + {_START.counts}, status = '{_START.target.value}',
+    SET attempts = job.attempts + {_START.counts}, status = '{_START.target}',
         started_at = coalesce(job.started_at, :now),
         heartbeat_at = :now, error_message = NULL, celery_task_id = coalesce(:celery_task_id, job.celery_task_id),
         worker = :worker,
@@ -84,7 +84,7 @@ SELECT job.*, (SELECT attempts FROM started) AS number FROM job
 FINISH = text(f"""
 WITH done AS (
     UPDATE consolidation_jobs AS job
-    SET status = '{COMPLETE.target.value}', progress = 1.0, memories_after = {_ACTIVE_COUNT},
+    SET status = '{COMPLETE.target}', progress = 1.0, memories_after = {_ACTIVE_COUNT},
         completed_at = :now, heartbeat_at = NULL, error_message = NULL,
         skipped_invalid = :skipped_invalid, conflicts = :conflicts, pairs_kept_apart = :pairs_kept_apart
     WHERE job.id = :job_id AND job.status IN ({statuses(COMPLETE.sources)}) AND job.attempts = :attempt

@@ -17,6 +17,8 @@ fail       pending, running, retrying       failed     no attempts left, a perma
                                                        its run was finalized without it
 skip       running                          skipped    a start found its project gone or
                                                        disabled (right after ``start``)
+roll back  completed, failed, skipped       (same)     an operator undid the job's changes
+                                                       (``rolled_back_at``, once)
 =========  ===============================  =========  =========================================
 
 :func:`apply` carries a transition out as one fenced ``UPDATE ... WHERE id = :job AND
@@ -49,7 +51,7 @@ from orchestration.jobs.locks import free, holder_for
 from orchestration.settings import Settings
 from orchestration.store import counts
 from orchestration.store.models import ConsolidationJob
-from orchestration.store.statuses import UNFINISHED_JOB_STATUSES, JobStatus
+from orchestration.store.statuses import FINISHED_JOB_STATUSES, UNFINISHED_JOB_STATUSES, JobStatus
 
 PENDING, RUNNING, RETRYING = JobStatus.PENDING, JobStatus.RUNNING, JobStatus.RETRYING
 
@@ -60,18 +62,18 @@ class Transition:
 
     name: str
     sources: frozenset[JobStatus]
-    target: JobStatus
+    target: JobStatus | None  # None: the status stays
     counts: int = 0  # what it adds to the job's attempts
 
     @property
     def frees_lock(self) -> bool:
         """Whether the fenced attempt's project lock is freed with it: every transition
         out of ``running`` ends that attempt."""
-        return self.target != RUNNING
+        return self.target is not None and self.target != RUNNING
 
     @property
     def finishes(self) -> bool:
-        return self.target not in UNFINISHED_JOB_STATUSES
+        return self.target is not None and self.target not in UNFINISHED_JOB_STATUSES
 
 
 START = Transition("start", frozenset({PENDING, RETRYING}), RUNNING, counts=1)
@@ -82,7 +84,8 @@ LOSE = Transition("lose", frozenset(UNFINISHED_JOB_STATUSES), RETRYING)
 SPARE = Transition("spare", frozenset({RUNNING, RETRYING}), RETRYING, counts=-1)
 FAIL = Transition("fail", frozenset(UNFINISHED_JOB_STATUSES), JobStatus.FAILED)
 SKIP = Transition("skip", frozenset({RUNNING}), JobStatus.SKIPPED)
-TRANSITIONS = (START, TAKE_OVER, COMPLETE, RETRY, LOSE, SPARE, FAIL, SKIP)
+ROLL_BACK = Transition("roll back", frozenset(FINISHED_JOB_STATUSES), None)
+TRANSITIONS = (START, TAKE_OVER, COMPLETE, RETRY, LOSE, SPARE, FAIL, SKIP, ROLL_BACK)
 
 
 def starting(status: str) -> Transition:
@@ -126,6 +129,8 @@ def effects(transition: Transition, now: datetime) -> dict[str, Any]:
     job (the worker holding its message or running its attempt, beating; the one that
     started it or sent it on to its next attempt). It is ``NULL`` while the job waits
     unreceived in the queue, and once the job has finished."""
+    if transition.target is None:
+        return {}
     if transition.target == RUNNING:
         return {
             "started_at": func.coalesce(_JOB.started_at, now),
@@ -168,8 +173,8 @@ def apply(
         update(_JOB)
         .where(*fence)
         .values(
-            status=transition.target,
             attempts=attempt + transition.counts,
+            **({"status": transition.target} if transition.target is not None else {}),
             **{**effects(transition, now), **(values or {})},
         )
         .returning(_JOB.project_id, _JOB.attempts, *returning)

@@ -14,6 +14,7 @@ from orchestration.consolidation.audit import (
 )
 from orchestration.demo.seed import seed
 from orchestration.jobs import lifecycle
+from orchestration.jobs.rollback import roll_back
 from orchestration.settings import load_settings
 from orchestration.store import db
 from orchestration.store.documents import row_dict
@@ -49,8 +50,9 @@ def _rows() -> dict[uuid.UUID, dict]:
 
 
 def _rollback(job_id, retention_days=90, **kw):
+    """A job's rollback as the command line does it: undone, and the job marked."""
     with db.session_scope() as session:
-        return rollback_job(session, job_id, retention_days, **kw)
+        return roll_back(session, job_id, retention_days, **kw)
 
 
 def test_rollback_restores_every_column_but_version(database):

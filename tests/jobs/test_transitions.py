@@ -30,6 +30,7 @@ MACHINE = {
     "spare": ({"running", "retrying"}, "retrying", -1),
     "fail": ({"pending", "running", "retrying"}, "failed", 0),
     "skip": ({"running"}, "skipped", 0),
+    "roll back": ({"completed", "failed", "skipped"}, None, 0),
 }
 ATTEMPT = 2
 
@@ -41,7 +42,7 @@ def database_url(request) -> str:
 
 
 def test_the_declared_machine_is_the_documented_one():
-    declared = {t.name: ({s.value for s in t.sources}, t.target.value, t.counts) for t in transitions.TRANSITIONS}
+    declared = {t.name: ({s.value for s in t.sources}, t.target, t.counts) for t in transitions.TRANSITIONS}
     assert declared == MACHINE
 
 
@@ -83,10 +84,12 @@ def test_every_transition_from_every_status(placed, transition, status):
             row = transitions.apply(session, transition, job_id, ATTEMPT, now, {"error_message": "after"})
         assert row.attempts == ATTEMPT + counts
         job = job_row(job_id)
-        assert (job.status, job.attempts, job.error_message) == (target, ATTEMPT + counts, "after")
+        assert (job.status, job.attempts, job.error_message) == (target or status, ATTEMPT + counts, "after")
         # Every transition out of running ends the attempt: its lock is freed with it.
-        assert lock_holders() == ([] if target != "running" else [holder_for(job_id, ATTEMPT)])
-        if target in FINISHED_JOB_STATUSES:
+        assert lock_holders() == ([] if target not in ("running", None) else [holder_for(job_id, ATTEMPT)])
+        if target is None:  # roll back: a mark on a finished job
+            assert job.heartbeat_at is not None and job.heartbeat_at < now and job.completed_at is None
+        elif target in FINISHED_JOB_STATUSES:
             assert job.heartbeat_at is None and job.completed_at == now and job.memories_after == 60
         else:
             assert job.heartbeat_at == now and job.completed_at is None
@@ -127,6 +130,18 @@ def test_a_condition_that_does_not_hold_is_named(placed):
     with pytest.raises(transitions.Refused, match="refused: it beat meanwhile"), db.session_scope() as session:
         transitions.apply(session, transitions.SPARE, job_id, ATTEMPT, utcnow(), unless=(never, "it beat meanwhile"))
     assert job_row(job_id).attempts == ATTEMPT
+
+
+def test_a_job_is_rolled_back_once(placed):
+    from orchestration.jobs.rollback import ONCE
+
+    job_id = placed(JobStatus.COMPLETED)
+    marks = {"rolled_back_at": utcnow(), "rolled_back_by": "alice"}
+    with db.session_scope() as session:
+        transitions.apply(session, transitions.ROLL_BACK, job_id, ATTEMPT, utcnow(), marks, unless=ONCE)
+    with pytest.raises(transitions.Refused, match="refused: it was rolled back already"), db.session_scope() as session:
+        transitions.apply(session, transitions.ROLL_BACK, job_id, ATTEMPT, utcnow(), marks, unless=ONCE)
+    assert job_row(job_id).rolled_back_by == "alice"
 
 
 @pytest.mark.parametrize(("max_retries", "attempts", "left"), [(3, 0, 4), (3, 3, 1), (3, 4, 0), (0, 1, 0), (3, 9, 0)])
