@@ -1,32 +1,47 @@
-"""Fixtures of the job tests: a run whose jobs are created, not yet started, on
-SQLite, on PostgreSQL, and on PostgreSQL with its one-statement start and end turned
-off (the portable path, which PostgreSQL otherwise takes only for unusual starts)."""
+"""Fixtures of the job tests: a run whose jobs are created, not yet started; a fast
+heartbeat; and the three ways a start and an end can go (:func:`three_ways`)."""
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 
 from orchestration.demo.seed import seed
-from orchestration.jobs import lifecycle, statements
+from orchestration.jobs import heartbeat, lifecycle, statements
 from orchestration.nightly import runs
 from orchestration.settings import Settings, load_settings
 from orchestration.store import db
 from orchestration.store.statuses import TriggerType
 
+THREE_WAYS = [
+    "sqlite",
+    pytest.param("postgresql", marks=pytest.mark.integration),
+    pytest.param("postgresql-portable", marks=pytest.mark.integration),
+]
 
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param("postgresql", marks=pytest.mark.integration),
-        pytest.param("postgresql-portable", marks=pytest.mark.integration),
-    ]
-)
-def database_url(request, monkeypatch) -> str:
+
+@pytest.fixture(params=THREE_WAYS)
+def three_ways(request, monkeypatch) -> str:
+    """SQLite, PostgreSQL, and PostgreSQL with its one-statement start and end turned off
+    (the portable path, which PostgreSQL otherwise takes only for unusual starts). A
+    module that starts and ends jobs uses it as its ``database_url``."""
     if request.param == "postgresql-portable":
         monkeypatch.setattr(statements, "one_statement", lambda: False)
     return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+
+
+@pytest.fixture
+def fast_heartbeat(database, monkeypatch) -> Iterator[None]:
+    """A heartbeat every 50 ms for the test. Torn down before the database, after a
+    pause: a beat under way when the test ends lands first (a connection it still had
+    when the engine is disposed would never be closed)."""
+    monkeypatch.setattr(heartbeat, "INTERVAL", timedelta(seconds=0.05))
+    yield
+    time.sleep(0.3)
 
 
 @pytest.fixture

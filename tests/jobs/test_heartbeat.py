@@ -45,8 +45,7 @@ def _beats(job_id: uuid.UUID, holder: str):
         return lock, job.heartbeat_at
 
 
-def test_a_beating_holder_stays_fresh_and_stops_when_done(database, monkeypatch):
-    monkeypatch.setattr(heartbeat, "INTERVAL", timedelta(seconds=0.05))
+def test_a_beating_holder_stays_fresh_and_stops_when_done(database, fast_heartbeat):
     job_id, holder = _running_job_with_lock()
     started = utcnow()
     with heartbeat.beating(holder, job_id):
@@ -94,10 +93,9 @@ def test_a_lock_is_taken_over_only_when_its_heartbeat_stopped(database, minutes_
     assert outcome is taken
 
 
-def test_a_received_job_is_beaten_for_only_while_its_message_is_held(database, monkeypatch):
+def test_a_received_job_is_beaten_for_only_while_its_message_is_held(database, fast_heartbeat):
     """Once the worker no longer holds the message (the task ended, or a lost broker
     connection dropped it), the row's heartbeat stops and the reaper can see the job lost."""
-    monkeypatch.setattr(heartbeat, "INTERVAL", timedelta(seconds=0.05))
     job_id, _ = _running_job_with_lock()
     with db.session_scope() as session:
         session.execute(update(ConsolidationJob).where(ConsolidationJob.id == job_id).values(status="pending"))

@@ -16,6 +16,11 @@ from orchestration.store.types import utcnow
 from support import failing_call, fingerprint, job_row, lock_holders, wait_until
 
 
+@pytest.fixture
+def database_url(three_ways: str) -> str:
+    return three_ways
+
+
 def test_an_attempt_starts_running_with_its_lock_and_options(attempt, settings):
     row = job_row(attempt.job_id)
     assert (row.status, row.attempts, row.progress) == ("running", 1, 0.0)

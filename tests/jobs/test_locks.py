@@ -45,8 +45,7 @@ def test_a_lock_is_taken_once_until_it_goes_stale(job_ids):
     assert lock_holders() == []
 
 
-def test_held_beats_and_gives_the_lock_back_when_the_work_fails(job_ids, monkeypatch):
-    monkeypatch.setattr(heartbeat, "INTERVAL", timedelta(seconds=0.05))
+def test_held_beats_and_gives_the_lock_back_when_the_work_fails(job_ids, fast_heartbeat):
     lease = _lease(job_ids)
     old = utcnow() - timedelta(seconds=30)
     with db.session_scope() as session:

@@ -1,5 +1,6 @@
 """An attempt whose process died, as the worker's main process reports it."""
 
+import pytest
 from sqlalchemy import update
 
 from orchestration.jobs import lifecycle, recovery
@@ -7,6 +8,11 @@ from orchestration.store import db
 from orchestration.store.models import ConsolidationJob, ProjectLock
 from support import job_row as job
 from support import lock_holders
+
+
+@pytest.fixture
+def database_url(three_ways: str) -> str:
+    return three_ways
 
 
 def test_a_dead_child_frees_the_lock_and_the_job_runs_again(attempt, settings):

@@ -35,12 +35,6 @@ MACHINE = {
 ATTEMPT = 2
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
-def database_url(request) -> str:
-    """Both databases (the one-statement path is not involved here)."""
-    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
-
-
 def test_the_declared_machine_is_the_documented_one():
     declared = {t.name: ({s.value for s in t.sources}, t.target, t.counts) for t in transitions.TRANSITIONS}
     assert declared == MACHINE
