@@ -29,7 +29,7 @@ from pathlib import Path
 
 import orchestration.worker.tasks  # noqa: F401
 from orchestration.celery_app import app
-from orchestration.consolidation import applying, planning
+from orchestration.consolidation import applying, passes, planning
 from orchestration.consolidation.options import ConsolidationOptions
 from orchestration.jobs import heartbeat, lifecycle
 from orchestration.store.db import Executor
@@ -65,14 +65,20 @@ _plan, _merge_batch, _finish = planning.plan, applying.merge_batch, lifecycle._f
 _batches = {"n": 0}
 
 
-def plan(source: Executor, project_id: uuid.UUID, options: ConsolidationOptions, now: datetime) -> planning.Plan:
+def plan(
+    source: Executor,
+    project_id: uuid.UUID,
+    options: ConsolidationOptions,
+    now: datetime,
+    pass_: passes.Pass | None = None,
+) -> planning.Plan:
     if (failing := _env("FAULT_RAISE_PROJECT")) and uuid.UUID(failing) == project_id:
         raise RuntimeError("injected fault: this project's job always fails")
     if (crashing := _env("FAULT_CRASH_PROJECT")) and uuid.UUID(crashing) == project_id:
         os.kill(os.getpid(), signal.SIGKILL)
     if sleep_s := _env("FAULT_SLEEP_S"):
         time.sleep(float(sleep_s))
-    return _plan(source, project_id, options, now)
+    return _plan(source, project_id, options, now, pass_)
 
 
 def merge_batch(*args, **kwargs):

@@ -26,8 +26,9 @@ from orchestration.store.statuses import JobStatus, TriggerType
 @click.argument("project_id", metavar="PROJECT")
 @click.option("--dry-run", is_flag=True, help="Change nothing; report what would change.")
 @click.option("--force", is_flag=True, help="Consolidate even if the project has consolidation disabled.")
+@click.option("--full", is_flag=True, help="Compare every memory (a full pass) instead of only the new ones.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-def consolidate(project_id: str, dry_run: bool, force: bool, as_json: bool) -> None:
+def consolidate(project_id: str, dry_run: bool, force: bool, full: bool, as_json: bool) -> None:
     """Consolidate one project in this process as a manual job."""
     from orchestration.consolidation.options import InvalidOptions, resolve_options
     from orchestration.consolidation.preview import preview
@@ -44,7 +45,7 @@ def consolidate(project_id: str, dry_run: bool, force: bool, as_json: bool) -> N
     except (ProjectGone, InvalidOptions) as exc:
         raise CliError(str(exc)) from None
     if dry_run:
-        result = preview(project.id, options, force=force)
+        result = preview(project.id, options, force=force, full=full)
         document: dict[str, Any] = {"job_id": None, "status": "dry_run", **vars(result)}
     else:
         who = user()
@@ -56,6 +57,7 @@ def consolidate(project_id: str, dry_run: bool, force: bool, as_json: bool) -> N
                 trigger_type=TriggerType.MANUAL,
                 triggered_by=who,
                 options=project.consolidation_options,
+                full=full,
             )
         try:
             outcome = lifecycle.run(job.id, get_settings(), force=force, changed_by=who)
@@ -73,7 +75,8 @@ def consolidate(project_id: str, dry_run: bool, force: bool, as_json: bool) -> N
         f"{'dry run' if dry_run else 'job ' + str(document['id'])}: project {clean(project.name)} ({project.id})\n"
         f"  active memories {document['memories_before']} -> {document['memories_after']}\n"
         f"  {label} merge {document['memories_merged']} memories into {document['clusters_found']} consolidated\n"
-        f"  {label} archive {document['memories_archived']} stale memories"
+        f"  {label} archive {document['memories_archived']} stale memories\n"
+        f"  {reports.pass_text(document)}"
         + (f"\n  value guard kept {document['pairs_kept_apart']} similar pairs apart" if dry_run else "")
     )
 

@@ -288,12 +288,23 @@ def job_text(doc: dict[str, Any]) -> str:
         f"{doc['memories_merged']} merged, {doc['memories_archived']} archived",
         f"  left alone: {doc['skipped_invalid']} invalid memories skipped, {doc['conflicts']} conflicts, "
         f"{doc['pairs_kept_apart']} pairs kept apart",
+        f"  {pass_text(doc)}",
         f"  audit rows: {changes}",
         f"  rollback: {rollback_state(doc)}",
     ]
     if doc.get("error_message") and doc["error_message"].strip():
         lines += wrapped("  error: ", doc["error_message"])
     return "\n".join(lines)
+
+
+def pass_text(doc: dict[str, Any]) -> str:
+    """How a job or a dry run compared: ``pass: incremental, 12 new memories compared``."""
+    if not doc.get("mode"):
+        return "pass: -"
+    if doc["mode"] == "incremental":
+        return f"pass: incremental, {doc.get('memories_new') or 0} new memories compared with the others"
+    reason = f" ({clean(doc['full_reason'])})" if doc.get("full_reason") else ""
+    return f"pass: full{reason}, {doc.get('memories_new') or 0} memories compared"
 
 
 def calibration_text(report: Calibration, name: str) -> str:

@@ -56,7 +56,8 @@ def runs_watch(run_id: str, timeout: int | None) -> None:
 @click.option(
     "--timeout", type=click.IntRange(min=1), default=None, help="Seconds to wait at most (default: the run deadline)."
 )
-def run_now(wait: bool, slot: str | None, backfill: bool, timeout: int | None) -> None:
+@click.option("--full", is_flag=True, help="Every job makes a full pass instead of an incremental one.")
+def run_now(wait: bool, slot: str | None, backfill: bool, timeout: int | None, full: bool) -> None:
     """Start a run through the broker."""
     from orchestration.nightly.schedule import SlotRefused, check_slot, parse_slot
     from orchestration.worker.tasks import run_scheduled
@@ -90,13 +91,19 @@ def run_now(wait: bool, slot: str | None, backfill: bool, timeout: int | None) -
             message: dict[str, Any] = {"slot": slot_at.isoformat()}
             if backfill:
                 message["backfill"] = True
+            if full:
+                message["full"] = True
             send(run_scheduled, message)
         finder = lambda s: s.scalar(select(ConsolidationRun).where(ConsolidationRun.scheduled_for == slot_at))  # noqa: E731
         label = f"scheduled run for slot {slot_at.isoformat()}"
         follow = "orchestration runs list"
     else:
         run_id = uuid.uuid4()
-        send(run_scheduled, {"trigger": TriggerType.MANUAL.value, "run_id": str(run_id)})
+        # full only when set, so that a worker without the parameter still takes the message.
+        send(
+            run_scheduled,
+            {"trigger": TriggerType.MANUAL.value, "run_id": str(run_id), **({"full": True} if full else {})},
+        )
         finder = lambda s: s.get(ConsolidationRun, run_id)  # noqa: E731
         label = f"manual run {run_id}"
         follow = f"orchestration runs watch {run_id}"

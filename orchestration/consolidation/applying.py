@@ -312,8 +312,8 @@ def _write(session: Session, batch: _Batch) -> None:
 def _update(session: Session, columns: tuple[str, ...], items: list[_Update]) -> None:
     """Set ``columns`` of each memory in ``items`` whose version still matches. On
     PostgreSQL one statement joins the memories to arrays of the values
-    (``unnest``): an ``executemany`` runs the statement once per row, which cost the
-    server 1.7 times as much (docs/benchmarks.md)."""
+    (``unnest``): an ``executemany`` runs the statement once per row, which costs the
+    server more (docs/benchmarks.md)."""
     table = table_of(TaskMemory)
     if session.get_bind().dialect.name == "postgresql":
         arrays = {

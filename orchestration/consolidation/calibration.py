@@ -63,7 +63,7 @@ class Calibration:
 def calibrate(session: Session, project_id: uuid.UUID, options: ConsolidationOptions) -> Calibration:
     """The report for the project's active memories under ``options``."""
     rows = read_active(session, project_id)
-    spaces, vectors, invalid = usable_spaces(session, rows)
+    spaces, vectors, invalid, _ = usable_spaces(session, rows)
     current = options.similarity_threshold
     levels = sorted({*THRESHOLDS, current})
     report = Calibration(

@@ -16,7 +16,16 @@ A~B~C into one cluster even when A and C are unrelated, and a long chain can swa
 a whole topic. Star clusters cannot drift that way, and the result is deterministic.
 
 Only pairs above the threshold are kept (a sparse edge list), computed block by
-block: peak memory is one ``block x n`` float32 matrix, never ``n x n``.
+block: peak memory is one ``block x n`` float32 matrix, never ``n x n``. Whether a
+pair is at the threshold is decided on its similarity recomputed in float64
+(:func:`_exact`), so that the answer does not depend on how a matrix product was
+blocked: a full pass and an incremental one (:func:`reachable_pairs`) agree.
+
+Star clusters of a neighbour map decompose over its connected components: which
+memories a representative gets depends only on its component. So an incremental pass
+that builds the components reached from its new memories (:func:`reachable_pairs`)
+clusters them exactly as a full pass would, and on a project where a full pass finds
+nothing to merge, no other component has anything to merge either.
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ from typing import NamedTuple
 import numpy as np
 
 DEFAULT_BLOCK = 2048
+# Pairs this close below the threshold in float32 are checked in float64.
+SLACK = 1e-5
 
 
 class Scan(NamedTuple):
@@ -47,16 +58,52 @@ def scan(vectors: np.ndarray, threshold: float, block: int = DEFAULT_BLOCK, with
         sims = vectors[start:stop] @ vectors[start:].T
         size = stop - start
         sims[:, :size][np.tri(size, dtype=bool)] = -np.inf  # keep j > i only
-        rows, cols = np.nonzero(sims >= threshold)
-        for r, c, s in zip(rows.tolist(), cols.tolist(), sims[rows, cols].tolist(), strict=True):
-            i, j = start + r, start + c
-            neighbours[i][j] = s
-            neighbours[j][i] = s
+        rows, cols = np.nonzero(sims >= threshold - SLACK)
+        _add_pairs(neighbours, vectors, threshold, rows + start, cols + start)
         if nearest is not None:
             # Row maxima cover the later rows, column maxima this block's rows for each later one.
             np.maximum(nearest[start:stop], sims.max(axis=1), out=nearest[start:stop])
             np.maximum(nearest[start:], sims.max(axis=0), out=nearest[start:])
     return Scan(neighbours, nearest)
+
+
+def _exact(vectors: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """The similarities of the pairs ``(left[k], right[k])``, in float64."""
+    return np.einsum("ij,ij->i", vectors[left].astype(np.float64), vectors[right].astype(np.float64))
+
+
+def _add_pairs(
+    neighbours: dict[int, dict[int, float]], vectors: np.ndarray, threshold: float, left: np.ndarray, right: np.ndarray
+) -> None:
+    """Add the candidate pairs whose exact similarity is at or above ``threshold``."""
+    for start in range(0, len(left), DEFAULT_BLOCK):
+        i, j = left[start : start + DEFAULT_BLOCK], right[start : start + DEFAULT_BLOCK]
+        similarity = _exact(vectors, i, j)
+        keep = similarity >= threshold
+        for a, b, s in zip(i[keep].tolist(), j[keep].tolist(), similarity[keep].tolist(), strict=True):
+            neighbours[a][b] = s
+            neighbours[b][a] = s
+
+
+def reachable_pairs(
+    vectors: np.ndarray, threshold: float, seeds: Sequence[int], block: int = DEFAULT_BLOCK
+) -> dict[int, dict[int, float]]:
+    """The neighbour map of the connected components that contain a seed: the seeds
+    compared with every row, then each row they reached, and so on until no new row is
+    reached. Every row of those components has all its pairs; no other row is in it."""
+    neighbours: dict[int, dict[int, float]] = defaultdict(dict)
+    done: set[int] = set()
+    frontier = sorted(set(seeds))
+    while frontier:
+        done.update(frontier)
+        for start in range(0, len(frontier), block):
+            batch = np.array(frontier[start : start + block])
+            sims = vectors[batch] @ vectors.T
+            sims[np.arange(len(batch)), batch] = -np.inf  # not a pair with itself
+            rows, cols = np.nonzero(sims >= threshold - SLACK)
+            _add_pairs(neighbours, vectors, threshold, batch[rows], cols)
+        frontier = sorted({j for i in frontier for j in neighbours.get(i, {})} - done)
+    return neighbours
 
 
 def similar_pairs(vectors: np.ndarray, threshold: float, block: int = DEFAULT_BLOCK) -> dict[int, dict[int, float]]:

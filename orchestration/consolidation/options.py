@@ -38,6 +38,7 @@ class ConsolidationOptions:
     archive_stale_days: int = 90
     archive_min_reuse: int = 3
     value_guard: bool = True  # never cluster memories that state different values (values.py)
+    full_every_days: int = 0  # a full pass at least this often (passes.py); 0: only when needed
 
     def __post_init__(self) -> None:
         """Every value checked (:class:`InvalidOptions`), however the options are made;
@@ -72,6 +73,7 @@ RANGES: dict[str, Range] = {
     "min_cluster_size": Range(2, 10_000),  # a cluster of one merges nothing
     "archive_stale_days": Range(1, 36_500),  # 100 years: the cutoff stays a representable date
     "archive_min_reuse": Range(0, 1_000_000_000),  # reused_count is a 32-bit integer column
+    "full_every_days": Range(0, 36_500),
 }
 
 

@@ -1,5 +1,10 @@
 """Planning a consolidation: read the project's active memories once and decide which
-clusters to merge and which memories to archive. Reads only; :mod:`applying` writes."""
+clusters to merge and which memories to archive. Reads only; :mod:`applying` writes.
+
+A pass (:mod:`passes`) is full or incremental. An incremental one compares only the
+components of similar memories that contain a memory new since the last pass
+(``clustering.reachable_pairs``), and one with nothing new reads no embeddings: it
+only looks for stale memories to archive."""
 
 from __future__ import annotations
 
@@ -12,18 +17,22 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 import numpy as np
-from sqlalchemy import ColumnElement, and_, bindparam, case, select
+from sqlalchemy import ColumnElement, and_, bindparam, case, func, select
 from sqlalchemy.orm import Session
 
 from orchestration.consolidation import checks, values
 from orchestration.consolidation.checks import problem, readable
-from orchestration.consolidation.clustering import clusters_of, pairs_apart, similar_pairs
+from orchestration.consolidation.clustering import clusters_of, pairs_apart, reachable_pairs, similar_pairs
 from orchestration.consolidation.embeddings import normalize_rows, to_bytes
 from orchestration.consolidation.errors import DataError
 from orchestration.consolidation.options import ConsolidationOptions
-from orchestration.consolidation.spaces import LEXICAL, effective_types, vector_spaces
+from orchestration.consolidation.passes import Pass
+from orchestration.consolidation.spaces import LEXICAL, effective_types, stored_length, vector_spaces
+from orchestration.store.counts import active_count_expr
 from orchestration.store.db import BINARY_ROWS, Executor, chunks
 from orchestration.store.models import TaskMemory
+from orchestration.store.statuses import PassMode
+from orchestration.store.types import UTCDateTime
 
 
 @dataclass
@@ -48,6 +57,17 @@ class Plan:
     invalid: list[DataError] = field(default_factory=list)
     pairs_kept_apart: int = 0  # similar pairs the value guard kept out of one cluster
     timings: dict[str, float] = field(default_factory=dict)
+    pass_: Pass | None = None  # how it compared (None: a full pass that is not recorded)
+    memories_new: int = 0  # memories compared as new: all of them in a full pass
+    space: int | None = None  # the stored embeddings' length in bytes
+
+    @property
+    def mode(self) -> PassMode:
+        return self.pass_.mode if self.pass_ is not None else PassMode.FULL
+
+    def recorded(self) -> dict[str, Any]:
+        """The job row's columns that the next pass starts from (none if not recorded)."""
+        return self.pass_.recorded(self.memories_new, self.space) if self.pass_ is not None else {}
 
     @property
     def is_empty(self) -> bool:
@@ -136,18 +156,32 @@ def comparison_groups(
             yield Group(space, members, priority, vectors)
 
 
-def plan(source: Executor, project_id: uuid.UUID, options: ConsolidationOptions, now: datetime) -> Plan:
-    """Read the project's active memories and decide what to merge and archive."""
+def plan(
+    source: Executor, project_id: uuid.UUID, options: ConsolidationOptions, now: datetime, pass_: Pass | None = None
+) -> Plan:
+    """Read the project's active memories and decide what to merge and archive, in a
+    full pass or (``pass_``) an incremental one."""
     started = time.perf_counter()
+    new: set[uuid.UUID] | None = None
+    if pass_ is not None and pass_.mode == PassMode.INCREMENTAL and pass_.since is not None:
+        new = set(new_memories(source, project_id, pass_.since))
+        if not new:
+            return _nothing_new(source, project_id, options, now, pass_)
     rows = read_active(source, project_id)
     result = Plan(project_id=project_id, memories_before=len(rows), versions={r.id: r.version for r in rows})
-    spaces, vectors, result.invalid = usable_spaces(source, rows)
+    spaces, vectors, result.invalid, result.space = usable_spaces(source, rows)
+    if pass_ is not None and new is not None and pass_.space != result.space:
+        pass_, new = pass_.full("the project's embedding length changed"), None
+    result.pass_, result.memories_new = pass_, len(rows) if new is None else len(new)
     result.skipped_invalid = len(result.invalid)
     result.timings["load"] = time.perf_counter() - started
     in_cluster: set[uuid.UUID] = set()
     if options.merge:
         for group in comparison_groups(source, rows, spaces, vectors, options):
-            result.clusters.extend(_cluster_group(source, result, rows, group, options))
+            seeds = None if new is None else [k for k, i in enumerate(group.members) if rows[i].id in new]
+            if seeds == []:
+                continue  # nothing new in this group: a full pass finds nothing here either
+            result.clusters.extend(_cluster_group(source, result, rows, group, options, seeds))
         in_cluster = {m for c in result.clusters for m in c.source_ids}
     result.timings["similarity"] = time.perf_counter() - started - result.timings["load"]
     if options.archive:
@@ -161,15 +195,53 @@ def plan(source: Executor, project_id: uuid.UUID, options: ConsolidationOptions,
 
 
 def usable_spaces(
-    source: Executor, rows: Sequence[Any]
-) -> tuple[dict[str, list[int]], list[np.ndarray | None], list[DataError]]:
+    source: Executor, rows: Sequence[Any], dim_bytes: int | None = None
+) -> tuple[dict[str, list[int]], list[np.ndarray | None], list[DataError], int | None]:
     """:func:`vector_spaces` of the rows whose data is valid; returns (space -> rows,
-    vectors, why each other memory is skipped). A skipped memory has no vector: it is
-    neither merged nor archived."""
+    vectors, why each other memory is skipped, the stored embeddings' length). A
+    skipped memory has no vector: it is neither merged nor archived. ``dim_bytes``: the
+    length, when the rows are only a part of the project."""
     bad_data = checks.check_rows(source, rows)
-    spaces, vectors, bad_embeddings = vector_spaces(rows, skip=bad_data)
+    dim_bytes = dim_bytes or stored_length(rows, skip=bad_data)
+    spaces, vectors, bad_embeddings = vector_spaces(rows, skip=bad_data, dim_bytes=dim_bytes)
     bad_data.update((i, DataError.of_memory(rows[i].id, "embedding", why)) for i, why in bad_embeddings.items())
-    return spaces, vectors, [bad_data[i] for i in sorted(bad_data)]
+    return spaces, vectors, [bad_data[i] for i in sorted(bad_data)], dim_bytes
+
+
+def new_memories(source: Executor, project_id: uuid.UUID, since: int) -> list[uuid.UUID]:
+    """The project's active memories marked at or after the watermark ``since``."""
+    query = select(TaskMemory.id).where(
+        TaskMemory.project_id == project_id, TaskMemory.change_mark >= since, active_filter()
+    )
+    return list(source.execute(query).scalars())
+
+
+_READ_STALE = _READ_ACTIVE.where(
+    TaskMemory.reused_count < bindparam("min_reuse"),
+    func.coalesce(TaskMemory.last_reused_at, TaskMemory.learned_at) < bindparam("cutoff", type_=UTCDateTime()),
+)
+
+
+def _nothing_new(
+    source: Executor, project_id: uuid.UUID, options: ConsolidationOptions, now: datetime, pass_: Pass
+) -> Plan:
+    """An incremental pass with nothing new: no similarity work, no embeddings read but
+    those of the stale memories, which are archived as in a full pass."""
+    started = time.perf_counter()
+    active = source.execute(select(active_count_expr(project_id))).scalar() or 0
+    result = Plan(project_id, active, versions={}, pass_=pass_, memories_new=0, space=pass_.space)
+    if options.archive:
+        cutoff = now - timedelta(days=options.archive_stale_days)
+        parameters = {"project_id": project_id, "min_reuse": options.archive_min_reuse, "cutoff": cutoff}
+        rows = source.execute(_READ_STALE, parameters).all()
+        _, vectors, result.invalid, _ = usable_spaces(source, rows, dim_bytes=pass_.space)
+        result.skipped_invalid = len(result.invalid)
+        result.versions = {r.id: r.version for r in rows}
+        result.archive = [
+            r.id for r, v in zip(rows, vectors, strict=True) if v is not None and is_stale(r, options, cutoff)
+        ]
+    result.timings["load"] = time.perf_counter() - started
+    return result
 
 
 def is_stale(row: Any, options: ConsolidationOptions, cutoff: datetime) -> bool:
@@ -178,10 +250,18 @@ def is_stale(row: Any, options: ConsolidationOptions, cutoff: datetime) -> bool:
 
 
 def _cluster_group(
-    source: Executor, result: Plan, rows: Sequence[Any], group: Group, options: ConsolidationOptions
+    source: Executor,
+    result: Plan,
+    rows: Sequence[Any],
+    group: Group,
+    options: ConsolidationOptions,
+    seeds: Sequence[int] | None = None,
 ) -> list[Cluster]:
+    """The group's clusters; with ``seeds`` (positions of new memories), those of the
+    components the seeds reach only."""
     matrix = group.unit_vectors()
-    neighbours = similar_pairs(matrix, options.similarity_threshold)
+    threshold = options.similarity_threshold
+    neighbours = similar_pairs(matrix, threshold) if seeds is None else reachable_pairs(matrix, threshold, seeds)
     apart = None
     if options.value_guard and neighbours:
         apart = value_guard(source, [rows[i] for i in group.members], neighbours)

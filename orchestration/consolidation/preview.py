@@ -6,6 +6,7 @@ import uuid
 from datetime import datetime
 
 from orchestration.consolidation.options import ConsolidationOptions
+from orchestration.consolidation.passes import choose
 from orchestration.consolidation.planning import Plan, plan
 from orchestration.consolidation.projects import load_project
 from orchestration.consolidation.result import ConsolidationResult
@@ -14,13 +15,19 @@ from orchestration.store.types import utcnow
 
 
 def preview(
-    project_id: uuid.UUID, options: ConsolidationOptions, force: bool = False, now: datetime | None = None
+    project_id: uuid.UUID,
+    options: ConsolidationOptions,
+    force: bool = False,
+    now: datetime | None = None,
+    full: bool = False,
 ) -> ConsolidationResult:
-    """Plan the project's consolidation and report it; raises ``ProjectGone`` or
+    """Plan the project's consolidation, in the pass a job would make now (incremental
+    or full, ``passes.choose``), and report it; raises ``ProjectGone`` or
     ``ProjectDisabled`` (unless ``force``) like a real run would."""
+    now = now or utcnow()
     with session_scope() as session:
         load_project(session, project_id, force=force)
-        return report(plan(session, project_id, options, now or utcnow()))
+        return report(plan(session, project_id, options, now, choose(session, project_id, options, now, full=full)))
 
 
 def report(planned: Plan) -> ConsolidationResult:

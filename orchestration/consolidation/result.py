@@ -24,6 +24,9 @@ class ConsolidationResult:
     clusters: list[dict[str, Any]] = field(default_factory=list)
     archived: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    mode: str = "full"  # incremental or full (passes.py)
+    memories_new: int = 0  # compared as new: every memory in a full pass
+    full_reason: str | None = None  # why the pass was full, when it was recorded
 
     @classmethod
     def of(cls, plan: Plan, dry_run: bool) -> ConsolidationResult:
@@ -37,6 +40,9 @@ class ConsolidationResult:
             invalid=[str(error) for error in plan.invalid],
             pairs_kept_apart=plan.pairs_kept_apart,
             timings=dict(plan.timings),
+            mode=plan.mode,
+            memories_new=plan.memories_new,
+            full_reason=plan.pass_.reason if plan.pass_ is not None else None,
         )
 
     def counters(self) -> dict[str, int]:

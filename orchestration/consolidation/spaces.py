@@ -26,8 +26,15 @@ STORED, LEXICAL = "stored", "lexical"
 MAX_DEPTH = 32
 
 
+def stored_length(rows: Sequence[Any], skip: Collection[int] = ()) -> int | None:
+    """The project's usual embedding length in bytes: the most common one that is a
+    whole number of float32 values (``None`` without stored embeddings)."""
+    lengths = Counter(len(r.embedding) for i, r in enumerate(rows) if r.embedding is not None and i not in skip)
+    return next((n for n, _ in lengths.most_common() if n % 4 == 0 and n > 0), None)
+
+
 def vector_spaces(
-    rows: Sequence[Any], skip: Collection[int] = ()
+    rows: Sequence[Any], skip: Collection[int] = (), dim_bytes: int | None = None
 ) -> tuple[dict[str, list[int]], list[np.ndarray | None], dict[int, str]]:
     """Group row indexes by vector space; returns (space -> rows, vectors, invalid),
     ``invalid`` naming what is wrong with each invalid embedding (by row index).
@@ -36,9 +43,10 @@ def vector_spaces(
     embeddings another. A stored embedding of another length, or with NaN/inf or
     zero norm, is invalid: the memory is skipped (counted) and left untouched. Rows
     in ``skip`` (bad data of another field) are left out as well: no vector, no space.
+    ``dim_bytes``: the usual length, when it is known from elsewhere (the rows are a
+    part of the project).
     """
-    lengths = Counter(len(r.embedding) for i, r in enumerate(rows) if r.embedding is not None and i not in skip)
-    dim_bytes = next((n for n, _ in lengths.most_common() if n % 4 == 0 and n > 0), None)
+    dim_bytes = dim_bytes or stored_length(rows, skip)
     vectors: list[np.ndarray | None] = [None] * len(rows)
     spaces: dict[str, list[int]] = defaultdict(list)
     invalid: dict[int, str] = {}

@@ -45,6 +45,10 @@ from decimal import Decimal, InvalidOperation
 
 Values = Mapping[str, frozenset[str]]
 
+# Bump when what is extracted, or what counts as a conflict, changes: a project's next
+# pass is then full (its signature, ``passes.signature``, changes with it).
+GUARD_VERSION = 1
+
 _TRAILING = ".,;:!?)]}'\""
 
 _URL = re.compile(r"\b(?:https?|ftp)://[^\s<>\"'`]+", re.IGNORECASE)

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from orchestration.consolidation.options import InvalidOptions, resolve_options
 from orchestration.store.models import ConsolidationJob, table_of
-from orchestration.store.statuses import JobStatus, TriggerType
+from orchestration.store.statuses import JobStatus, PassMode, TriggerType
 
 
 def create_job(
@@ -23,9 +23,10 @@ def create_job(
     trigger_type: TriggerType,
     triggered_by: str,
     options: dict[str, Any] | None,
+    full: bool = False,
 ) -> ConsolidationJob:
-    """One pending job (a manual one, or a test's)."""
-    job = ConsolidationJob(**_new_job(project_id, run_id, trigger_type, triggered_by, options))
+    """One pending job (a manual one, or a test's); ``full``: it makes a full pass."""
+    job = ConsolidationJob(**_new_job(project_id, run_id, trigger_type, triggered_by, options, full))
     session.add(job)
     session.flush()
     return job
@@ -38,11 +39,15 @@ def create_jobs(
     run_id: uuid.UUID,
     trigger_type: TriggerType,
     now: datetime,
+    full: bool = False,
 ) -> list[uuid.UUID]:
     """A run's pending jobs, one per ``(project_id, options)``, in one bulk insert. Their
     ``created_at`` grows by a microsecond each, so that they read back in this order."""
     rows = [
-        {**_new_job(project_id, run_id, trigger_type, "system", options), "created_at": now + timedelta(microseconds=i)}
+        {
+            **_new_job(project_id, run_id, trigger_type, "system", options, full),
+            "created_at": now + timedelta(microseconds=i),
+        }
         for i, (project_id, options) in enumerate(projects)
     ]
     if rows:
@@ -56,7 +61,9 @@ def _new_job(
     trigger_type: TriggerType,
     triggered_by: str,
     options: dict[str, Any] | None,
+    full: bool,
 ) -> dict[str, Any]:
+    """A pending job; one asked to make a full pass has that ``mode`` from the start."""
     return {
         "id": uuid.uuid4(),
         "project_id": project_id,
@@ -65,6 +72,7 @@ def _new_job(
         "trigger_type": trigger_type,
         "triggered_by": triggered_by,
         "options": effective_options(options),
+        "mode": PassMode.FULL if full else None,
     }
 
 

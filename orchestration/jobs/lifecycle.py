@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
-from orchestration.consolidation import applying, planning
+from orchestration.consolidation import applying, passes, planning
 from orchestration.consolidation.result import ConsolidationResult
 from orchestration.jobs import statements, transitions
 from orchestration.jobs.creation import create_job, create_jobs, effective_options
@@ -98,7 +99,8 @@ def consolidate(attempt: Attempt, *, progress: Progress | None = None, changed_b
     try:
         with attempt.lease.held():
             with db.statement_scope() as connection:
-                planned = planning.plan(connection, attempt.project_id, attempt.options, utcnow())
+                pass_ = passes.choose(connection, attempt.project_id, attempt.options, utcnow(), full=attempt.full)
+                planned = planning.plan(connection, attempt.project_id, attempt.options, utcnow(), pass_)
             if planned.is_empty:
                 result = ConsolidationResult.of(planned, dry_run=False)
             else:
@@ -111,7 +113,7 @@ def consolidate(attempt: Attempt, *, progress: Progress | None = None, changed_b
                     in_batch=lambda session, batch: _add_counts(session, attempt, batch.counters()),
                     progress=report,
                 )
-            counters = _finish(attempt, result)
+            counters = _finish(attempt, result, planned.recorded())
     except Superseded as exc:
         log.warning("job.superseded", attempt=attempt.number, reason=str(exc))
         raise
@@ -123,6 +125,9 @@ def consolidate(attempt: Attempt, *, progress: Progress | None = None, changed_b
         skipped_invalid=result.skipped_invalid,
         conflicts=result.conflicts,
         pairs_kept_apart=result.pairs_kept_apart,
+        mode=result.mode,
+        memories_new=result.memories_new,
+        full_reason=result.full_reason,
         **counters,
     )
     return JobOutcome(str(attempt.job_id), JobStatus.COMPLETED)
@@ -146,9 +151,10 @@ def _add_counts(session: Session, attempt: Attempt, increments: dict[str, int]) 
         raise Superseded(f"job {attempt.job_id}: attempt {attempt.number} was superseded or ended")
 
 
-def _finish(attempt: Attempt, result: ConsolidationResult) -> dict[str, int]:
-    """Record the job completed (fenced) with what it left alone, and give its lock back,
-    in one transaction (one statement on PostgreSQL); returns its counters."""
+def _finish(attempt: Attempt, result: ConsolidationResult, recorded: dict[str, Any]) -> dict[str, int]:
+    """Record the job completed (fenced) with what it left alone and what its pass
+    recorded for the next one (``Plan.recorded``), and give its lock back, in one
+    transaction (one statement on PostgreSQL); returns its counters."""
     left_alone = {name: getattr(result, name) for name in LEFT_ALONE}
     if statements.one_statement():
         with db.statement_scope() as connection:
@@ -159,7 +165,7 @@ def _finish(attempt: Attempt, result: ConsolidationResult) -> dict[str, int]:
                 attempt.project_id,
                 attempt.lease.holder,
                 utcnow(),
-                left_alone,
+                {**left_alone, **RECORDED_NONE, **recorded},
             )
         if row is None:
             raise Superseded(f"job {attempt.job_id}: attempt {attempt.number} was superseded or ended")
@@ -172,7 +178,7 @@ def _finish(attempt: Attempt, result: ConsolidationResult) -> dict[str, int]:
                 attempt.job_id,
                 attempt.number,
                 utcnow(),
-                {**left_alone, "progress": 1.0, "error_message": None},
+                {**left_alone, **recorded, "progress": 1.0, "error_message": None},
                 returning=COUNTERS,
             )
     except Refused as exc:
@@ -182,6 +188,8 @@ def _finish(attempt: Attempt, result: ConsolidationResult) -> dict[str, int]:
 
 # What a completed job left alone, kept on its row (and in ``job.completed``).
 LEFT_ALONE = ("skipped_invalid", "conflicts", "pairs_kept_apart")
+# A pass that recorded nothing (``Plan.recorded``) leaves these empty.
+RECORDED_NONE = dict.fromkeys(("mode", "memories_new", "full_reason", "watermark", "signature"))
 # What a completed job's row returns to ``job.completed``.
 COUNTERS = (
     ConsolidationJob.memories_before,

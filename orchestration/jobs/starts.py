@@ -35,7 +35,7 @@ from orchestration.logs import get_logger
 from orchestration.settings import Settings
 from orchestration.store import db
 from orchestration.store.models import ConsolidationJob, Project, ProjectLock, table_of
-from orchestration.store.statuses import FINISHED_JOB_STATUSES
+from orchestration.store.statuses import FINISHED_JOB_STATUSES, PassMode
 from orchestration.store.types import utcnow
 
 log = get_logger("orchestration.jobs.lifecycle")
@@ -52,6 +52,7 @@ class Attempt:
     options: ConsolidationOptions
     lease: Lease
     started: float  # time.monotonic()
+    full: bool = False  # a full pass was asked for when the job was created (--full)
 
 
 _JOBS, _PROJECTS, _LOCKS = table_of(ConsolidationJob), table_of(Project), table_of(ProjectLock)
@@ -66,6 +67,7 @@ _START = (
         _JOBS.c.started_at,
         _JOBS.c.error_message,
         _JOBS.c.celery_task_id,
+        _JOBS.c.mode,
         _PROJECTS.c.id.is_not(None).label("project_exists"),
         _PROJECTS.c.name.label("project_name"),
         _PROJECTS.c.consolidation_enabled,
@@ -126,7 +128,7 @@ def _start_in_one_statement(
         with db.session_scope() as session:
             session.execute(update(_JOBS).where(_JOBS.c.id == row.id).values(options=options.as_dict()))
     lease = Lease(row.project_id, row.id, row.number)
-    return Attempt(row.id, row.project_id, row.number, options, lease, time.monotonic())
+    return Attempt(row.id, row.project_id, row.number, options, lease, time.monotonic(), row.mode == PassMode.FULL)
 
 
 def start_portable(
@@ -163,7 +165,8 @@ def start_portable(
         number = row.attempts + 1
         values = {"celery_task_id": celery_task_id or row.celery_task_id, "options": options.as_dict()}
         transitions.apply(session, transitions.starting(row.status), row.id, row.attempts, now, values)
-        attempt = Attempt(row.id, row.project_id, number, options, Lease(row.project_id, row.id, number), 0.0)
+        lease = Lease(row.project_id, row.id, number)
+        attempt = Attempt(row.id, row.project_id, number, options, lease, 0.0, row.mode == PassMode.FULL)
         try:
             attempt.lease.acquire(session, now)
         except ProjectBusy as exc:

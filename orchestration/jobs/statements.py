@@ -52,7 +52,7 @@ assert _START.target == TAKE_OVER.target and COMPLETE.sources == {_START.target}
 START = text(f"""
 WITH job AS (
     SELECT j.id, j.run_id, j.project_id, j.status, j.attempts, j.started_at, j.error_message,
-           j.celery_task_id, j.options, p.consolidation_options, p.name AS project_name
+           j.celery_task_id, j.options, j.mode, p.consolidation_options, p.name AS project_name
     FROM consolidation_jobs j
     LEFT JOIN projects p ON p.id = j.project_id
     WHERE j.id = :job_id
@@ -86,7 +86,9 @@ WITH done AS (
     UPDATE consolidation_jobs AS job
     SET status = '{COMPLETE.target}', progress = 1.0, memories_after = {_ACTIVE_COUNT},
         completed_at = :now, heartbeat_at = NULL, error_message = NULL,
-        skipped_invalid = :skipped_invalid, conflicts = :conflicts, pairs_kept_apart = :pairs_kept_apart
+        skipped_invalid = :skipped_invalid, conflicts = :conflicts, pairs_kept_apart = :pairs_kept_apart,
+        mode = :mode, memories_new = :memories_new, full_reason = :full_reason, watermark = :watermark,
+        signature = :signature
     WHERE job.id = :job_id AND job.status IN ({statuses(COMPLETE.sources)}) AND job.attempts = :attempt
     RETURNING memories_before, memories_after, clusters_found, memories_merged, memories_archived
 ), freed AS (
@@ -136,12 +138,13 @@ def finish(
     project_id: uuid.UUID,
     holder: str,
     now: datetime,
-    left_alone: dict[str, int],
+    recorded: dict[str, Any],
 ) -> Any:
     """Record the attempt's job completed (fenced on the attempt) with what it left alone
-    (``skipped_invalid``, ``conflicts``, ``pairs_kept_apart``) and give its lock back;
-    the job's counters, or ``None`` if a newer attempt took the job over."""
+    (``skipped_invalid``, ``conflicts``, ``pairs_kept_apart``) and what its pass recorded
+    (``mode``, ``memories_new``, ``full_reason``, ``watermark``, ``signature``), and give
+    its lock back; the job's counters, or ``None`` if a newer attempt took the job over."""
     return connection.execute(
         FINISH,
-        {"job_id": job_id, "attempt": attempt, "project_id": project_id, "holder": holder, "now": now, **left_alone},
+        {"job_id": job_id, "attempt": attempt, "project_id": project_id, "holder": holder, "now": now, **recorded},
     ).first()

@@ -77,13 +77,15 @@ def start_run(
     notes: dict[str, Any] | None = None,
     projects: Sequence[uuid.UUID] | None = None,
     retry_of: uuid.UUID | None = None,
+    full: bool = False,
 ) -> StartedRun | None:
     """Claim the run, pick the eligible projects and create one pending job for each,
     largest project first: the chord is sent in that order, so the longest jobs start
     first and the night's tail is short. The caller commits before dispatching the jobs.
 
     ``projects`` restricts the run to those projects, each enabled one whatever its
-    threshold (a retry); ``retry_of`` links the run and the run it retries."""
+    threshold (a retry); ``retry_of`` links the run and the run it retries. ``full``:
+    every job makes a full pass (``run-now --full``)."""
     now = now or utcnow()
     claimed = claim_run(session, trigger_type, slot, now, run_id)
     if claimed is None:
@@ -96,7 +98,9 @@ def start_run(
         eligible=len(eligibility.eligible),
         skipped=eligibility.skipped,
     )
-    started.job_ids = create_jobs(session, eligibility.eligible, run_id=claimed, trigger_type=trigger_type, now=now)
+    started.job_ids = create_jobs(
+        session, eligibility.eligible, run_id=claimed, trigger_type=trigger_type, now=now, full=full
+    )
     run = session.get_one(ConsolidationRun, claimed)
     run.projects_checked = started.checked
     run.projects_eligible = started.eligible
@@ -137,6 +141,7 @@ def claim(
     notes: dict[str, Any] | None = None,
     projects: Sequence[uuid.UUID] | None = None,
     retry_of: uuid.UUID | None = None,
+    full: bool = False,
 ) -> Claim:
     """Start the run of ``slot`` (or a manual run), or say why this message starts none.
     ``notes`` go into the new run's summary (they are kept when it is finalized);
@@ -151,6 +156,7 @@ def claim(
         notes=notes,
         projects=projects,
         retry_of=retry_of,
+        full=full,
     )
     if started is not None:
         return Claim("started", started.run_id, started.job_ids, started)

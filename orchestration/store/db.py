@@ -36,8 +36,8 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 # otherwise hold it for the operating system's TCP timeout, about two minutes).
 CONNECT_TIMEOUT_S = 10
 # Execution option: on PostgreSQL, this statement's rows come back in binary format.
-# A project's embeddings in bytea's text format (hex) took more than twice the CPU,
-# the server's and ours, of the same rows in binary (docs/benchmarks.md).
+# A project's embeddings in bytea's text format (hex) cost the server and us far more
+# CPU than the same rows in binary (docs/benchmarks.md).
 BINARY_ROWS = "orchestration_binary_rows"
 # Ids per "IN (...)" list: well below SQLite's bound-parameter limit.
 IN_CHUNK = 900

@@ -30,7 +30,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from orchestration.store.statuses import ArchiveReason, JobStatus, MemoryType, Operation, RunStatus, TriggerType
+from orchestration.store.statuses import (
+    ArchiveReason,
+    JobStatus,
+    MemoryType,
+    Operation,
+    PassMode,
+    RunStatus,
+    TriggerType,
+)
 from orchestration.store.types import GUID, JSONType, UTCDateTime, utcnow
 
 NAMING_CONVENTION = {
@@ -97,6 +105,7 @@ class TaskMemory(Base):
             postgresql_where=text("NOT is_duplicate AND NOT is_archived"),
             sqlite_where=text("is_duplicate = 0 AND is_archived = 0"),
         ),
+        Index("ix_task_memories_project_change", "project_id", "change_mark"),
     )
 
     id: Mapped[uuid.UUID] = _pk()
@@ -121,10 +130,15 @@ class TaskMemory(Base):
     consolidated_from: Mapped[list[str] | None] = mapped_column(JSONType)
     consolidated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     version: Mapped[int] = mapped_column(Integer, nullable=False, default=1, server_default=text("1"))
+    # When the memory last changed in a way that matters to consolidation (inserted, its
+    # content, embedding, type or project edited, or made active again), set by database
+    # triggers (migration 0008; ``orchestration.consolidation.passes``).
+    change_mark: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
 
     # ORM writers (agents) get optimistic concurrency for free: every UPDATE checks
-    # and bumps the version. Bulk statements here do the same by hand.
-    __mapper_args__ = {"version_id_col": version}
+    # and bumps the version. Bulk statements here do the same by hand. The change mark
+    # is the triggers' business: an INSERT neither sets nor fetches it.
+    __mapper_args__ = {"version_id_col": version, "eager_defaults": False}
 
 
 class ConsolidationRun(Base):
@@ -164,6 +178,7 @@ class ConsolidationJob(Base):
         CheckConstraint(_in("status", JobStatus), name="status"),
         CheckConstraint(_in("trigger_type", TriggerType), name="trigger_type"),
         CheckConstraint("progress >= 0 AND progress <= 1", name="progress"),
+        CheckConstraint(_in("mode", PassMode), name="mode"),
         UniqueConstraint("run_id", "project_id"),
         Index("ix_consolidation_jobs_status_heartbeat", "status", "heartbeat_at"),
     )
@@ -204,6 +219,14 @@ class ConsolidationJob(Base):
     # Set when the job's changes were undone (``orchestration jobs rollback``), and by whom.
     rolled_back_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     rolled_back_by: Mapped[str | None] = mapped_column(String(200))
+    # How a completed job compared (``incremental`` or ``full``), how many memories were
+    # new to it, why it was full, and what the next pass starts from: the watermark of
+    # memory changes it saw and the signature of the options that decide which pairs merge.
+    mode: Mapped[str | None] = mapped_column(String(16))
+    memories_new: Mapped[int | None] = mapped_column(Integer)
+    full_reason: Mapped[str | None] = mapped_column(Text)
+    watermark: Mapped[int | None] = mapped_column(BigInteger)
+    signature: Mapped[str | None] = mapped_column(String(64))
 
 
 class ConsolidationChange(Base):
@@ -224,6 +247,16 @@ class ConsolidationChange(Base):
     confidence: Mapped[float | None] = mapped_column(Float)
     changed_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow, index=True)
     changed_by: Mapped[str] = mapped_column(String(200), nullable=False, default="system")
+
+
+class MemoryChangeCounter(Base):
+    """SQLite's sequence of memory change marks (one row; its triggers count on). On
+    PostgreSQL a change is marked with its transaction's id instead and this stays empty."""
+
+    __tablename__ = "memory_change_counter"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, nullable=False)
 
 
 class ProjectMemoryCount(Base):

@@ -47,6 +47,13 @@ class JobStatus(StrEnum):
     SKIPPED = "skipped"
 
 
+class PassMode(StrEnum):
+    """How a completed job compared its project's memories (``orchestration.consolidation.passes``)."""
+
+    INCREMENTAL = "incremental"
+    FULL = "full"
+
+
 UNFINISHED_JOB_STATUSES = (JobStatus.PENDING, JobStatus.RUNNING, JobStatus.RETRYING)
 FINISHED_JOB_STATUSES = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.SKIPPED)
 

@@ -52,6 +52,7 @@ def run_scheduled(
     timezone: str | None = None,
     projects: list[str] | None = None,
     retry_of: uuid.UUID | None = None,
+    full: bool = False,
 ) -> dict[str, Any]:
     """Claim the run for a schedule slot (or start a manual run) and dispatch its chord.
 
@@ -64,7 +65,7 @@ def run_scheduled(
 
     ``projects`` (project ids) and ``retry_of`` (a run id), with a manual trigger only:
     the run consolidates just those projects and is linked to the run it retries
-    (``runs retry``)."""
+    (``runs retry``). ``full``: every job makes a full pass (``run-now --full``)."""
     settings = get_settings()
     if trigger not in tuple(TriggerType):
         log.error("task.rejected", reason=f"unknown trigger {trigger!r}")
@@ -96,6 +97,7 @@ def run_scheduled(
                 notes=mismatch.note() if mismatch else None,
                 projects=project_ids,
                 retry_of=retry_of,
+                full=full is True,
             )
     except SQLAlchemyError as exc:
         if not unreachable(exc):
@@ -112,6 +114,8 @@ def run_scheduled(
             kwargs["projects"] = [str(p) for p in project_ids]
         if retry_of is not None:
             kwargs["retry_of"] = str(retry_of)
+        if full is True:
+            kwargs["full"] = True
         raise wait_out_outage(self, exc, kwargs) from exc
     _log_claim(claim, slot_at.isoformat() if slot_at else None)
     if claim.dispatch is not None and claim.run_id is not None:

@@ -324,7 +324,27 @@ def test_consolidate_plain_text_form_after_applying_the_job(database):
         f"  active memories {job.memories_before} -> {job.memories_after}",
         f"  did merge {job.memories_merged} memories into {job.clusters_found} consolidated",
         f"  did archive {job.memories_archived} stale memories",
+        f"  pass: full (no earlier completed pass), {job.memories_before} memories compared",
     ]
+
+
+def test_consolidate_again_makes_an_incremental_pass_unless_full_is_asked_for(database):
+    """README: the second consolidation of a project compares only what is new since the
+    first; --full compares everything again, and the dry run says which it would do."""
+    project = _seed()[0]
+    first = json.loads(cli("consolidate", project["id"], "--json"))
+    dry = json.loads(cli("consolidate", project["id"], "--dry-run", "--json"))
+    # New to it: the consolidated memories the first pass wrote, one per cluster.
+    assert (dry["mode"], dry["memories_new"], dry["full_reason"]) == ("incremental", first["clusters_found"], None)
+    second = cli("consolidate", project["id"]).splitlines()
+    assert f"  pass: incremental, {first['clusters_found']} new memories compared with the others" in second
+    assert "  pass: incremental, 0 new memories compared with the others" in cli("consolidate", project["id"])
+    again = json.loads(cli("consolidate", project["id"], "--full", "--json"))
+    assert (again["mode"], again["full_reason"]) == ("full", "requested (--full)")
+    assert again["memories_new"] == again["memories_before"]
+    with db.session_scope() as session:
+        modes = [j.mode for j in session.scalars(select(ConsolidationJob).order_by(ConsolidationJob.created_at))]
+    assert modes == ["full", "incremental", "incremental", "full"]
 
 
 class _Sent:

@@ -55,6 +55,11 @@ def _rollback(job_id, retention_days=90, **kw):
         return roll_back(session, job_id, retention_days, **kw)
 
 
+# Bumped by a rollback: the version (optimistic concurrency), and the change mark (a
+# restored memory is new to the next incremental pass).
+BUMPED = ("version", "change_mark")
+
+
 def test_rollback_restores_every_column_but_version(database):
     manifest, job_id, before = _consolidated_job()
     after_job = _rows()
@@ -67,9 +72,12 @@ def test_rollback_restores_every_column_but_version(database):
     assert len(touched) == result.restored == sum(len(g) for g in manifest.groups) + len(manifest.stale)
     for memory_id, original in before.items():
         now = restored[memory_id]
-        assert {k: v for k, v in now.items() if k != "version"} == {k: v for k, v in original.items() if k != "version"}
+        assert {k: v for k, v in now.items() if k not in BUMPED} == {
+            k: v for k, v in original.items() if k not in BUMPED
+        }
         if memory_id in touched:
             assert now["version"] > after_job[memory_id]["version"] > original["version"]
+            assert now["change_mark"] > original["change_mark"]
     with db.session_scope() as session:
         counts = change_counts(session, job_id)
     assert counts["rollback"] == result.restored

@@ -19,6 +19,7 @@ def test_defaults():
         "archive_stale_days": 90,
         "archive_min_reuse": 3,
         "value_guard": True,
+        "full_every_days": 0,
     }
 
 
@@ -58,6 +59,7 @@ RANGES = {
     "min_cluster_size": "from 2 to 10,000",
     "archive_stale_days": "from 1 to 36,500",
     "archive_min_reuse": "from 0 to 1,000,000,000",
+    "full_every_days": "from 0 to 36,500",
 }
 
 

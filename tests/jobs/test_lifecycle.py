@@ -238,3 +238,40 @@ def test_a_completed_job_keeps_what_it_left_alone_and_its_lines_name_the_project
     started, completed = (next(e for e in lines if e["event"] == name) for name in ("job.started", "job.completed"))
     assert started["project_name"] == completed["project_name"] == manifest.name
     assert (completed["skipped_invalid"], completed["conflicts"], completed["pairs_kept_apart"]) == (3, 2, 1)
+    assert (completed["mode"], completed["memories_new"], completed["full_reason"]) == (
+        "full",
+        60,
+        "no earlier completed pass",
+    )
+
+
+def test_a_completed_job_records_its_pass_and_the_next_one_starts_from_it(job_ids, settings):
+    """The first job of a project makes a full pass and records its watermark and
+    signature; the next job of the project is incremental from that watermark; a job
+    created with --full makes a full pass whatever was recorded."""
+    from orchestration.consolidation.passes import REQUESTED
+    from orchestration.store.statuses import TriggerType
+
+    assert lifecycle.run(job_ids[0], settings).status == "completed"
+    first = job_row(job_ids[0])
+    assert (first.mode, first.memories_new, first.full_reason) == ("full", 60, "no earlier completed pass")
+    assert first.watermark is not None and first.signature.endswith(":64")
+    with db.session_scope() as session:
+        again, full = (
+            lifecycle.create_job(
+                session,
+                first.project_id,
+                run_id=None,
+                trigger_type=TriggerType.MANUAL,
+                triggered_by="t",
+                options=None,
+                full=wanted,
+            ).id
+            for wanted in (False, True)
+        )
+    assert lifecycle.run(again, settings).status == "completed"
+    second = job_row(again)
+    assert (second.mode, second.memories_new, second.full_reason) == ("incremental", first.clusters_found, None)
+    assert second.watermark >= first.watermark and second.signature == first.signature
+    assert lifecycle.run(full, settings).status == "completed"
+    assert (job_row(full).mode, job_row(full).full_reason) == ("full", REQUESTED)

@@ -19,6 +19,7 @@ TABLES = {
     "project_locks",
     "project_memory_counts",
     "project_memory_count_deltas",
+    "memory_change_counter",
     "alembic_version",
 }
 
