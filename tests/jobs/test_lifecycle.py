@@ -123,6 +123,19 @@ def test_a_superseded_attempt_stops_before_writing(attempt, settings, monkeypatc
     assert row.status == "completed" and row.attempts == 2 and row.clusters_found > 0
 
 
+def test_an_attempt_whose_job_was_failed_meanwhile_does_not_complete_it(attempt, settings, monkeypatch):
+    """The reaper or the run's finalization failed the job while its attempt still ran
+    (a frozen process that thawed): the attempt's first write and its end are refused,
+    so the job stays failed and nothing of the attempt lands."""
+    monkeypatch.setattr(applying, "MERGE_BATCH", 1)
+    before = fingerprint()
+    assert lifecycle.fail(attempt.job_id, 1, "its run was finalized").status == "failed"
+    with pytest.raises(lifecycle.Superseded, match="superseded or ended"):
+        lifecycle.consolidate(attempt)
+    row = job_row(attempt.job_id)
+    assert (row.status, row.error_message) == ("failed", "its run was finalized") and fingerprint() == before
+
+
 def test_counters_of_a_partial_attempt_are_kept_by_the_next(attempt, settings, monkeypatch):
     monkeypatch.setattr(applying, "MERGE_BATCH", 1)
     real = applying.merge_batch
