@@ -53,6 +53,12 @@ def test_consolidation_benchmark():
     assert clusters and clusters[1] == clusters[2] and clusters[3] == clusters[4], out
 
 
+def test_incremental_benchmark():
+    out = _bench("incremental.py", "--sizes", "2000", "--databases", "sqlite", "--repeat", "1")
+    assert re.search(r"nothing new: incremental [\d.]+s", out), out
+    assert re.search(r"full / incremental [\d.]+x; plans agree", out), out
+
+
 def test_orchestration_benchmark(pg_template, redis_url):
     out = _bench("orchestration.py", "--sizes", "10", "--repeat", "1")
     assert re.search(r"ratio [\d.]+ at N=10 \(nightly / plain\)", out), out
