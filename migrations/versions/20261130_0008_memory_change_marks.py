@@ -1,8 +1,9 @@
 """Memory change marks, for incremental consolidation passes.
 
 ``task_memories.change_mark`` says when a memory last changed in a way that matters to
-consolidation: inserted; its content, embedding, type or project edited; or made
-active again (a rollback, an un-archive). Database triggers set it, so that every
+consolidation: inserted; its content, embedding, type, project, tags, file links,
+``consolidated_from`` or ``learned_at`` edited; or made active again (a rollback, an
+un-archive). Database triggers set it, so that every
 writer's changes are seen (agents write memories without this package). A pass
 records a watermark; the next compares only the memories marked at or above it
 (``orchestration.consolidation.passes``).
@@ -37,8 +38,11 @@ down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# The columns whose edit makes a memory new to the next pass (besides becoming active).
-MARKED = ("content", "embedding", "memory_type", "project_id")
+# The columns whose edit makes a memory new to the next pass (besides becoming active):
+# what it is compared on, and what a pass skips it for when malformed (fixing them
+# makes it comparable). Not ``reused_count`` and ``last_reused_at``: agents bump them
+# on every reuse.
+MARKED = ("content", "embedding", "memory_type", "project_id", "tags", "file_links", "consolidated_from", "learned_at")
 REACTIVATED = "(OLD.is_duplicate OR OLD.is_archived) AND NOT NEW.is_duplicate AND NOT NEW.is_archived"
 
 POSTGRESQL_UP = [

@@ -5,6 +5,7 @@ rollback`` is in ``rollback``). PROJECT is an id, a unique id prefix or a unique
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import asdict
 from typing import Any
 
@@ -60,9 +61,9 @@ def consolidate(project_id: str, dry_run: bool, force: bool, full: bool, as_json
                 full=full,
             )
         try:
-            outcome = lifecycle.run(job.id, get_settings(), force=force, changed_by=who)
-        except lifecycle.AttemptFailed as exc:  # recorded on the job, reported as one line
-            outcome = lifecycle.fail(job.id, exc.attempt, exc.error)
+            outcome = _run_manual(job.id, force, who)
+        except lifecycle.Superseded as exc:  # another process took the job over
+            raise CliError(str(exc)) from None
         job = find(ConsolidationJob, str(job.id), "job")
         document = row_dict(job)
         if outcome.status != JobStatus.COMPLETED:
@@ -79,6 +80,15 @@ def consolidate(project_id: str, dry_run: bool, force: bool, full: bool, as_json
         f"  {reports.pass_text(document)}"
         + (f"\n  value guard kept {document['pairs_kept_apart']} similar pairs apart" if dry_run else "")
     )
+
+
+def _run_manual(job_id: uuid.UUID, force: bool, who: str) -> Any:
+    from orchestration.jobs import lifecycle
+
+    try:
+        return lifecycle.run(job_id, get_settings(), force=force, changed_by=who)
+    except lifecycle.AttemptFailed as exc:  # recorded on the job, reported as one line
+        return lifecycle.fail(job_id, exc.attempt, exc.error)
 
 
 @main.command()

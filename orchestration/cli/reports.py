@@ -301,6 +301,8 @@ def pass_text(doc: dict[str, Any]) -> str:
     """How a job or a dry run compared: ``pass: incremental, 12 new memories compared``."""
     if not doc.get("mode"):
         return "pass: -"
+    if doc.get("status") not in (None, "dry_run", JobStatus.COMPLETED):
+        return f"pass: {clean(doc['mode'])} asked for" if doc["mode"] == "full" else "pass: -"
     if doc["mode"] == "incremental":
         return f"pass: incremental, {doc.get('memories_new') or 0} new memories compared with the others"
     reason = f" ({clean(doc['full_reason'])})" if doc.get("full_reason") else ""

@@ -54,13 +54,17 @@ class Pass:
     def full(self, reason: str) -> Pass:
         return Pass(PassMode.FULL, self.watermark, self.signature, reason=reason)
 
-    def recorded(self, memories_new: int, space: int | None) -> dict[str, Any]:
-        """The job row's columns for this pass, once it completed in ``space``."""
+    def recorded(self, memories_new: int, space: int | None, conflicts: int = 0) -> dict[str, Any]:
+        """The job row's columns for this pass, once it completed in ``space``. A pass
+        that left merges undone because an agent changed a memory meanwhile (a change
+        that may not mark it, such as a reuse) records the watermark it started from:
+        the next pass compares those memories again (after a full pass, none: the next
+        is full)."""
         return {
             "mode": self.mode,
             "memories_new": memories_new,
             "full_reason": self.reason,
-            "watermark": self.watermark,
+            "watermark": self.since if conflicts else self.watermark,
             "signature": f"{self.signature}{SPACE}{space or 0}",
         }
 
@@ -107,7 +111,7 @@ def _previous_and_watermark(source: Executor, project_id: uuid.UUID) -> tuple[Pr
     """What the project's completed passes left, and the watermark now: one statement
     (every job of every night asks), the watermark taken with it."""
     jobs = ConsolidationJob
-    done = (jobs.project_id == project_id, jobs.status == JobStatus.COMPLETED, jobs.watermark.is_not(None))
+    done = (jobs.project_id == project_id, jobs.status == JobStatus.COMPLETED, jobs.mode.is_not(None))
     latest = select(jobs.id).where(*done).order_by(jobs.completed_at.desc(), jobs.id).limit(1).scalar_subquery()
     full_at = select(func.max(jobs.completed_at)).where(*done, jobs.mode == PassMode.FULL).scalar_subquery()
     row = source.execute(
@@ -130,8 +134,12 @@ def choose(
     current = Pass(PassMode.FULL, mark, signature(options))
     if full:
         return current.full(REQUESTED)
-    if last.watermark is None or last.signature is None:
+    if last.signature is None:
         return current.full("no earlier completed pass")
+    if last.watermark is None:
+        return current.full("the last pass left merges undone: an agent changed a memory meanwhile")
+    if last.watermark > mark:  # a database restored from a dump, or moved: its transaction ids start over
+        return current.full("the recorded watermark is ahead of the database's")
     decisive, _, space = last.signature.partition(SPACE)
     if decisive != current.signature:
         return current.full("the options that decide which pairs merge changed")

@@ -65,9 +65,10 @@ class Plan:
     def mode(self) -> PassMode:
         return self.pass_.mode if self.pass_ is not None else PassMode.FULL
 
-    def recorded(self) -> dict[str, Any]:
-        """The job row's columns that the next pass starts from (none if not recorded)."""
-        return self.pass_.recorded(self.memories_new, self.space) if self.pass_ is not None else {}
+    def recorded(self, conflicts: int = 0) -> dict[str, Any]:
+        """The job row's columns that the next pass starts from (none if not recorded);
+        ``conflicts``: what applying the plan left undone (``Pass.recorded``)."""
+        return self.pass_.recorded(self.memories_new, self.space, conflicts) if self.pass_ is not None else {}
 
     @property
     def is_empty(self) -> bool:

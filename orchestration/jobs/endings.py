@@ -11,7 +11,7 @@ import structlog
 from sqlalchemy.orm import Session
 
 from orchestration.jobs import transitions
-from orchestration.jobs.outcomes import JobOutcome, job_ids, log_end
+from orchestration.jobs.outcomes import JobOutcome, Superseded, job_ids, log_end
 from orchestration.jobs.transitions import Refused
 from orchestration.logs import get_logger
 from orchestration.store import db
@@ -22,14 +22,19 @@ from orchestration.store.types import utcnow
 log = get_logger("orchestration.jobs.lifecycle")
 
 
-def fail(job_id: uuid.UUID, attempts: int, error: str) -> JobOutcome:
-    """End the job as failed (unless it finished meanwhile) and log ``job.failed``."""
+def fail(job_id: uuid.UUID, attempt: int, error: str, *, fenced: bool = True) -> JobOutcome:
+    """End the job as failed (unless it finished meanwhile) and log ``job.failed``.
+    ``fenced``: ``attempt`` is the failing attempt, and if a newer one took the job over
+    meanwhile, nothing changes and :class:`Superseded` is raised (the newer attempt
+    reports the job). Not fenced: a start that failed before it was recorded."""
     with db.session_scope() as session:
         job = session.get(ConsolidationJob, job_id, with_for_update=True)
         if job is not None and job.status not in FINISHED_JOB_STATUSES:
+            if fenced and job.attempts != attempt:
+                raise Superseded(f"job {job_id}: attempt {attempt} was superseded by attempt {job.attempts}")
             end(session, job, transitions.FAIL, error, utcnow())
     outcome = JobOutcome(str(job_id), JobStatus.FAILED, error)
-    log_end(outcome, attempts)
+    log_end(outcome, attempt)
     return outcome
 
 
@@ -40,12 +45,12 @@ def end(session: Session, job: ConsolidationJob, transition: transitions.Transit
     transitions.apply(session, transition, job.id, job.attempts, now, {"error_message": error})
 
 
-def mark_retrying(job_id: uuid.UUID, error: str) -> bool:
-    """The running attempt failed with a transient error: free its lock and wait for
-    the retry. ``False`` if the job was not running."""
+def mark_retrying(job_id: uuid.UUID, error: str, attempt: int) -> bool:
+    """Running attempt ``attempt`` failed with a transient error: free its lock and wait
+    for the retry. ``False`` if the job was not running, or a newer attempt runs it."""
     with db.session_scope() as session:
         job = running_job(session, job_id)
-        if job is None:
+        if job is None or job.attempts != attempt:
             return False
         end(session, job, transitions.RETRY, error, utcnow())
         return True

@@ -113,7 +113,7 @@ def consolidate(attempt: Attempt, *, progress: Progress | None = None, changed_b
                     in_batch=lambda session, batch: _add_counts(session, attempt, batch.counters()),
                     progress=report,
                 )
-            counters = _finish(attempt, result, planned.recorded())
+            counters = _finish(attempt, result, planned.recorded(result.conflicts))
     except Superseded as exc:
         log.warning("job.superseded", attempt=attempt.number, reason=str(exc))
         raise

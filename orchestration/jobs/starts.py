@@ -42,7 +42,6 @@ log = get_logger("orchestration.jobs.lifecycle")
 
 
 @dataclass
-@dataclass
 class Attempt:
     """A started attempt: its project lock is taken."""
 

@@ -267,11 +267,14 @@ def finalize(
     run = session.get(ConsolidationRun, run_id, with_for_update=True)
     if run is None or run.status != RunStatus.RUNNING:
         return None
+    # The jobs locked: a start or an end committing now waits for the summary, rather
+    # than making the fail below find its job changed.
     rows = session.execute(
         select(ConsolidationJob, Project.name)
         .outerjoin(Project, Project.id == ConsolidationJob.project_id)
         .where(ConsolidationJob.run_id == run_id)
         .order_by(ConsolidationJob.created_at, ConsolidationJob.id)
+        .with_for_update(of=ConsolidationJob)
     ).all()
     for job, _ in rows:
         if job.status in UNFINISHED_JOB_STATUSES:

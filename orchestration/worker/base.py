@@ -12,6 +12,7 @@ import inspect
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from typing import Any, ClassVar, TypeVar
 
 import structlog
@@ -201,14 +202,17 @@ class JobTask(OrchestrationTask):
         else:
             error = str(exc) if started else lifecycle.describe(exc)
             if transitions.attempts_left(number, settings):
-                freed = not started or best_effort(lifecycle.mark_retrying, job_id, error) is not None
+                freed = not started or best_effort(lifecycle.mark_retrying, job_id, error, number) is not None
                 countdown = retry_countdown(number - 1, settings, lock_freed=freed)
                 log.warning("job.retrying", attempt=number, countdown=countdown, error=error)
                 retry = self.retry(
                     args=[], kwargs={"job_id": str(job_id)}, countdown=countdown, max_retries=unbounded(self)
                 )
                 raise retry from exc
-        outcome = best_effort(lifecycle.fail, job_id, number, error)
+        try:
+            outcome = best_effort(partial(lifecycle.fail, fenced=started), job_id, number, error)
+        except lifecycle.Superseded:
+            raise Ignore() from None  # a newer attempt runs the job and reports it
         if outcome is None:
             log.error("job.failed", attempts=number, error=f"{error} (not recorded: database unreachable)")
             outcome = lifecycle.JobOutcome(str(job_id), JobStatus.FAILED, error)

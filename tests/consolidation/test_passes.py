@@ -86,17 +86,19 @@ def test_the_database_marks_every_change_that_matters(database):
     before_restore = _watermark()
     with db.session_scope() as session:
         session.execute(update(TaskMemory).where(TaskMemory.id == archived).values(is_archived=False))
-    assert _marks([archived])[archived] >= before_restore  # active again (a rollback): new again
+        session.execute(update(TaskMemory).where(TaskMemory.id == kept).values(tags=["fixed"]))
+    # Active again (a rollback), or a field a pass skips it for when malformed, fixed: new again.
+    assert all(mark >= before_restore for mark in _marks([archived, kept]).values())
 
 
-def _record(project_id: uuid.UUID, pass_: passes.Pass, space: int, completed_at=None) -> None:
+def _record(project_id: uuid.UUID, pass_: passes.Pass, space: int, completed_at=None, conflicts: int = 0) -> None:
     """A completed job that recorded ``pass_``, as the end of a job does."""
     job_id = manual_job(project_id, JobStatus.COMPLETED)
     with db.session_scope() as session:
         session.execute(
             update(ConsolidationJob)
             .where(ConsolidationJob.id == job_id)
-            .values(completed_at=completed_at or utcnow(), **pass_.recorded(3, space))
+            .values(completed_at=completed_at or utcnow(), **pass_.recorded(3, space, conflicts))
         )
 
 
@@ -116,6 +118,41 @@ def test_a_pass_is_full_until_one_completed_and_then_incremental(database):
     assert (requested.mode, requested.reason) == (PassMode.FULL, "requested (--full)")
     assert (other.mode, other.reason) == (PassMode.FULL, "the options that decide which pairs merge changed")
     assert archive_only_change.mode == PassMode.INCREMENTAL
+
+
+def test_merges_left_undone_by_a_conflict_are_compared_again(database):
+    """An agent changed a memory between the plan and the write (a reuse, which marks
+    nothing): the pass records the watermark it started from, so the next compares
+    those memories again; after a full pass with conflicts the next is full."""
+    project_id = _project()
+    with db.session_scope() as session:
+        first = passes.choose(session, project_id, DEFAULTS, utcnow())
+    _record(project_id, first, DIM * 4)
+    with db.session_scope() as session:
+        second = passes.choose(session, project_id, DEFAULTS, utcnow())
+    _record(project_id, second, DIM * 4, conflicts=1)
+    with db.session_scope() as session:
+        third = passes.choose(session, project_id, DEFAULTS, utcnow())
+    assert (third.mode, third.since) == (PassMode.INCREMENTAL, first.watermark)
+    _record(project_id, first, DIM * 4, conflicts=2)  # a full pass that left merges undone
+    with db.session_scope() as session:
+        fourth = passes.choose(session, project_id, DEFAULTS, utcnow())
+    assert (fourth.mode, fourth.reason) == (
+        PassMode.FULL,
+        "the last pass left merges undone: an agent changed a memory meanwhile",
+    )
+
+
+def test_a_watermark_ahead_of_the_database_makes_a_full_pass(database):
+    """A database restored from a dump (PostgreSQL transaction ids start over)."""
+    project_id = _project()
+    with db.session_scope() as session:
+        first = passes.choose(session, project_id, DEFAULTS, utcnow())
+    ahead = passes.Pass(first.mode, first.watermark + 10**9, first.signature)
+    _record(project_id, ahead, DIM * 4)
+    with db.session_scope() as session:
+        again = passes.choose(session, project_id, DEFAULTS, utcnow())
+    assert (again.mode, again.reason) == (PassMode.FULL, "the recorded watermark is ahead of the database's")
 
 
 def test_full_every_days_makes_a_full_pass_when_the_last_full_one_is_that_old(database):

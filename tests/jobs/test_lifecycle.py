@@ -100,7 +100,7 @@ def test_a_failing_attempt_gives_its_lock_back_and_leaves_the_job_running(attemp
         lifecycle.consolidate(attempt)
     assert failed.value.attempt == 1 and isinstance(failed.value.__cause__, ConnectionError)
     assert job_row(attempt.job_id).status == "running" and lock_holders() == []
-    assert lifecycle.mark_retrying(attempt.job_id, str(failed.value))
+    assert lifecycle.mark_retrying(attempt.job_id, str(failed.value), 1)
     assert job_row(attempt.job_id).status == "retrying"
     assert lifecycle.fail(attempt.job_id, 1, "gave up").status == "failed"
     row = job_row(attempt.job_id)
@@ -134,6 +134,20 @@ def test_an_attempt_whose_job_was_failed_meanwhile_does_not_complete_it(attempt,
         lifecycle.consolidate(attempt)
     row = job_row(attempt.job_id)
     assert (row.status, row.error_message) == ("failed", "its run was finalized") and fingerprint() == before
+
+
+def test_a_superseded_attempt_neither_fails_nor_retries_the_job(attempt, settings):
+    """Attempt 1 froze and attempt 2 took over; attempt 1 then failing (its time limit)
+    changes nothing: the newer attempt runs the job and reports it."""
+    with db.session_scope() as session:
+        session.execute(update(ProjectLock).values(heartbeat_at=utcnow() - heartbeat.LOST_AFTER * 2))
+    new = lifecycle.begin_attempt(attempt.job_id, settings)
+    assert isinstance(new, lifecycle.Attempt) and new.number == 2
+    with pytest.raises(lifecycle.Superseded, match="attempt 1 was superseded by attempt 2"):
+        lifecycle.fail(attempt.job_id, 1, "exceeded the soft time limit")
+    assert not lifecycle.mark_retrying(attempt.job_id, "transient", 1)
+    row = job_row(attempt.job_id)
+    assert (row.status, row.attempts) == ("running", 2) and lock_holders() == [f"{attempt.job_id}#2"]
 
 
 def test_counters_of_a_partial_attempt_are_kept_by_the_next(attempt, settings, monkeypatch):

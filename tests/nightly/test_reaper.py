@@ -66,7 +66,7 @@ def test_a_job_whose_heartbeat_stopped_is_set_to_run_again_in_its_chord_place(da
 def test_a_retry_that_never_started_is_sent_again(database):
     started = _run_with_attempts(projects=3)
     job_id = started.job_ids[0]
-    lifecycle.mark_retrying(job_id, "OperationalError: server closed the connection")
+    lifecycle.mark_retrying(job_id, "OperationalError: server closed the connection", 1)
     _age(job_id, timedelta(seconds=SETTINGS.retry_backoff_max) + STALE / 2)
     assert _reap().lost == []  # still inside its longest backoff
     _age(job_id, timedelta(seconds=SETTINGS.retry_backoff_max) + STALE)
