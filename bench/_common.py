@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 MINIMAL = {"merge": False, "archive": False}  # a job that plans, finds nothing to do, and completes
 ADMIN_URL = os.environ.get("ORCHESTRATION_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -52,6 +54,34 @@ def scratch_pg_database() -> tuple[str, Callable[[], None]]:
     """Create an empty database; returns its URL and a function that drops it."""
     name = f"orch_bench_{uuid.uuid4().hex[:10]}"
     return create_database(name), lambda: drop_database(name)
+
+
+def seed_project(url: str, size: int) -> Any:
+    """Migrate the database at ``url`` and seed one project of ``size`` memories
+    (384-dimension embeddings, about 10% in duplicate groups, 10% stale); its manifest."""
+    from orchestration.demo.seed import seed
+    from orchestration.store import db, migrate
+
+    migrate.upgrade(url)
+    db.use_database(url)
+    with db.session_scope() as session:
+        (manifest,) = seed(session, 1, size, seed=1, dim=384)
+    return manifest
+
+
+def run_step(script: str, *args: str) -> dict[str, Any]:
+    """Run one step of a benchmark script in a fresh process (so that its peak memory is
+    its own), logging at WARNING; the JSON document on its last line."""
+    done = subprocess.run(
+        [sys.executable, script, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ORCHESTRATION_LOG_LEVEL": "WARNING"},
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"benchmark step {args[0]} failed:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
 
 
 def scratch_redis_db():

@@ -28,10 +28,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,23 +41,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # Run as a script, bench/ is on sys.path; mypy (from the repository root) knows it as the package bench.
 if TYPE_CHECKING:
-    from bench._common import scratch_pg_database
+    from bench._common import run_step, scratch_pg_database, seed_project
 else:
-    from _common import scratch_pg_database
+    from _common import run_step, scratch_pg_database, seed_project
 
 NEW_SHARE = 0.01
 DUPLICATE_SHARE = 1 / 3
 
 
 def _seed(url: str, size: int) -> None:
-    from orchestration.demo.seed import seed
-    from orchestration.store import db, migrate
-
-    migrate.upgrade(url)
-    db.use_database(url)
-    with db.session_scope() as session:
-        (manifest,) = seed(session, 1, size, seed=1, dim=384)
-    print(json.dumps({"project_id": manifest.id}))
+    print(json.dumps({"project_id": seed_project(url, size).id}))
 
 
 def _converge(url: str, project_id: str) -> None:
@@ -170,15 +161,7 @@ def _plan(url: str, project_id: str, mode: str) -> None:
 
 
 def _child(*args: str) -> dict:
-    done = subprocess.run(
-        [sys.executable, __file__, *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "ORCHESTRATION_LOG_LEVEL": "WARNING"},
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"benchmark step {args[0]} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_step(__file__, *args)
 
 
 def measure(database: str, size: int, repeat: int, workdir: Path) -> None:
