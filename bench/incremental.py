@@ -89,7 +89,7 @@ def _add(url: str, project_id: str, count: int) -> None:
     from sqlalchemy import func, select
 
     from orchestration.consolidation.embeddings import from_bytes, to_bytes
-    from orchestration.consolidation.planning import active_filter
+    from orchestration.consolidation.memories import active_filter
     from orchestration.store import db
     from orchestration.store.models import TaskMemory
 

@@ -24,7 +24,6 @@ from orchestration.consolidation.planning import (
     comparison_groups,
     read_active,
     read_contents,
-    usable_spaces,
     value_guard,
 )
 
@@ -62,15 +61,14 @@ class Calibration:
 
 def calibrate(session: Session, project_id: uuid.UUID, options: ConsolidationOptions) -> Calibration:
     """The report for the project's active memories under ``options``."""
-    rows = read_active(session, project_id)
-    spaces, vectors, invalid, _ = usable_spaces(session, rows)
+    memories = read_active(session, project_id)
     current = options.similarity_threshold
     levels = sorted({*THRESHOLDS, current})
     report = Calibration(
         project_id=str(project_id),
-        memories=len(rows),
+        memories=len(memories),
         compared=0,
-        skipped_invalid=len(invalid),
+        skipped_invalid=len(memories.invalid),
         threshold=current,
         value_guard=options.value_guard,
         thresholds=[AtThreshold(t) for t in levels],
@@ -78,17 +76,17 @@ def calibrate(session: Session, project_id: uuid.UUID, options: ConsolidationOpt
     nearest_all: list[np.ndarray] = []
     above: list[tuple[float, uuid.UUID, uuid.UUID]] = []
     below: list[tuple[float, uuid.UUID, uuid.UUID]] = []
-    for group in comparison_groups(session, rows, spaces, vectors, options):
+    for group in comparison_groups(session, memories, options):
         report.compared += len(group.members)
-        ids = [rows[i].id for i in group.members]
-        neighbours, closest = scan(group.unit_vectors(), min(levels[0], current - NEAR))
+        neighbours, closest = scan(group.vectors, min(levels[0], current - NEAR))
         assert closest is not None
         nearest_all.append(closest)
-        apart = value_guard(session, [rows[i] for i in group.members], neighbours) if options.value_guard else None
+        apart = value_guard(session, memories, group.members, neighbours) if options.value_guard else None
+        priority = group.priority.tolist()
         for row in report.thresholds:
             kept = {i: {j: s for j, s in near.items() if s >= row.threshold} for i, near in neighbours.items()}
             kept = {i: near for i, near in kept.items() if near}
-            clusters = clusters_of(kept, group.priority, options.min_cluster_size, apart)
+            clusters = clusters_of(kept, priority, options.min_cluster_size, apart)
             row.memories_with_neighbour += int((closest >= row.threshold).sum())
             row.clusters += len(clusters)
             row.memories_merged += sum(1 + len(members) for _, members in clusters)
@@ -96,9 +94,9 @@ def calibrate(session: Session, project_id: uuid.UUID, options: ConsolidationOpt
         for i, near in neighbours.items():
             for j, s in near.items():
                 if i < j and current <= s < current + NEAR:
-                    above.append((s, ids[i], ids[j]))
+                    above.append((s, memories.id(group.members[i]), memories.id(group.members[j])))
                 elif i < j and current - NEAR <= s < current:
-                    below.append((-s, ids[i], ids[j]))
+                    below.append((-s, memories.id(group.members[i]), memories.id(group.members[j])))
     closest_all = np.concatenate(nearest_all) if nearest_all else np.empty(0)
     report.nearest = {
         name: (round(float(np.percentile(closest_all, q)), 4) if len(closest_all) else None)

@@ -15,8 +15,8 @@ Why not connected components: similarity is not transitive, so components chain
 A~B~C into one cluster even when A and C are unrelated, and a long chain can swallow
 a whole topic. Star clusters cannot drift that way, and the result is deterministic.
 
-Only pairs above the threshold are kept (a sparse edge list), computed block by
-block: peak memory is one ``block x n`` float32 matrix, never ``n x n``. Whether a
+Only pairs above the threshold are kept (a sparse edge list), computed tile by
+tile: peak memory is one ``block x COLUMNS`` float32 matrix, never ``n x n``. Whether a
 pair is at the threshold is decided on its similarity recomputed in float64
 (:func:`_exact`), so that the answer does not depend on how a matrix product was
 blocked: a full pass and an incremental one (:func:`reachable_pairs`) agree.
@@ -31,12 +31,15 @@ nothing to merge, no other component has anything to merge either.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
 
-DEFAULT_BLOCK = 2048
+DEFAULT_BLOCK = 1024
+# Columns per tile: a tile of DEFAULT_BLOCK x COLUMNS float32 similarities is 32 MB,
+# whatever the project's size (a whole row of a 1,000,000-memory project's would be 4 GB).
+COLUMNS = 8192
 # Pairs this close below the threshold in float32 are checked in float64.
 SLACK = 1e-5
 
@@ -54,17 +57,43 @@ def scan(vectors: np.ndarray, threshold: float, block: int = DEFAULT_BLOCK, with
     nearest = np.full(n, -1.0, dtype=np.float32) if with_nearest else None
     for start in range(0, n, block):
         stop = min(start + block, n)
-        # Compare this block with itself and everything after it; column c is row start + c.
-        sims = vectors[start:stop] @ vectors[start:].T
-        size = stop - start
-        sims[:, :size][np.tri(size, dtype=bool)] = -np.inf  # keep j > i only
-        rows, cols = np.nonzero(sims >= threshold - SLACK)
-        _add_pairs(neighbours, vectors, threshold, rows + start, cols + start)
-        if nearest is not None:
-            # Row maxima cover the later rows, column maxima this block's rows for each later one.
-            np.maximum(nearest[start:stop], sims.max(axis=1), out=nearest[start:stop])
-            np.maximum(nearest[start:], sims.max(axis=0), out=nearest[start:])
+        # Compare this block with itself and everything after it, a tile at a time;
+        # the first tile holds the block's own square, of which only j > i counts.
+        for first, sims in _tiles(vectors, np.arange(start, stop), start, max(block, COLUMNS)):
+            if first == start:
+                size = stop - start
+                sims[:, :size][np.tri(size, dtype=bool)] = -np.inf
+            _add_candidates(neighbours, vectors, threshold, sims, np.arange(start, stop), first)
+            if nearest is not None:
+                # Row maxima cover the later rows, column maxima this block's rows for each later one.
+                last = first + sims.shape[1]
+                np.maximum(nearest[start:stop], sims.max(axis=1), out=nearest[start:stop])
+                np.maximum(nearest[first:last], sims.max(axis=0), out=nearest[first:last])
     return Scan(neighbours, nearest)
+
+
+def _tiles(vectors: np.ndarray, rows: np.ndarray, start: int, width: int = COLUMNS) -> Iterator[tuple[int, np.ndarray]]:
+    """The similarities of ``rows`` with the vectors from ``start`` on, ``width`` columns at
+    a time: (first column, ``len(rows) x width`` similarities). Peak memory is one tile."""
+    block = vectors[rows]
+    for first in range(start, len(vectors), width):
+        yield first, block @ vectors[first : first + width].T
+
+
+def _add_candidates(
+    neighbours: dict[int, dict[int, float]],
+    vectors: np.ndarray,
+    threshold: float,
+    sims: np.ndarray,
+    rows: np.ndarray,
+    first: int,
+) -> None:
+    """Add the pairs of a tile (``rows`` against the columns from ``first`` on) that are
+    at or above ``threshold``: those near it in float32 are decided in float64."""
+    candidates = sims >= threshold - SLACK
+    if candidates.any():
+        i, j = np.nonzero(candidates)
+        _add_pairs(neighbours, vectors, threshold, rows[i], j + first)
 
 
 def _exact(vectors: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
@@ -98,10 +127,10 @@ def reachable_pairs(
         done.update(frontier)
         for start in range(0, len(frontier), block):
             batch = np.array(frontier[start : start + block])
-            sims = vectors[batch] @ vectors.T
-            sims[np.arange(len(batch)), batch] = -np.inf  # not a pair with itself
-            rows, cols = np.nonzero(sims >= threshold - SLACK)
-            _add_pairs(neighbours, vectors, threshold, batch[rows], cols)
+            for first, sims in _tiles(vectors, batch, 0):
+                inside = (batch >= first) & (batch < first + sims.shape[1])
+                sims[np.flatnonzero(inside), batch[inside] - first] = -np.inf  # not a pair with itself
+                _add_candidates(neighbours, vectors, threshold, sims, batch, first)
         frontier = sorted({j for i in frontier for j in neighbours.get(i, {})} - done)
     return neighbours
 

@@ -28,6 +28,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
+from sqlalchemy.sql.expression import Executable
 
 from orchestration.settings import get_settings, mask_url
 
@@ -297,6 +298,23 @@ def statement_scope() -> Iterator[Connection]:
         return
     with _autocommit_engine.connect() as connection:
         yield connection
+
+
+def stream(source: Executor, statement: Executable, parameters: dict[str, Any], size: int) -> Iterator[Sequence[Any]]:
+    """The statement's rows in lists of at most ``size``, without the whole result in
+    memory at once: PostgreSQL sends them through a server-side cursor (which needs a
+    transaction: for a connection in autocommit mode, :func:`statement_scope`'s, on a
+    connection of its own), SQLite steps its cursor as they are taken."""
+    connection = source.connection() if isinstance(source, Session) else source
+    if connection.dialect.name != "postgresql":
+        yield from connection.execute(statement, parameters).partitions(size)
+        return
+    streamed = {"stream_results": True, "yield_per": size}
+    if not connection.connection.driver_connection.autocommit:  # type: ignore[union-attr]
+        yield from connection.execution_options(**streamed).execute(statement, parameters).partitions(size)
+        return
+    with connection.engine.connect().execution_options(isolation_level="READ COMMITTED") as own, own.begin():
+        yield from own.execution_options(**streamed).execute(statement, parameters).partitions(size)
 
 
 def is_postgresql() -> bool:

@@ -11,8 +11,8 @@ from sqlalchemy import create_engine, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from orchestration.consolidation.audit import rollback_job
+from orchestration.consolidation.memories import active_filter
 from orchestration.consolidation.options import resolve_options
-from orchestration.consolidation.planning import active_filter
 from orchestration.demo.seed import seed
 from orchestration.store import counts, db, migrate
 from orchestration.store.counts import count_active
