@@ -61,7 +61,7 @@ class Calibration:
 
 def calibrate(session: Session, project_id: uuid.UUID, options: ConsolidationOptions) -> Calibration:
     """The report for the project's active memories under ``options``."""
-    memories = read_active(session, project_id)
+    memories = read_active(session, project_id, options)
     current = options.similarity_threshold
     levels = sorted({*THRESHOLDS, current})
     report = Calibration(
@@ -76,7 +76,7 @@ def calibrate(session: Session, project_id: uuid.UUID, options: ConsolidationOpt
     nearest_all: list[np.ndarray] = []
     above: list[tuple[float, uuid.UUID, uuid.UUID]] = []
     below: list[tuple[float, uuid.UUID, uuid.UUID]] = []
-    for group in comparison_groups(session, memories, options):
+    for group in comparison_groups(memories, options):
         report.compared += len(group.members)
         neighbours, closest = scan(group.vectors, min(levels[0], current - NEAR))
         assert closest is not None

@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     ColumnElement,
     DateTime,
@@ -102,6 +103,32 @@ class CheckedTimestamp(TypeDecorator[Any]):
             return Unreadable(str(value))
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def microseconds(moment: datetime) -> int:
+    """``moment`` as microseconds since 1970 (exact for every year Python holds)."""
+    return (moment - EPOCH) // _MICROSECOND
+
+
+class Microseconds(TypeDecorator[Any]):
+    """A timestamp read as microseconds since 1970 (:func:`in_microseconds`): an int,
+    ``None``, or :class:`Unreadable` where SQLite holds something else."""
+
+    impl = BigInteger()
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        return dialect.type_descriptor(String() if dialect.name == "sqlite" else BigInteger())
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        if value is None or isinstance(value, int):
+            return value
+        moment = CheckedTimestamp().process_result_value(value, dialect)
+        return moment if isinstance(moment, Unreadable) else microseconds(moment)
+
+
 class list_of_strings(FunctionElement[bool]):  # noqa: N801 - used like a SQL function
     """SQL: the JSON column is SQL ``NULL``, JSON ``null`` or a list of strings (on
     SQLite, also: valid JSON at all)."""
@@ -137,6 +164,16 @@ def _only_argument(element: FunctionElement[Any], compiler: Any, **kw: Any) -> s
     return str(compiler.process(column, **kw))
 
 
+class epoch_microseconds(FunctionElement[Any]):  # noqa: N801
+    """SQL: a timestamp as microseconds since 1970, ``NULL`` where it is not
+    representable (PostgreSQL, exact: ``EXTRACT`` gives a numeric); on SQLite the stored
+    text, which :class:`Microseconds` converts as it reads."""
+
+    type = Microseconds()
+    inherit_cache = True
+    name = "epoch_microseconds"
+
+
 @compiles(list_of_strings, "postgresql")
 def _list_of_strings_postgresql(element: list_of_strings, compiler: Any, **kw: Any) -> str:
     c = _only_argument(element, compiler, **kw)
@@ -159,7 +196,10 @@ def _list_of_strings_sqlite(element: list_of_strings, compiler: Any, **kw: Any) 
 
 @compiles(representable, "postgresql")
 def _representable_postgresql(element: representable, compiler: Any, **kw: Any) -> str:
-    c = _only_argument(element, compiler, **kw)
+    return _in_range(_only_argument(element, compiler, **kw))
+
+
+def _in_range(c: str) -> str:
     return f"({c} IS NULL OR ({c} >= '0001-01-01 00:00:00+00' AND {c} < '10000-01-01 00:00:00+00'))"
 
 
@@ -179,7 +219,19 @@ def _decodable_sqlite(element: decodable, compiler: Any, **kw: Any) -> str:
     return f"(CASE WHEN json_valid({c}) THEN {c} END)"
 
 
+@compiles(epoch_microseconds, "postgresql")
+def _epoch_microseconds_postgresql(element: epoch_microseconds, compiler: Any, **kw: Any) -> str:
+    c = _only_argument(element, compiler, **kw)
+    return f"(CASE WHEN {_in_range(c)} THEN CAST(EXTRACT(EPOCH FROM {c}) * 1000000 AS BIGINT) END)"
+
+
+@compiles(epoch_microseconds, "sqlite")
+def _epoch_microseconds_sqlite(element: epoch_microseconds, compiler: Any, **kw: Any) -> str:
+    return _only_argument(element, compiler, **kw)
+
+
 @compiles(list_of_strings)
+@compiles(epoch_microseconds)
 @compiles(representable)
 @compiles(decodable)
 def _unsupported(element: FunctionElement[Any], compiler: Any, **kw: Any) -> str:
@@ -204,6 +256,12 @@ def readable(column: Column) -> ColumnElement[Any]:
         checked = case((representable(column), column), else_=None)
         return type_coerce(checked, CheckedTimestamp()).label(column.key)
     return decodable(column).label(column.key)
+
+
+def in_microseconds(column: Column) -> ColumnElement[Any]:
+    """SQL: a timestamp column (one of :data:`TIMESTAMPS`) read as microseconds since
+    1970 under its own name, so that reading cannot fail (:class:`Microseconds`)."""
+    return epoch_microseconds(column).label(column.key)
 
 
 def unreadable(row: Any) -> str | None:
@@ -247,29 +305,33 @@ def what_is_wrong(field: str, value: Any) -> str | None:
     return None
 
 
-def check_rows(source: Executor, rows: Sequence[Any]) -> dict[int, DataError]:
-    """Row index -> why that memory is skipped, for rows of the planning read (with its
-    ``problem`` column and the :func:`readable` columns)."""
+def check_columns(columns: Mapping[str, Sequence[Any]]) -> tuple[dict[int, DataError], dict[int, str]]:
+    """Why memories are skipped, for a chunk of the planning read as columns (its
+    ``id``, its ``problem`` column, the :func:`readable` and :func:`in_microseconds`
+    columns): (row index -> the error, row index -> the field that ``problem`` names,
+    for :func:`explain`). A memory with several problems is described by the first
+    found in this order: the ``problem`` column, an unreadable timestamp, a negative
+    ``reused_count``, ``consolidated_from``. It reads nothing: a chunk is checked while
+    the rest of the read is still arriving on the connection."""
+    ids = columns["id"]
+    flagged = {i: field for i, field in enumerate(columns["problem"]) if field is not None}
     found: dict[int, DataError] = {}
-    flagged: dict[int, str] = {}
-    for index, row in enumerate(rows):
-        if row.problem is not None:
-            flagged[index] = row.problem
-        elif (name := unreadable(row)) is not None:
-            got = getattr(row, name)
-            found[index] = DataError.of_memory(row.id, name, f"expected {EXPECTED[name]}, got {quote(got)}")
-        elif row.reused_count < 0:
-            found[index] = DataError.of_memory(
-                row.id, REUSED_COUNT, f"expected {EXPECTED[REUSED_COUNT]}, got {row.reused_count}"
-            )
-        elif row.consolidated_from is not None:
-            wrong = what_is_wrong(CONSOLIDATED_FROM, row.consolidated_from)
-            if wrong is not None:
-                found[index] = DataError.of_memory(row.id, CONSOLIDATED_FROM, wrong)
-    if flagged:
-        explained = explain(source, {rows[i].id: field for i, field in flagged.items()})
-        found.update((i, explained[rows[i].id]) for i in flagged)
-    return dict(sorted(found.items()))
+
+    def add(index: int, field: str, what: str) -> None:
+        if index not in flagged and index not in found:
+            found[index] = DataError.of_memory(ids[index], field, what)
+
+    for name in TIMESTAMPS:
+        for index, value in enumerate(columns[name]):
+            if isinstance(value, Unreadable):
+                add(index, name, f"expected {EXPECTED[name]}, got {quote(value)}")
+    for index, count in enumerate(columns[REUSED_COUNT]):
+        if count < 0:
+            add(index, REUSED_COUNT, f"expected {EXPECTED[REUSED_COUNT]}, got {count}")
+    for index, value in enumerate(columns[CONSOLIDATED_FROM]):
+        if value is not None and (wrong := what_is_wrong(CONSOLIDATED_FROM, value)) is not None:
+            add(index, CONSOLIDATED_FROM, wrong)
+    return found, flagged
 
 
 # The stored text of the columns :func:`problem` checks.

@@ -1,42 +1,53 @@
 """Planning's read of a project's active memories, streamed into columns.
 
 Rows arrive in chunks (:func:`orchestration.store.db.stream`) and each chunk is taken
-apart at once: its embeddings are checked, scaled to unit length and copied into one
-float32 matrix, its other values into numpy arrays. Nothing per memory is kept as a
-Python object, so a project of 1,000,000 memories of 384 dimensions costs the 1.5 GB
-of its vectors and about 50 MB besides (docs/benchmarks.md).
+apart at once: its values go into numpy arrays, its embeddings are checked, scaled to
+unit length and copied into the float32 matrix of their comparison group (one space
+and, by default, one type: ``spaces``). Nothing per memory is kept as a Python object,
+and a group's memories are compared in its own matrix, never a copy of it: a project
+of 1,000,000 memories of 384 dimensions costs the 1.5 GB of its vectors and about
+50 MB besides (docs/benchmarks.md).
 
-The matrix's width is the project's usual embedding length (``spaces.usual_length``).
-A read that is told it (the last pass's) or guesses it from its first chunk checks it
-against all the rows at the end, and reads again in the rare case it was wrong.
+A group's matrix is made as large as a count of the project's memories by type says
+(untouched, the rest of it takes no memory), and grows if memories arrived meanwhile.
+Its width is the project's usual embedding length (``spaces.usual_length``): a read
+that is told it (the last pass's) or guesses it from its first chunk checks it against
+every row at the end, and reads again in the rare case it was wrong.
 """
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from sqlalchemy import ColumnElement, Select, and_, bindparam, case, func, literal, select
+from sqlalchemy.orm import Session
 
-from orchestration.consolidation import checks
-from orchestration.consolidation.checks import first_source, problem, readable
+from orchestration.consolidation import bulk, checks
+from orchestration.consolidation.checks import first_source, in_microseconds, problem, readable
 from orchestration.consolidation.embeddings import normalize_rows
 from orchestration.consolidation.errors import DataError
 from orchestration.consolidation.spaces import LEXICAL, STORED, effective_types, usual_length, vectors_of
-from orchestration.store.db import BINARY_ROWS, Executor, stream
+from orchestration.store.db import Executor, stream
 from orchestration.store.models import TaskMemory
 from orchestration.store.statuses import MemoryType
 from orchestration.store.types import UTCDateTime
 
 # Rows taken apart at a time: about 15 MB of 384-dimension embeddings.
 CHUNK = 10_000
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
+# The group of every memory of a space, when types are not kept apart.
+ANY_TYPE = "*"
+# Linux 5.14's madvise: map these pages in now, writable (Python's mmap module names it from 3.12 on).
+MADV_POPULATE_WRITE = 23
+# Where consolidated memories wait while their sources' type is unknown.
+_WAITING = "waiting"
 
 
 def active_filter() -> ColumnElement[bool]:
@@ -57,26 +68,22 @@ CHECKED = (
 def _read(*where: ColumnElement[bool]) -> Select[Any]:
     # Built once each: every job of every night runs one, and building a statement and
     # its cache key costs more than running it on a small project.
-    return (
-        select(
-            TaskMemory.id,
-            TaskMemory.memory_type,
-            TaskMemory.embedding,
-            # Text is only needed where a lexical embedding must be computed.
-            case((TaskMemory.embedding.is_(None), TaskMemory.content), else_=None).label("lexical_text"),
-            TaskMemory.reused_count,
-            readable(TaskMemory.last_reused_at),
-            readable(TaskMemory.learned_at),
-            TaskMemory.version,
-            readable(TaskMemory.consolidated_from),
-            # Which column, if any, holds bad data (checks.py): the lists are checked, not sent.
-            problem(*CHECKED).label("problem"),
-            # Marked since the last pass's watermark (never, for a full pass's NULL).
-            func.coalesce(TaskMemory.change_mark >= bindparam("since"), literal(False)).label("new"),
-        )
-        .where(TaskMemory.project_id == bindparam("project_id"), active_filter(), *where)
-        .execution_options(**{BINARY_ROWS: True})  # the embeddings: see BINARY_ROWS
-    )
+    return select(
+        TaskMemory.id,
+        TaskMemory.memory_type,
+        TaskMemory.embedding,
+        # Text is only needed where a lexical embedding must be computed.
+        case((TaskMemory.embedding.is_(None), TaskMemory.content), else_=None).label("lexical_text"),
+        TaskMemory.version,
+        TaskMemory.reused_count,
+        in_microseconds(TaskMemory.learned_at),
+        in_microseconds(TaskMemory.last_reused_at),
+        readable(TaskMemory.consolidated_from),
+        # Which column, if any, holds bad data (checks.py): the lists are checked, not sent.
+        problem(*CHECKED).label("problem"),
+        # Marked since the last pass's watermark (never, for a full pass's NULL).
+        func.coalesce(TaskMemory.change_mark >= bindparam("since"), literal(False)).label("new"),
+    ).where(TaskMemory.project_id == bindparam("project_id"), active_filter(), *where)
 
 
 READ_ACTIVE = _read()
@@ -85,27 +92,15 @@ READ_STALE = _read(
     TaskMemory.reused_count < bindparam("min_reuse"),
     func.coalesce(TaskMemory.last_reused_at, TaskMemory.learned_at) < bindparam("cutoff", type_=UTCDateTime()),
 )
-
-
-def microseconds(moment: datetime) -> int:
-    """``moment`` as microseconds since 1970 (exact for every year Python holds)."""
-    return (moment - EPOCH) // _MICROSECOND
+_COLUMNS = tuple(str(c.key) for c in READ_ACTIVE.selected_columns)
 
 
 @dataclass
-class Space:
-    """The memories of one vector space: their rows and unit vectors, row by row."""
+class Part:
+    """The memories of one comparison group: their rows, ascending, and unit vectors."""
 
-    name: str
-    rows: np.ndarray  # row indexes, ascending
-    vectors: np.ndarray  # (len(rows), dimensions) float32 unit vectors
-
-    def of(self, rows: np.ndarray) -> np.ndarray:
-        """The vectors of ``rows`` (ascending, all in this space): the matrix itself,
-        not a copy, when they are all of it."""
-        if len(rows) == len(self.rows):
-            return self.vectors
-        return self.vectors[np.searchsorted(self.rows, rows)]
+    rows: np.ndarray
+    vectors: np.ndarray
 
 
 @dataclass
@@ -113,15 +108,12 @@ class Memories:
     """A project's active memories (or some of them) as columns, by row index."""
 
     ids: np.ndarray  # (n, 16) uint8: the ids' bytes
-    types: list[str]  # the type names, by code
-    type_codes: np.ndarray  # int16
     reused: np.ndarray  # int64 reused_count
     learned: np.ndarray  # int64 learned_at, microseconds since 1970
     last_used: np.ndarray  # int64 last_reused_at, or learned_at if never reused
     versions: np.ndarray  # int64
     new: np.ndarray  # bool: marked at or after the watermark read from
-    origins: dict[int, uuid.UUID]  # consolidated memories: the first memory each was made of
-    spaces: dict[str, Space]
+    groups: dict[tuple[str, str], Part]  # (space, type or ANY_TYPE) -> its memories
     invalid: dict[int, DataError] = field(default_factory=dict)  # skipped: no vector
     length: int | None = None  # the stored embeddings' length in bytes
 
@@ -134,19 +126,9 @@ class Memories:
     def usable(self) -> np.ndarray:
         """Which rows have a vector (are neither skipped nor invalid)."""
         mask = np.zeros(len(self), dtype=bool)
-        for space in self.spaces.values():
-            mask[space.rows] = True
+        for part in self.groups.values():
+            mask[part.rows] = True
         return mask
-
-    def grouping_types(self, source: Executor) -> np.ndarray:
-        """Each row's type code for grouping (``spaces.effective_types``)."""
-        codes = self.type_codes.copy()
-        own = {row: self.types[codes[row]] for row in self.origins}
-        for row, name in effective_types(source, self.origins, own).items():
-            if name not in self.types:
-                self.types.append(name)
-            codes[row] = self.types.index(name)
-        return codes
 
     def priority(self, rows: np.ndarray) -> np.ndarray:
         """Positions in ``rows``, the preferred representative first: the most reused,
@@ -155,115 +137,286 @@ class Memories:
         return np.lexsort((halves[:, 1], halves[:, 0], self.learned[rows], -self.reused[rows]))
 
 
-class _Columns:
-    """The columns of a read, chunk by chunk, and the stored matrix they fill."""
+def _allocate(capacity: int, width: int, sure: int) -> np.ndarray:
+    """An empty float32 matrix of ``capacity`` rows whose first ``sure`` rows are mapped
+    in at once (Linux's ``MADV_POPULATE_WRITE``): filling fresh memory page by page
+    cost a 300,000-memory read more time than its rows took to arrive, mapping it in
+    one call a fifth of that (docs/benchmarks.md). The rest stays unmapped until it is
+    written: a capacity too large costs no memory."""
+    size = max(capacity, 1) * width * 4
+    if size == 0 or not hasattr(mmap, "MAP_PRIVATE"):
+        return np.empty((max(capacity, 1), width), dtype=np.float32)
+    region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    with contextlib.suppress(OSError):  # an older kernel, another system: mapped as written
+        region.madvise(MADV_POPULATE_WRITE, 0, min(size, sure * width * 4))
+    return np.frombuffer(region, dtype=np.float32).reshape(max(capacity, 1), width)
 
-    def __init__(self, capacity: int, dim_bytes: int | None):
-        self.length = dim_bytes
-        self.capacity = capacity
-        # Untouched pages of an empty array take no memory: a capacity too large costs nothing.
-        self.matrix = np.empty((capacity, (dim_bytes or 0) // 4), dtype=np.float32)
+
+class _Matrix:
+    """A group's unit vectors, in a matrix made to a capacity and grown if it must."""
+
+    def __init__(self, capacity: int, width: int, sure: int):
+        self.matrix = _allocate(capacity, width, sure)
+        self.rows: list[np.ndarray] = []
         self.filled = 0
-        self.rows = 0
-        self.parts: dict[str, list[np.ndarray]] = {
-            name: [] for name in ("ids", "codes", "reused", "learned", "last_used", "versions", "new")
-        }
-        self.stored_rows: list[np.ndarray] = []
-        self.lexical_rows: list[np.ndarray] = []
-        self.lexical: list[np.ndarray] = []
-        self.types: dict[str, int] = {}
-        self.origins: dict[int, uuid.UUID] = {}
-        self.invalid: dict[int, DataError] = {}
-        self.lengths: Counter[int] = Counter()  # of the stored embeddings of rows without bad data
 
-    def add(self, source: Executor, rows: Sequence[Any]) -> None:
-        offset = self.rows
-        bad = checks.check_rows(source, rows)
-        self.lengths.update(len(r.embedding) for i, r in enumerate(rows) if r.embedding is not None and i not in bad)
-        if self.length is None:
-            self.length = usual_length(self.lengths)
-            self.matrix = np.empty((self.capacity, (self.length or 0) // 4), dtype=np.float32)
-        vectors = vectors_of(rows, self.length, skip=bad)
-        bad.update((i, DataError.of_memory(rows[i].id, "embedding", why)) for i, why in vectors.invalid.items())
-        self.invalid.update((offset + i, error) for i, error in sorted(bad.items()))
-        self._store(normalize_rows(vectors.stored_matrix))
-        self.stored_rows.append(np.array(vectors.stored, dtype=np.int64) + offset)
-        self.lexical_rows.append(np.array(vectors.lexical, dtype=np.int64) + offset)
-        self.lexical.append(vectors.lexical_matrix)
-        parts = self.parts
-        parts["ids"].append(np.frombuffer(b"".join(r.id.bytes for r in rows), dtype=np.uint8).reshape(-1, 16))
-        parts["codes"].append(np.array([self.types.setdefault(r.memory_type, len(self.types)) for r in rows], np.int16))
-        parts["reused"].append(np.array([r.reused_count for r in rows], dtype=np.int64))
-        parts["versions"].append(np.array([r.version for r in rows], dtype=np.int64))
-        parts["new"].append(np.array([bool(r.new) for r in rows], dtype=bool))
-        # A skipped row's timestamps may be unreadable: it is never compared or archived.
-        learned = [0 if i in bad else microseconds(r.learned_at) for i, r in enumerate(rows)]
-        parts["learned"].append(np.array(learned, dtype=np.int64))
-        last_used = [
-            learned[i] if i in bad or r.last_reused_at is None else microseconds(r.last_reused_at)
-            for i, r in enumerate(rows)
-        ]
-        parts["last_used"].append(np.array(last_used, dtype=np.int64))
-        consolidated = (i for i, r in enumerate(rows) if r.memory_type == MemoryType.CONSOLIDATED and i not in bad)
-        for i in consolidated:
-            if (origin := first_source(rows[i].consolidated_from)) is not None:
-                self.origins[offset + i] = origin
-        self.rows += len(rows)
-
-    def _store(self, vectors: np.ndarray) -> None:
+    def add(self, rows: np.ndarray, vectors: np.ndarray) -> None:
         end = self.filled + len(vectors)
-        if end > len(self.matrix):  # more rows than the count said: the project grew meanwhile
+        if end > len(self.matrix):  # more memories than the count said: the project grew meanwhile
             grown = np.empty((max(end, len(self.matrix) * 5 // 4), self.matrix.shape[1]), dtype=np.float32)
             grown[: self.filled] = self.matrix[: self.filled]
             self.matrix = grown
         self.matrix[self.filled : end] = vectors
+        self.rows.append(rows)
         self.filled = end
 
-    def memories(self) -> Memories:
+    def part(self) -> Part:
+        return Part(np.concatenate(self.rows), self.matrix[: self.filled])
+
+
+class _Reader:
+    """The columns of a read, chunk by chunk, and the groups' matrices they fill.
+
+    While rows arrive the connection is busy (``db.stream``), so nothing is read
+    meanwhile: bad data a check in SQL flagged is described, and the consolidated
+    memories' types for grouping are looked up (``spaces.effective_types``) once the
+    rows are in; those memories' vectors wait in a matrix of their own until then."""
+
+    def __init__(self, capacities: dict[tuple[str, str], tuple[int, int]], by_type: bool, length: int | None):
+        self.capacities = capacities
+        self.by_type = by_type
+        self.length = length
+        self.rows = 0
+        self.parts: dict[str, list[np.ndarray]] = {
+            name: [] for name in ("ids", "reused", "learned", "last_used", "versions", "new")
+        }
+        self.matrices: dict[tuple[str, str], _Matrix] = {}
+        self.invalid: dict[int, DataError] = {}
+        self.flagged: dict[uuid.UUID, tuple[int, str]] = {}  # bad data to describe: id -> (row, field)
+        self.origins: dict[int, uuid.UUID] = {}  # consolidated memories waiting for their group
+        self.lengths: Counter[int] = Counter()  # of the stored embeddings of rows without bad data
+        self.seen: set[bytes] = set()  # the ids read row by row, when the others come in bulk
+
+    def usual(self) -> int | None:
+        """The usual embedding length of the memories read."""
+        return usual_length(self.lengths)
+
+    def add(self, rows: Sequence[Any], bulk: bool = False) -> None:
+        """Rows of :data:`READ_ACTIVE` (``bulk``: before the regular ones in bulk)."""
+        offset = self.rows
+        columns: dict[str, Sequence[Any]] = dict(zip(_COLUMNS, zip(*rows, strict=True), strict=True))
+        ids = columns["id"]
+        if bulk:
+            self.seen.update(memory_id.bytes for memory_id in ids)
+        bad, flagged = checks.check_columns(columns)
+        self.flagged.update((ids[i], (offset + i, field)) for i, field in flagged.items())
+        embeddings = columns["embedding"]
+        skip = bad.keys() | flagged.keys()
+        self.lengths.update(len(e) for i, e in enumerate(embeddings) if e is not None and i not in skip)
+        if self.length is None:
+            self.length = usual_length(self.lengths)
+        vectors = vectors_of(embeddings, columns["lexical_text"], self.length, skip=skip)
+        bad.update((i, DataError.of_memory(ids[i], "embedding", why)) for i, why in vectors.invalid.items())
+        self.invalid.update((offset + i, error) for i, error in bad.items())
+        groups = self._groups(columns, skip, offset)
+        for space, rows_of, matrix in (
+            (STORED, vectors.stored, vectors.stored_matrix),
+            (LEXICAL, vectors.lexical, vectors.lexical_matrix),
+        ):
+            keys = np.array([groups[i] for i in rows_of], dtype=object)
+            self._store(space, np.array(rows_of, dtype=np.int64) + offset, normalize_rows(matrix), keys)
+
+        parts = self.parts
+        parts["ids"].append(np.frombuffer(b"".join([i.bytes for i in ids]), np.uint8).reshape(-1, 16))
+        parts["reused"].append(np.array(columns["reused_count"], dtype=np.int64))
+        parts["versions"].append(np.array(columns["version"], dtype=np.int64))
+        parts["new"].append(np.array(columns["new"], dtype=bool))
+        # A skipped row's timestamps may be missing or unreadable: it is never compared or archived.
+        learned = [0 if i in skip else v for i, v in enumerate(columns["learned_at"])]
+        last = columns["last_reused_at"]
+        parts["learned"].append(np.array(learned, dtype=np.int64))
+        parts["last_used"].append(
+            np.array([v if v is not None and i not in skip else learned[i] for i, v in enumerate(last)], np.int64)
+        )
+        self.rows += len(rows)
+
+    def add_records(self, records: np.ndarray, types: list[str]) -> None:
+        """Regular memories in bulk (``bulk.record``s; ``types``: the memory types their
+        ``type`` numbers from 1). One that was read row by row too (it changed between
+        the two reads) is taken as it was read first."""
+        ids = np.frombuffer(records["id"].tobytes(), dtype=np.uint8).reshape(-1, 16)
+        if self.seen:
+            first_halves = np.array([int.from_bytes(i[:8], "little") for i in self.seen], dtype="<u8")
+            maybe = np.flatnonzero(np.isin(ids[:, :8].copy().view("<u8").ravel(), first_halves))
+            keep = np.ones(len(records), dtype=bool)
+            keep[[k for k in maybe.tolist() if ids[k].tobytes() in self.seen]] = False
+            records, ids = records[keep], ids[keep]
+        offset = self.rows
+        vectors = records["embedding"]
+        self.lengths[cast(int, self.length)] += len(records)
+        finite = np.isfinite(vectors).all(axis=1)
+        valid = finite & vectors.any(axis=1)
+        for k in np.flatnonzero(~valid).tolist():
+            memory_id = uuid.UUID(bytes=ids[k].tobytes())
+            why = "NaN or infinite values" if not finite[k] else "a zero vector"
+            self.invalid[offset + k] = DataError.of_memory(memory_id, "embedding", why)
+        names = np.array([ANY_TYPE] if not self.by_type else types, dtype=object)
+        keys = names[records["type"][valid] - 1] if self.by_type else np.full(int(valid.sum()), ANY_TYPE, object)
+        self._store(STORED, np.flatnonzero(valid) + offset, normalize_rows(vectors[valid]), keys)
+        parts = self.parts
+        parts["ids"].append(ids)
+        for name, field_name in (("reused", "reused"), ("learned", "learned"), ("last_used", "last_used")):
+            parts[name].append(records[field_name].astype(np.int64))
+        parts["versions"].append(records["version"].astype(np.int64))
+        parts["new"].append(records["new"].astype(bool))
+        self.rows += len(records)
+
+    def _groups(self, columns: dict[str, Sequence[Any]], skip: AbstractSet[int], offset: int) -> list[str]:
+        """Each row's group key: its type (ANY_TYPE when types are not kept apart), or
+        WAITING for a consolidated memory whose sources' type is looked up later."""
+        types = columns["memory_type"]
+        if not self.by_type:
+            return [ANY_TYPE] * len(types)
+        keys = list(types)
+        for i, memory_type in enumerate(types):
+            if memory_type == MemoryType.CONSOLIDATED and i not in skip:
+                origin = first_source(columns["consolidated_from"][i])
+                if origin is not None:
+                    self.origins[offset + i] = origin
+                    keys[i] = _WAITING
+        return keys
+
+    def _store(self, space: str, rows: np.ndarray, vectors: np.ndarray, keys: np.ndarray) -> None:
+        """Add the vectors of ``rows`` (row indexes) to the matrices of their groups (``keys``)."""
+        for key in np.unique(keys).tolist():
+            chosen = keys == key
+            self._matrix(space, key, vectors.shape[1]).add(rows[chosen], vectors[chosen])
+
+    def _matrix(self, space: str, key: str, width: int) -> _Matrix:
+        matrix = self.matrices.get((space, key))
+        if matrix is None:
+            capacity, sure = self.capacities.get((space, key), (0, 0))
+            matrix = self.matrices[(space, key)] = _Matrix(capacity, width, sure)
+        return matrix
+
+    def finish(self, source: Executor) -> Memories:
+        """The memories read: bad data described, every vector in its group."""
+        explained = checks.explain(source, {memory_id: field for memory_id, (_, field) in self.flagged.items()})
+        self.invalid.update((row, explained[memory_id]) for memory_id, (row, _) in self.flagged.items())
+        if self.origins:
+            own = dict.fromkeys(self.origins, str(MemoryType.CONSOLIDATED))
+            found = effective_types(source, self.origins, own)
+            for space in (STORED, LEXICAL):
+                waiting = self.matrices.pop((space, _WAITING), None)
+                if waiting is not None:
+                    part = waiting.part()
+                    keys = [found.get(row, str(MemoryType.CONSOLIDATED)) for row in part.rows.tolist()]
+                    self._store(space, part.rows, part.vectors, np.array(keys, dtype=object))
+
         def joined(name: str, empty: np.ndarray) -> np.ndarray:
             return np.concatenate(self.parts[name]) if self.parts[name] else empty
 
-        spaces = {}
-        stored_rows = np.concatenate(self.stored_rows) if self.stored_rows else np.empty(0, np.int64)
-        if len(stored_rows):
-            spaces[STORED] = Space(STORED, stored_rows, self.matrix[: self.filled])
-        lexical_rows = np.concatenate(self.lexical_rows) if self.lexical_rows else np.empty(0, np.int64)
-        if len(lexical_rows):
-            spaces[LEXICAL] = Space(LEXICAL, lexical_rows, normalize_rows(np.concatenate(self.lexical)))
         no_ints = np.empty(0, np.int64)
         return Memories(
             ids=joined("ids", np.empty((0, 16), np.uint8)),
-            types=list(self.types),
-            type_codes=joined("codes", np.empty(0, np.int16)),
             reused=joined("reused", no_ints),
             learned=joined("learned", no_ints),
             last_used=joined("last_used", no_ints),
             versions=joined("versions", no_ints),
             new=joined("new", np.empty(0, bool)),
-            origins=self.origins,
-            spaces=spaces,
-            invalid=self.invalid,
+            groups={key: matrix.part() for key, matrix in self.matrices.items()},
+            invalid=dict(sorted(self.invalid.items())),
             length=self.length,
         )
+
+
+def counts(source: Executor, project_id: uuid.UUID) -> Counter[tuple[str, str]]:
+    """How many active memories the project has, by space and type (as it is now)."""
+    query = (
+        select(TaskMemory.memory_type, TaskMemory.embedding.is_(None), func.count())
+        .where(TaskMemory.project_id == project_id, active_filter())
+        .group_by(TaskMemory.memory_type, TaskMemory.embedding.is_(None))
+    )
+    return Counter({(LEXICAL if lexical else STORED, t): n for t, lexical, n in source.execute(query)})
+
+
+def capacities(counts: Counter[tuple[str, str]], by_type: bool) -> dict[tuple[str, str], tuple[int, int]]:
+    """How many memories each group can have, and will have unless they changed since
+    they were counted (a consolidated memory may group with any type)."""
+    if not by_type:
+        return {
+            (space, ANY_TYPE): (total, total)
+            for space in (STORED, LEXICAL)
+            for total in [sum(n for (s, _), n in counts.items() if s == space)]
+        }
+    groups = {key: (n, n) for key, n in counts.items()}
+    for (space, memory_type), n in counts.items():
+        if memory_type != MemoryType.CONSOLIDATED:
+            groups[(space, memory_type)] = (n + counts.get((space, str(MemoryType.CONSOLIDATED)), 0), n)
+    return groups
 
 
 def read(
     source: Executor,
     statement: Select[Any],
     parameters: dict[str, Any],
-    capacity: int,
+    groups: dict[tuple[str, str], tuple[int, int]],
+    by_type: bool = True,
     dim_bytes: int | None = None,
     part: bool = False,
 ) -> Memories:
-    """The memories ``statement`` (:data:`READ_ACTIVE`, :data:`READ_STALE`) reads.
-    ``capacity``: about how many there are (the stored matrix is made that large, and
-    grows if it must). ``dim_bytes``: the usual embedding length, if known; unless the
-    rows are only ``part`` of the project, it is checked against theirs."""
-    columns = _Columns(capacity, dim_bytes)
+    """The memories ``statement`` (:data:`READ_STALE`, or another part of the project)
+    reads, in groups by type (``by_type``, ``same_type_only``) or one per space.
+    ``groups``: about how many memories each group has (:func:`capacities`).
+    ``dim_bytes``: the usual embedding length, if known; unless the rows are only
+    ``part`` of the project, it is checked against theirs."""
+    reader = _Reader(groups, by_type, dim_bytes)
     for rows in stream(source, statement, {"since": None, **parameters}, CHUNK):
-        columns.add(source, rows)
-    usual = usual_length(columns.lengths)
-    if not part and usual != columns.length:
-        del columns  # the vectors are the wrong width: read again at the right one
-        return read(source, statement, parameters, capacity, usual, part=True)
-    return columns.memories()
+        reader.add(rows)
+    if not part and reader.usual() != reader.length:  # read at the wrong width: again, at the right one
+        return read(source, statement, parameters, groups, by_type, reader.usual(), part=True)
+    return reader.finish(source)
+
+
+def read_project(
+    source: Executor,
+    project_id: uuid.UUID,
+    by_type: bool,
+    since: int | None = None,
+    dim_bytes: int | None = None,
+    again: bool = False,
+) -> Memories:
+    """The project's active memories (:data:`READ_ACTIVE`); ``since``: the watermark
+    that their ``new`` flag is taken from. On PostgreSQL the regular ones come in bulk
+    (:mod:`bulk`) and the rest row by row."""
+    found = counts(source, project_id)
+    groups = capacities(found, by_type)
+    parameters: dict[str, Any] = {"project_id": project_id, "since": since}
+    connection = source.connection() if isinstance(source, Session) else source
+    if connection.dialect.name != "postgresql":
+        return read(source, READ_ACTIVE, parameters, groups, by_type, dim_bytes)
+    dim_bytes = dim_bytes if again else dim_bytes or _some_length(source, project_id)
+    if dim_bytes is None:  # no stored embeddings of a usable length: nothing to read in bulk
+        return read(source, READ_ACTIVE, parameters, groups, by_type, part=again)
+    types = sorted({t for _, t in found})
+    parameters |= {"dim": dim_bytes, "types": types}
+    reader = _Reader(groups, by_type, dim_bytes)
+    for rows in stream(source, READ_ACTIVE.where(~_REGULAR), {"since": None, **parameters}, CHUNK):
+        reader.add(rows, bulk=True)
+    for records in bulk.read_regular(connection, _READ_REGULAR, parameters, dim_bytes):
+        reader.add_records(records, types)
+    if not again and reader.usual() != reader.length:  # read at the wrong width: again, at the right one
+        return read_project(source, project_id, by_type, since, reader.usual(), again=True)
+    return reader.finish(source)
+
+
+def _some_length(source: Executor, project_id: uuid.UUID) -> int | None:
+    """A stored embedding's length: most likely the usual one (a read checks)."""
+    query = select(func.octet_length(TaskMemory.embedding)).where(
+        TaskMemory.project_id == project_id, active_filter(), TaskMemory.embedding.is_not(None)
+    )
+    return source.execute(query.limit(1)).scalar()
+
+
+_REGULAR = bulk.regular(CHECKED)
+_READ_REGULAR = bulk.bulk_select(and_(TaskMemory.project_id == bindparam("project_id"), active_filter(), _REGULAR))

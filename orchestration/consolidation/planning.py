@@ -19,20 +19,21 @@ import numpy as np
 from sqlalchemy import select
 
 from orchestration.consolidation import values
+from orchestration.consolidation.checks import microseconds
 from orchestration.consolidation.clustering import clusters_of, pairs_apart, reachable_pairs, similar_pairs
 from orchestration.consolidation.embeddings import to_bytes
 from orchestration.consolidation.errors import DataError
 from orchestration.consolidation.memories import (
-    READ_ACTIVE,
+    ANY_TYPE,
     READ_STALE,
     Memories,
     active_filter,
-    microseconds,
     read,
+    read_project,
 )
 from orchestration.consolidation.options import ConsolidationOptions
 from orchestration.consolidation.passes import Pass
-from orchestration.consolidation.spaces import LEXICAL
+from orchestration.consolidation.spaces import LEXICAL, STORED
 from orchestration.store.counts import active_count_expr
 from orchestration.store.db import Executor, chunks
 from orchestration.store.models import TaskMemory
@@ -90,18 +91,11 @@ class Group:
     vectors: np.ndarray  # the members' unit vectors, in order
 
 
-def comparison_groups(source: Executor, memories: Memories, options: ConsolidationOptions) -> Iterator[Group]:
+def comparison_groups(memories: Memories, options: ConsolidationOptions) -> Iterator[Group]:
     """The groups whose memories are compared, each of at least ``min_cluster_size``."""
-    types = memories.grouping_types(source) if options.same_type_only else None
-    for name, space in sorted(memories.spaces.items()):
-        if types is None:
-            by_type = {"*": space.rows}
-        else:
-            codes = types[space.rows]
-            by_type = {memories.types[c]: space.rows[codes == c] for c in np.unique(codes).tolist()}
-        for _, members in sorted(by_type.items()):
-            if len(members) >= options.min_cluster_size:
-                yield Group(name, members, memories.priority(members), space.of(members))
+    for (space, _), part in sorted(memories.groups.items()):
+        if len(part.rows) >= options.min_cluster_size:
+            yield Group(space, part.rows, memories.priority(part.rows), part.vectors)
 
 
 def plan(
@@ -113,7 +107,7 @@ def plan(
     since = pass_.since if pass_ is not None and pass_.mode == PassMode.INCREMENTAL else None
     if pass_ is not None and since is not None and not anything_new(source, project_id, since):
         return _nothing_new(source, project_id, options, now, pass_)
-    memories = read_active(source, project_id, since, pass_.space if pass_ is not None else None)
+    memories = read_active(source, project_id, options, since, pass_.space if pass_ is not None else None)
     result = Plan(project_id=project_id, memories_before=len(memories), versions={}, space=memories.length)
     result.invalid = list(memories.invalid.values())
     result.skipped_invalid = len(result.invalid)
@@ -124,7 +118,7 @@ def plan(
     result.timings["load"] = time.perf_counter() - started
     in_cluster = np.zeros(len(memories), dtype=bool)
     if options.merge:
-        for group in comparison_groups(source, memories, options):
+        for group in comparison_groups(memories, options):
             seeds = None if since is None else np.flatnonzero(memories.new[group.members]).tolist()
             if seeds == []:
                 continue  # nothing new in this group: a full pass finds nothing here either
@@ -139,12 +133,15 @@ def plan(
 
 
 def read_active(
-    source: Executor, project_id: uuid.UUID, since: int | None = None, dim_bytes: int | None = None
+    source: Executor,
+    project_id: uuid.UUID,
+    options: ConsolidationOptions,
+    since: int | None = None,
+    dim_bytes: int | None = None,
 ) -> Memories:
-    """The project's active memories (``memories.read``); ``since``: the watermark
-    that the memories' ``new`` flag is taken from."""
-    parameters = {"project_id": project_id, "since": since}
-    return read(source, READ_ACTIVE, parameters, capacity=_active_count(source, project_id), dim_bytes=dim_bytes)
+    """The project's active memories in their comparison groups (``memories.read_project``);
+    ``since``: the watermark that the memories' ``new`` flag is taken from."""
+    return read_project(source, project_id, options.same_type_only, since, dim_bytes)
 
 
 def _active_count(source: Executor, project_id: uuid.UUID) -> int:
@@ -179,7 +176,8 @@ def _nothing_new(
     if options.archive:
         cutoff = now - timedelta(days=options.archive_stale_days)
         parameters = {"project_id": project_id, "min_reuse": options.archive_min_reuse, "cutoff": cutoff}
-        stale = read(source, READ_STALE, parameters, capacity=active, dim_bytes=pass_.space, part=True)
+        groups = {(STORED, ANY_TYPE): (active, 0), (LEXICAL, ANY_TYPE): (active, 0)}
+        stale = read(source, READ_STALE, parameters, groups, False, pass_.space, part=True)
         result.invalid = list(stale.invalid.values())
         result.skipped_invalid = len(result.invalid)
         _archive(result, stale, options, now, np.ones(len(stale), dtype=bool))

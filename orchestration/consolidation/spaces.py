@@ -11,7 +11,7 @@ import uuid
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import cast
 
 import numpy as np
 from sqlalchemy import select
@@ -45,9 +45,12 @@ class Vectors:
     invalid: dict[int, str]  # row -> what is wrong with its embedding
 
 
-def vectors_of(rows: Sequence[Any], dim_bytes: int | None, skip: Collection[int] = ()) -> Vectors:
-    """The rows' vectors: stored embeddings of the project's usual length ``dim_bytes``
-    form one space, lexical embeddings of the memories that have none another.
+def vectors_of(
+    embeddings: Sequence[bytes | None], texts: Sequence[str | None], dim_bytes: int | None, skip: Collection[int] = ()
+) -> Vectors:
+    """The vectors of rows with these ``embeddings`` (and, where there is none, these
+    ``texts``): stored embeddings of the project's usual length ``dim_bytes`` form one
+    space, lexical embeddings of the memories that have none another.
 
     A stored embedding of another length, or with NaN/inf or zero norm, is invalid: the
     memory is skipped (counted) and left untouched. Rows in ``skip`` (bad data of
@@ -55,27 +58,27 @@ def vectors_of(rows: Sequence[Any], dim_bytes: int | None, skip: Collection[int]
     invalid: dict[int, str] = {}
     stored: list[int] = []
     lexical: list[int] = []
-    for i, r in enumerate(rows):
+    for i, embedding in enumerate(embeddings):
         if i in skip:
             continue
-        if r.embedding is None:
+        if embedding is None:
             lexical.append(i)
-        elif len(r.embedding) == dim_bytes:
+        elif len(embedding) == dim_bytes:
             stored.append(i)
         else:
             invalid[i] = (
-                f"{len(r.embedding)} bytes, where the project's embeddings have {dim_bytes}"
+                f"{len(embedding)} bytes, where the project's embeddings have {dim_bytes}"
                 if dim_bytes is not None
-                else f"{len(r.embedding)} bytes, not a whole number of float32 values"
+                else f"{len(embedding)} bytes, not a whole number of float32 values"
             )
     dim = (dim_bytes or 0) // 4
     # One buffer for all stored embeddings: checked without a Python loop per value.
-    matrix = from_bytes(b"".join(rows[i].embedding for i in stored)).reshape(len(stored), dim)
+    matrix = from_bytes(b"".join([cast(bytes, embeddings[i]) for i in stored])).reshape(len(stored), dim)
     finite = np.isfinite(matrix).all(axis=1)
     valid = finite & matrix.any(axis=1)
     for k in np.flatnonzero(~valid).tolist():
         invalid[stored[k]] = "NaN or infinite values" if not finite[k] else "a zero vector"
-    lexical_matrix = np.array([lexical_embedding(rows[i].lexical_text or "") for i in lexical], dtype=np.float32)
+    lexical_matrix = np.array([lexical_embedding(texts[i] or "") for i in lexical], dtype=np.float32)
     return Vectors(
         stored=[stored[k] for k in np.flatnonzero(valid).tolist()],
         stored_matrix=matrix[valid],

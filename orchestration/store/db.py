@@ -28,7 +28,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
-from sqlalchemy.sql.expression import Executable
+from sqlalchemy.sql.expression import Select
 
 from orchestration.settings import get_settings, mask_url
 
@@ -300,21 +300,33 @@ def statement_scope() -> Iterator[Connection]:
         yield connection
 
 
-def stream(source: Executor, statement: Executable, parameters: dict[str, Any], size: int) -> Iterator[Sequence[Any]]:
-    """The statement's rows in lists of at most ``size``, without the whole result in
-    memory at once: PostgreSQL sends them through a server-side cursor (which needs a
-    transaction: for a connection in autocommit mode, :func:`statement_scope`'s, on a
-    connection of its own), SQLite steps its cursor as they are taken."""
+def stream(source: Executor, statement: Select[Any], parameters: dict[str, Any], size: int) -> Iterator[list[Any]]:
+    """The statement's rows (tuples of the selected columns, in order) in lists of at
+    most ``size``, never the whole result in memory at once.
+
+    SQLite steps its cursor as rows are taken. PostgreSQL sends the rows in chunks
+    (libpq's chunked mode, through psycopg: no server-side cursor, so it works in
+    autocommit mode too) in binary format, and they are not passed through
+    SQLAlchemy's result processing: psycopg's own values (UUIDs, timezone-aware UTC
+    timestamps, decoded JSON) are what the column types would give, and processing
+    a project's million rows cost more than reading them (docs/benchmarks.md).
+    Parameters go to psycopg as given: UUIDs, aware datetimes, numbers."""
     connection = source.connection() if isinstance(source, Session) else source
     if connection.dialect.name != "postgresql":
-        yield from connection.execute(statement, parameters).partitions(size)
+        yield from (list(rows) for rows in connection.execute(statement, parameters).partitions(size))
         return
-    streamed = {"stream_results": True, "yield_per": size}
-    if not connection.connection.driver_connection.autocommit:  # type: ignore[union-attr]
-        yield from connection.execution_options(**streamed).execute(statement, parameters).partitions(size)
-        return
-    with connection.engine.connect().execution_options(isolation_level="READ COMMITTED") as own, own.begin():
-        yield from own.execution_options(**streamed).execute(statement, parameters).partitions(size)
+    compiled = statement.compile(dialect=connection.dialect)
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    with driver.cursor(binary=True) as cursor:
+        chunk: list[Any] = []
+        for row in cursor.stream(str(compiled), compiled.construct_params(parameters), size=size):
+            chunk.append(row)
+            if len(chunk) == size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
 
 
 def is_postgresql() -> bool:

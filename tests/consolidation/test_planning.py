@@ -1,81 +1,77 @@
 """Planning's read of a project's active memories."""
 
 import uuid
-from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import event, update
+from sqlalchemy import func, select, update
 
-from orchestration.consolidation import memories, planning
+from orchestration.consolidation import checks, memories, planning
 from orchestration.consolidation.embeddings import from_bytes
+from orchestration.consolidation.options import resolve_options
+from orchestration.consolidation.spaces import LEXICAL, STORED
 from orchestration.demo.seed import seed
 from orchestration.store import db
 from orchestration.store.models import TaskMemory
+from orchestration.store.statuses import MemoryType
 from support import consolidate
 
-EMBEDDING = 2  # the embedding's column in planning's read
+DEFAULTS = resolve_options(None)
 
 
 @pytest.mark.integration
-def test_active_memories_stream_in_binary_format_into_the_columns_the_text_format_gives(pg_database, monkeypatch):
+def test_active_memories_stream_in_chunks_into_the_columns_sqlalchemy_rows_give(pg_database, monkeypatch):
     with db.session_scope() as session:
         (manifest,) = seed(session, 1, 60, seed=5, dim=32)
     project_id = uuid.UUID(manifest.id)
     consolidate(project_id)  # consolidated memories: JSON lists, fresh timestamps
+    parameters = {"project_id": project_id, "since": None}
     with db.session_scope() as session:  # one memory on the lexical fallback: its text is read
-        lexical = session.execute(memories.READ_ACTIVE, {"project_id": project_id, "since": None}).first().id
+        lexical = session.execute(memories.READ_ACTIVE, parameters).first().id
         session.execute(update(TaskMemory).where(TaskMemory.id == lexical).values(embedding=None))
     monkeypatch.setattr(memories, "CHUNK", 7)  # several chunks
 
-    cursors: list[Any] = []
+    with db.session_scope() as session:
+        read = planning.read_active(session, project_id, DEFAULTS)
+        text_rows = session.execute(memories.READ_ACTIVE.execution_options(**{db.BINARY_ROWS: False}), parameters).all()
+        streamed = list(db.stream(session, memories.READ_ACTIVE, parameters, 7))
 
-    def record(_conn, cursor, *_args) -> None:
-        cursors.append(cursor)
-
-    fetched: list[int] = []  # each chunk's format, as the server sent it
-    streamed = memories.stream
-
-    def stream(*args: Any) -> Iterator[Any]:
-        for rows in streamed(*args):
-            fetched.append(cursors[-1].pgresult.fformat(EMBEDDING))
-            yield rows
-
-    monkeypatch.setattr(memories, "stream", stream)
-
-    engine = db.get_engine()
-    event.listen(engine, "after_cursor_execute", record)
-    try:
-        with db.session_scope() as session:
-            read = planning.read_active(session, project_id)
-            text_rows = session.execute(
-                memories.READ_ACTIVE.execution_options(**{db.BINARY_ROWS: False}),
-                {"project_id": project_id, "since": None},
-            ).all()
-    finally:
-        event.remove(engine, "after_cursor_execute", record)
-
-    assert type(cursors[-2]).__name__ == "ServerCursor"
-    assert len(fetched) > 2 and set(fetched) == {1}  # streamed in chunks, binary
-    assert [read.id(i) for i in range(len(read))] == [r.id for r in text_rows]
-    assert read.versions.tolist() == [r.version for r in text_rows]
-    assert read.reused.tolist() == [r.reused_count for r in text_rows]
-    assert read.learned.tolist() == [memories.microseconds(r.learned_at) for r in text_rows]
-    assert read.origins and all(text_rows[i].consolidated_from[0] == str(o) for i, o in read.origins.items())
-    assert read.spaces[memories.LEXICAL].rows.tolist() == [i for i, r in enumerate(text_rows) if r.id == lexical]
-    stored = read.spaces[memories.STORED]
-    expected = np.stack([from_bytes(text_rows[i].embedding) for i in stored.rows])
-    assert np.allclose(stored.vectors, expected / np.linalg.norm(expected, axis=1, keepdims=True))
+    assert [len(chunk) for chunk in streamed] == [min(7, len(text_rows) - k) for k in range(0, len(text_rows), 7)]
+    assert [tuple(row) for chunk in streamed for row in chunk] == [tuple(row) for row in text_rows]
+    # In bulk on PostgreSQL: the regular memories after the others (the lexical one,
+    # the consolidated ones), each once.
+    rows = [read.id(i) for i in range(len(read))]
+    assert sorted(rows) == sorted(r.id for r in text_rows)
+    by_id = {r.id: r for r in text_rows}
+    assert read.versions.tolist() == [by_id[i].version for i in rows]
+    assert read.reused.tolist() == [by_id[i].reused_count for i in rows]
+    assert read.new.tolist() == [False] * len(rows)
+    with db.session_scope() as session:  # timestamps in microseconds, converted by PostgreSQL: as Python converts them
+        stored_memories = {m.id: m for m in session.scalars(select(TaskMemory))}
+        assert read.learned.tolist() == [checks.microseconds(stored_memories[i].learned_at) for i in rows]
+        last_used = [stored_memories[i].last_reused_at or stored_memories[i].learned_at for i in rows]
+        assert read.last_used.tolist() == [checks.microseconds(t) for t in last_used]
+        types = [stored_memories[i].memory_type for i in rows]
+    groups = {key: part.rows.tolist() for key, part in read.groups.items()}
+    (lexical_row,) = [k for k, i in enumerate(rows) if i == lexical]
+    assert groups.pop((LEXICAL, types[lexical_row])) == [lexical_row]
+    assert sorted(k for group in groups.values() for k in group) == [k for k in range(len(rows)) if k != lexical_row]
+    for (space, memory_type), group in groups.items():  # a consolidated memory groups with its sources' type
+        assert space == STORED and {types[k] for k in group} <= {memory_type, MemoryType.CONSOLIDATED}
+        vectors = read.groups[(space, memory_type)].vectors
+        expected = np.stack([from_bytes(by_id[rows[k]].embedding) for k in group])
+        assert np.allclose(vectors, expected / np.linalg.norm(expected, axis=1, keepdims=True))
+    assert any(types[k] == MemoryType.CONSOLIDATED for group in groups.values() for k in group)
     assert read.length == 32 * 4 and not read.invalid
 
 
 @pytest.mark.integration
-def test_an_autocommit_connection_streams_on_a_connection_of_its_own(pg_database, monkeypatch):
+def test_a_connection_in_autocommit_mode_streams_and_stays_in_it(pg_database, monkeypatch):
     with db.session_scope() as session:
         (manifest,) = seed(session, 1, 30, seed=6, dim=16)
     monkeypatch.setattr(memories, "CHUNK", 4)
     with db.statement_scope() as connection:
-        read = planning.read_active(connection, uuid.UUID(manifest.id))
-        assert connection.connection.driver_connection.autocommit  # left as it was
-    assert len(read) == 30 and len(read.spaces[memories.STORED].rows) == 30
+        read = planning.read_active(connection, uuid.UUID(manifest.id), DEFAULTS)
+        assert connection.connection.driver_connection.autocommit
+        assert connection.execute(select(func.count()).select_from(TaskMemory)).scalar() == 30
+    assert len(read) == 30 and sum(len(part.rows) for part in read.groups.values()) == 30
