@@ -1,12 +1,13 @@
-"""PostgreSQL: a project's *regular* memories in bulk, through ``COPY ... (FORMAT BINARY)``.
+"""PostgreSQL: a project's memories in bulk, through ``COPY ... (FORMAT BINARY)``.
 
 Most of a project's memories are regular: an embedding of the project's usual length,
-no bad data to explain, no ``consolidated_from`` to follow, a known type. Sent as
-COPY's binary rows their records all have the same length, so numpy reads them as
-one array of records, with no Python object per memory; rows through the driver cost
-a few microseconds each, which made reading most of an incremental pass
-(docs/benchmarks.md). :mod:`memories` reads the other memories row by row, as on
-SQLite, and decides what regular means here (:func:`regular`).
+no bad data to explain, a ``consolidated_from`` (if any) of ids as Python writes them,
+a known type. Sent as
+COPY's binary rows, in fields of a fixed size, their records all have the same
+length, so numpy reads them as one array of records, with no Python object per
+memory; rows through the driver cost a few microseconds each, which made most of an
+incremental pass (docs/benchmarks.md). The other memories come in the same records,
+marked, with only their ids: :mod:`memories` reads them again row by row, as on SQLite.
 
 COPY's binary format: a header (signature, flags, extension), then per row a 16-bit
 field count and per field a 32-bit length and the value in its binary send format
@@ -19,60 +20,132 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from sqlalchemy import BigInteger, ColumnElement, Select, SmallInteger, String, and_, bindparam, cast, func, select
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    case,
+    cast,
+    func,
+    literal,
+    or_,
+    select,
+)
+from sqlalchemy.dialects.postgresql import JSONPATH
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.engine import Connection
 
 from orchestration.consolidation.checks import epoch_microseconds, problem
 from orchestration.store.models import TaskMemory
+from orchestration.store.statuses import MemoryType
 
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 TRAILER = b"\xff\xff"
+# A memory type's name, at most (a CHECK constraint keeps the column to MemoryType's).
+TYPE_BYTES = 32
+assert max(len(t.encode()) for t in MemoryType) <= TYPE_BYTES
 # Records taken apart at a time: about 16 MB of 384-dimension embeddings.
 BATCH_BYTES = 16 << 20
 
 
+# A memory id as Python's uuid.UUID writes it (other spellings are read row by row).
+_CANONICAL = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+_NOT_ALL_IDS = f'strict $[*] ? (!(@ like_regex "{_CANONICAL}" flag "i"))'
+_NO_ID = "00000000-0000-0000-0000-000000000000"
+
+
 def regular(checked: tuple[Any, ...]) -> ColumnElement[bool]:
-    """SQL: the memory can be read in bulk, never NULL (parameters ``dim``: the usual
-    embedding length, ``types``: the memory types it may have). ``checked``: the
-    columns whose bad data skips a memory."""
+    """SQL: the memory can be read in bulk, never NULL (parameter ``dim``: the usual
+    embedding length). ``checked``: the columns whose bad data skips a memory."""
+    sources = TaskMemory.consolidated_from
     return func.coalesce(
         and_(
             TaskMemory.embedding.is_not(None),
             func.octet_length(TaskMemory.embedding) == bindparam("dim"),
             problem(*checked).is_(None),
             TaskMemory.reused_count >= 0,
-            TaskMemory.consolidated_from.is_(None),
-            TaskMemory.memory_type == func.any(bindparam("types", type_=ARRAY(String()))),
+            case(
+                (
+                    func.jsonb_typeof(sources) == "array",
+                    ~func.jsonb_path_exists(sources, cast(literal(_NOT_ALL_IDS), JSONPATH)),
+                ),
+                else_=or_(sources.is_(None), func.jsonb_typeof(sources) == "null"),
+            ),
         ),
         False,
     )
 
 
-def bulk_select(where: ColumnElement[bool]) -> Select[Any]:
-    """The columns of a regular memory, each of a fixed size (:func:`record`)."""
-    learned = epoch_microseconds(TaskMemory.learned_at)
-    return select(
-        TaskMemory.id,
-        cast(TaskMemory.version, BigInteger),
-        cast(TaskMemory.reused_count, BigInteger),
-        learned,
-        func.coalesce(epoch_microseconds(TaskMemory.last_reused_at), learned),
-        func.coalesce(TaskMemory.change_mark >= bindparam("since"), False),
-        cast(func.array_position(bindparam("types", type_=ARRAY(String())), TaskMemory.memory_type), SmallInteger),
-        TaskMemory.embedding,
-    ).where(where)
+def _zeros(count: Any) -> ColumnElement[bytes]:
+    """SQL: ``count`` zero bytes."""
+    return func.decode(func.repeat("00", count), "hex")
+
+
+def bulk_select(is_regular: ColumnElement[bool], where: ColumnElement[bool]) -> Select[Any]:
+    """Every memory ``where`` says, in fields of a fixed size (:func:`record`): a
+    memory that is not ``is_regular`` comes with ``regular`` false and zeros for
+    the rest, to be read row by row."""
+    # OFFSET 0 keeps the subquery whole, so that ``regular`` is evaluated once a row.
+    memory = (
+        select(
+            TaskMemory.id,
+            TaskMemory.version,
+            TaskMemory.reused_count,
+            TaskMemory.learned_at,
+            TaskMemory.last_reused_at,
+            TaskMemory.change_mark,
+            TaskMemory.memory_type,
+            TaskMemory.embedding,
+            TaskMemory.consolidated_from,
+            is_regular.label("regular"),
+        )
+        .where(where)
+        .offset(0)
+        .subquery()
+    )
+    m = memory.c
+
+    def only_regular(value: Any, otherwise: Any) -> ColumnElement[Any]:
+        return case((m.regular, value), else_=otherwise)
+
+    learned = epoch_microseconds(m.learned_at)
+    first = m.consolidated_from.op("->>")(0)
+    statement: Select[Any] = select(
+        m.id,
+        m.regular,
+        cast(m.version, BigInteger),
+        only_regular(cast(m.reused_count, BigInteger), 0),
+        only_regular(learned, 0),
+        only_regular(func.coalesce(epoch_microseconds(m.last_reused_at), learned), 0),
+        func.coalesce(m.change_mark >= bindparam("since"), False),
+        # The type's name, NUL-padded to a fixed size.
+        only_regular(
+            func.convert_to(m.memory_type, "UTF8").op("||")(
+                func.decode(func.repeat("00", TYPE_BYTES - func.octet_length(m.memory_type)), "hex")
+            ),
+            func.decode(func.repeat("00", TYPE_BYTES), "hex"),
+        ),
+        # The first memory a consolidated one was made of (its type is the one it groups by).
+        only_regular(func.coalesce(cast(first, PG_UUID), cast(_NO_ID, PG_UUID)), cast(_NO_ID, PG_UUID)),
+        # A constant (folded once per query) stands in for what is not read here.
+        only_regular(m.embedding, _zeros(bindparam("dim"))),
+    )
+    return statement
 
 
 # The columns before the embedding, as numpy reads their binary format.
 FIELDS: tuple[tuple[str, str], ...] = (
     ("id", "V16"),
+    ("regular", "?"),
     ("version", ">i8"),
     ("reused", ">i8"),
     ("learned", ">i8"),
     ("last_used", ">i8"),
     ("new", "?"),
-    ("type", ">i2"),
+    ("type", f"S{TYPE_BYTES}"),
+    ("origin", "V16"),
 )
 
 

@@ -90,10 +90,10 @@ def _add_candidates(
 ) -> None:
     """Add the pairs of a tile (``rows`` against the columns from ``first`` on) that are
     at or above ``threshold``: those near it in float32 are decided in float64."""
-    candidates = sims >= threshold - SLACK
-    if candidates.any():
-        i, j = np.nonzero(candidates)
-        _add_pairs(neighbours, vectors, threshold, rows[i], j + first)
+    hit = np.flatnonzero((sims >= threshold - SLACK).any(axis=1))  # few rows have a candidate
+    if len(hit):
+        i, j = np.nonzero(sims[hit] >= threshold - SLACK)
+        _add_pairs(neighbours, vectors, threshold, rows[hit[i]], j + first)
 
 
 def _exact(vectors: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:

@@ -44,8 +44,21 @@ def lexical_embedding(text: str) -> np.ndarray:
     return vector / norm if norm > 0 else vector
 
 
-def normalize_rows(matrix: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length; all-zero rows stay zero."""
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+def squared_norms(matrix: np.ndarray) -> np.ndarray:
+    """Each row's sum of squares, in float64: one pass, no temporary matrix, and it
+    cannot overflow, so it is finite exactly when every value is, and zero exactly
+    when every value is."""
+    return np.einsum("ij,ij->i", matrix, matrix, dtype=np.float64)
+
+
+def unit_rows(matrix: np.ndarray, squares: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (float32), given their :func:`squared_norms`;
+    all-zero rows stay zero."""
+    norms = np.sqrt(squares).astype(np.float32)
     norms[norms == 0] = 1.0
-    return (matrix / norms).astype(np.float32, copy=False)
+    return (matrix / norms[:, None]).astype(np.float32, copy=False)
+
+
+def normalize_rows(matrix: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (float32); all-zero rows stay zero."""
+    return unit_rows(matrix, squared_norms(matrix))

@@ -28,17 +28,18 @@ from typing import Any, cast
 
 import numpy as np
 from sqlalchemy import ColumnElement, Select, and_, bindparam, case, func, literal, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from orchestration.consolidation import bulk, checks
 from orchestration.consolidation.checks import first_source, in_microseconds, problem, readable
-from orchestration.consolidation.embeddings import normalize_rows
+from orchestration.consolidation.embeddings import normalize_rows, squared_norms
 from orchestration.consolidation.errors import DataError
 from orchestration.consolidation.spaces import LEXICAL, STORED, effective_types, usual_length, vectors_of
-from orchestration.store.db import Executor, stream
+from orchestration.store.db import Executor, chunks, stream
 from orchestration.store.models import TaskMemory
 from orchestration.store.statuses import MemoryType
-from orchestration.store.types import UTCDateTime
+from orchestration.store.types import GUID, UTCDateTime
 
 # Rows taken apart at a time: about 15 MB of 384-dimension embeddings.
 CHUNK = 10_000
@@ -46,6 +47,8 @@ CHUNK = 10_000
 ANY_TYPE = "*"
 # Linux 5.14's madvise: map these pages in now, writable (Python's mmap module names it from 3.12 on).
 MADV_POPULATE_WRITE = 23
+# How much of a group's memory is mapped in at a time.
+STEP = 16 << 20
 # Where consolidated memories wait while their sources' type is unknown.
 _WAITING = "waiting"
 
@@ -137,41 +140,67 @@ class Memories:
         return np.lexsort((halves[:, 1], halves[:, 0], self.learned[rows], -self.reused[rows]))
 
 
-def _allocate(capacity: int, width: int, sure: int) -> np.ndarray:
-    """An empty float32 matrix of ``capacity`` rows whose first ``sure`` rows are mapped
-    in at once (Linux's ``MADV_POPULATE_WRITE``): filling fresh memory page by page
-    cost a 300,000-memory read more time than its rows took to arrive, mapping it in
-    one call a fifth of that (docs/benchmarks.md). The rest stays unmapped until it is
-    written: a capacity too large costs no memory."""
-    size = max(capacity, 1) * width * 4
-    if size == 0 or not hasattr(mmap, "MAP_PRIVATE"):
-        return np.empty((max(capacity, 1), width), dtype=np.float32)
-    region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    with contextlib.suppress(OSError):  # an older kernel, another system: mapped as written
-        region.madvise(MADV_POPULATE_WRITE, 0, min(size, sure * width * 4))
-    return np.frombuffer(region, dtype=np.float32).reshape(max(capacity, 1), width)
-
-
 class _Matrix:
-    """A group's unit vectors, in a matrix made to a capacity and grown if it must."""
+    """A group's unit vectors, in memory mapped for them that grows as they arrive.
 
-    def __init__(self, capacity: int, width: int, sure: int):
-        self.matrix = _allocate(capacity, width, sure)
+    It grows without copying (``mremap``: the pages move, not the vectors), and is
+    mapped in a step at a time (``MADV_POPULATE_WRITE``): filling fresh memory page by
+    page cost a 300,000-memory read more than its rows took to arrive, mapping it in
+    steps a fifth of that (docs/benchmarks.md). Where either is missing, it grows by
+    copying, or pages are mapped in as they are written."""
+
+    def __init__(self, width: int):
+        self.width = width
+        self.region: mmap.mmap | None = None
+        self.mapped = 0  # bytes mapped in
         self.rows: list[np.ndarray] = []
         self.filled = 0
 
-    def add(self, rows: np.ndarray, vectors: np.ndarray) -> None:
+    def add(self, rows: np.ndarray, vectors: np.ndarray, norms: np.ndarray | None = None) -> None:
+        """Add the unit vectors of ``rows``: ``vectors``, or ``vectors`` over their ``norms``."""
         end = self.filled + len(vectors)
-        if end > len(self.matrix):  # more memories than the count said: the project grew meanwhile
-            grown = np.empty((max(end, len(self.matrix) * 5 // 4), self.matrix.shape[1]), dtype=np.float32)
-            grown[: self.filled] = self.matrix[: self.filled]
-            self.matrix = grown
-        self.matrix[self.filled : end] = vectors
+        self._reserve(end * self.width * 4)
+        assert self.region is not None
+        view = np.frombuffer(self.region, np.float32, len(vectors) * self.width, self.filled * self.width * 4)
+        if norms is None:
+            view.reshape(len(vectors), self.width)[:] = vectors
+        else:
+            np.divide(vectors, norms[:, None], out=view.reshape(len(vectors), self.width))
+        del view  # a region with views of it cannot grow
         self.rows.append(rows)
         self.filled = end
 
+    def _reserve(self, size: int) -> None:
+        if self.region is None or size > len(self.region):
+            capacity = max(size, STEP, 2 * len(self.region) if self.region is not None else 0)
+            capacity = -(-capacity // mmap.PAGESIZE) * mmap.PAGESIZE
+            if self.region is None:
+                self.region = _anonymous(capacity)
+            else:
+                try:
+                    self.region.resize(capacity)
+                except (OSError, SystemError, ValueError):  # no mremap here: a new region, copied to
+                    grown = _anonymous(capacity)
+                    grown[: len(self.region)] = self.region
+                    self.region.close()
+                    self.region = grown
+        if size > self.mapped:
+            step = min(max(size, self.mapped + STEP), len(self.region)) - self.mapped
+            with contextlib.suppress(OSError, ValueError):  # an older kernel, another system: mapped as written
+                self.region.madvise(MADV_POPULATE_WRITE, self.mapped, step)
+            self.mapped += step
+
     def part(self) -> Part:
-        return Part(np.concatenate(self.rows), self.matrix[: self.filled])
+        rows = np.concatenate(self.rows) if self.rows else np.empty(0, np.int64)
+        if self.region is None:
+            return Part(rows, np.empty((0, self.width), dtype=np.float32))
+        vectors = np.frombuffer(self.region, np.float32, self.filled * self.width).reshape(self.filled, self.width)
+        return Part(rows, vectors)
+
+
+def _anonymous(size: int) -> mmap.mmap:
+    flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
+    return mmap.mmap(-1, size, flags=flags) if flags else mmap.mmap(-1, size)
 
 
 class _Reader:
@@ -182,32 +211,29 @@ class _Reader:
     memories' types for grouping are looked up (``spaces.effective_types``) once the
     rows are in; those memories' vectors wait in a matrix of their own until then."""
 
-    def __init__(self, capacities: dict[tuple[str, str], tuple[int, int]], by_type: bool, length: int | None):
-        self.capacities = capacities
+    def __init__(self, by_type: bool, length: int | None):
         self.by_type = by_type
         self.length = length
         self.rows = 0
         self.parts: dict[str, list[np.ndarray]] = {
             name: [] for name in ("ids", "reused", "learned", "last_used", "versions", "new")
         }
-        self.matrices: dict[tuple[str, str], _Matrix] = {}
+        self.matrices: dict[tuple[str, int], _Matrix] = {}
+        self.names: list[str] = []  # the groups' keys, by code
         self.invalid: dict[int, DataError] = {}
         self.flagged: dict[uuid.UUID, tuple[int, str]] = {}  # bad data to describe: id -> (row, field)
         self.origins: dict[int, uuid.UUID] = {}  # consolidated memories waiting for their group
         self.lengths: Counter[int] = Counter()  # of the stored embeddings of rows without bad data
-        self.seen: set[bytes] = set()  # the ids read row by row, when the others come in bulk
 
     def usual(self) -> int | None:
         """The usual embedding length of the memories read."""
         return usual_length(self.lengths)
 
-    def add(self, rows: Sequence[Any], bulk: bool = False) -> None:
-        """Rows of :data:`READ_ACTIVE` (``bulk``: before the regular ones in bulk)."""
+    def add(self, rows: Sequence[Any]) -> None:
+        """Rows of :data:`READ_ACTIVE`."""
         offset = self.rows
         columns: dict[str, Sequence[Any]] = dict(zip(_COLUMNS, zip(*rows, strict=True), strict=True))
         ids = columns["id"]
-        if bulk:
-            self.seen.update(memory_id.bytes for memory_id in ids)
         bad, flagged = checks.check_columns(columns)
         self.flagged.update((ids[i], (offset + i, field)) for i, field in flagged.items())
         embeddings = columns["embedding"]
@@ -223,8 +249,8 @@ class _Reader:
             (STORED, vectors.stored, vectors.stored_matrix),
             (LEXICAL, vectors.lexical, vectors.lexical_matrix),
         ):
-            keys = np.array([groups[i] for i in rows_of], dtype=object)
-            self._store(space, np.array(rows_of, dtype=np.int64) + offset, normalize_rows(matrix), keys)
+            codes = np.array([groups[i] for i in rows_of], dtype=np.int64)
+            self._store(space, np.array(rows_of, dtype=np.int64) + offset, normalize_rows(matrix), codes)
 
         parts = self.parts
         parts["ids"].append(np.frombuffer(b"".join([i.bytes for i in ids]), np.uint8).reshape(-1, 16))
@@ -240,63 +266,81 @@ class _Reader:
         )
         self.rows += len(rows)
 
-    def add_records(self, records: np.ndarray, types: list[str]) -> None:
-        """Regular memories in bulk (``bulk.record``s; ``types``: the memory types their
-        ``type`` numbers from 1). One that was read row by row too (it changed between
-        the two reads) is taken as it was read first."""
-        ids = np.frombuffer(records["id"].tobytes(), dtype=np.uint8).reshape(-1, 16)
-        if self.seen:
-            first_halves = np.array([int.from_bytes(i[:8], "little") for i in self.seen], dtype="<u8")
-            maybe = np.flatnonzero(np.isin(ids[:, :8].copy().view("<u8").ravel(), first_halves))
-            keep = np.ones(len(records), dtype=bool)
-            keep[[k for k in maybe.tolist() if ids[k].tobytes() in self.seen]] = False
-            records, ids = records[keep], ids[keep]
+    def add_records(self, records: np.ndarray) -> list[uuid.UUID]:
+        """Memories in bulk (``bulk.record``s). Returns the ids of those that are not
+        regular, to be read row by row."""
+        others = [uuid.UUID(bytes=bytes(i)) for i in records["id"][~records["regular"]].tolist()]
+        if others:
+            records = records[records["regular"]]
         offset = self.rows
-        vectors = records["embedding"]
+        ids = np.frombuffer(records["id"].tobytes(), dtype=np.uint8).reshape(-1, 16)
         self.lengths[cast(int, self.length)] += len(records)
-        finite = np.isfinite(vectors).all(axis=1)
-        valid = finite & vectors.any(axis=1)
+        vectors = records["embedding"]  # a view: each row's embedding within its record
+        squares = squared_norms(vectors)
+        valid = np.isfinite(squares) & (squares > 0)
         for k in np.flatnonzero(~valid).tolist():
-            memory_id = uuid.UUID(bytes=ids[k].tobytes())
-            why = "NaN or infinite values" if not finite[k] else "a zero vector"
-            self.invalid[offset + k] = DataError.of_memory(memory_id, "embedding", why)
-        names = np.array([ANY_TYPE] if not self.by_type else types, dtype=object)
-        keys = names[records["type"][valid] - 1] if self.by_type else np.full(int(valid.sum()), ANY_TYPE, object)
-        self._store(STORED, np.flatnonzero(valid) + offset, normalize_rows(vectors[valid]), keys)
+            why = "NaN or infinite values" if not np.isfinite(squares[k]) else "a zero vector"
+            self.invalid[offset + k] = DataError.of_memory(uuid.UUID(bytes=ids[k].tobytes()), "embedding", why)
+        rows = np.flatnonzero(valid)
+        codes = self._record_codes(records[rows], offset, rows)
+        norms = np.sqrt(squares).astype(np.float32)
+        for code in np.unique(codes).tolist():
+            chosen = rows[codes == code]
+            # Gathered from the records and scaled straight into the group's matrix.
+            self._matrix(STORED, code, vectors.shape[1]).add(chosen + offset, vectors[chosen], norms[chosen])
         parts = self.parts
         parts["ids"].append(ids)
-        for name, field_name in (("reused", "reused"), ("learned", "learned"), ("last_used", "last_used")):
-            parts[name].append(records[field_name].astype(np.int64))
+        for name in ("reused", "learned", "last_used"):
+            parts[name].append(records[name].astype(np.int64))
         parts["versions"].append(records["version"].astype(np.int64))
         parts["new"].append(records["new"].astype(bool))
         self.rows += len(records)
+        return others
 
-    def _groups(self, columns: dict[str, Sequence[Any]], skip: AbstractSet[int], offset: int) -> list[str]:
-        """Each row's group key: its type (ANY_TYPE when types are not kept apart), or
-        WAITING for a consolidated memory whose sources' type is looked up later."""
+    def _record_codes(self, records: np.ndarray, offset: int, rows: np.ndarray) -> np.ndarray:
+        """The group codes of ``records`` (the valid ones of a batch, at ``rows``)."""
+        if not self.by_type:
+            return np.full(len(records), self._code(ANY_TYPE), dtype=np.int64)
+        names, inverse = np.unique(records["type"], return_inverse=True)  # the names' bytes, NUL-padded
+        codes = np.array([self._code(name.decode()) for name in names.tolist()], dtype=np.int64)[inverse]
+        # A consolidated memory with a first source waits for its sources' type (finish).
+        consolidated = [k for k, name in enumerate(names.tolist()) if name.decode() == MemoryType.CONSOLIDATED]
+        waiting = np.flatnonzero(np.isin(inverse, consolidated) & (records["origin"] != np.void(bytes(16))))
+        for k in waiting.tolist():
+            self.origins[offset + int(rows[k])] = uuid.UUID(bytes=records["origin"][k].tobytes())
+        codes[waiting] = self._code(_WAITING)
+        return codes
+
+    def _code(self, key: str) -> int:
+        if key not in self.names:
+            self.names.append(key)
+        return self.names.index(key)
+
+    def _groups(self, columns: dict[str, Sequence[Any]], skip: AbstractSet[int], offset: int) -> list[int]:
+        """Each row's group code: of its type (ANY_TYPE when types are not kept apart),
+        or of WAITING for a consolidated memory whose sources' type is looked up later."""
         types = columns["memory_type"]
         if not self.by_type:
-            return [ANY_TYPE] * len(types)
-        keys = list(types)
+            return [self._code(ANY_TYPE)] * len(types)
+        codes = [self._code(t) for t in types]
         for i, memory_type in enumerate(types):
             if memory_type == MemoryType.CONSOLIDATED and i not in skip:
                 origin = first_source(columns["consolidated_from"][i])
                 if origin is not None:
                     self.origins[offset + i] = origin
-                    keys[i] = _WAITING
-        return keys
+                    codes[i] = self._code(_WAITING)
+        return codes
 
-    def _store(self, space: str, rows: np.ndarray, vectors: np.ndarray, keys: np.ndarray) -> None:
-        """Add the vectors of ``rows`` (row indexes) to the matrices of their groups (``keys``)."""
-        for key in np.unique(keys).tolist():
-            chosen = keys == key
-            self._matrix(space, key, vectors.shape[1]).add(rows[chosen], vectors[chosen])
+    def _store(self, space: str, rows: np.ndarray, vectors: np.ndarray, codes: np.ndarray) -> None:
+        """Add the vectors of ``rows`` (row indexes) to the matrices of their groups (``codes``)."""
+        for code in np.unique(codes).tolist():
+            chosen = codes == code
+            self._matrix(space, code, vectors.shape[1]).add(rows[chosen], vectors[chosen])
 
-    def _matrix(self, space: str, key: str, width: int) -> _Matrix:
-        matrix = self.matrices.get((space, key))
+    def _matrix(self, space: str, code: int, width: int) -> _Matrix:
+        matrix = self.matrices.get((space, code))
         if matrix is None:
-            capacity, sure = self.capacities.get((space, key), (0, 0))
-            matrix = self.matrices[(space, key)] = _Matrix(capacity, width, sure)
+            matrix = self.matrices[(space, code)] = _Matrix(width)
         return matrix
 
     def finish(self, source: Executor) -> Memories:
@@ -307,11 +351,11 @@ class _Reader:
             own = dict.fromkeys(self.origins, str(MemoryType.CONSOLIDATED))
             found = effective_types(source, self.origins, own)
             for space in (STORED, LEXICAL):
-                waiting = self.matrices.pop((space, _WAITING), None)
+                waiting = self.matrices.pop((space, self._code(_WAITING)), None)
                 if waiting is not None:
                     part = waiting.part()
                     keys = [found.get(row, str(MemoryType.CONSOLIDATED)) for row in part.rows.tolist()]
-                    self._store(space, part.rows, part.vectors, np.array(keys, dtype=object))
+                    self._store(space, part.rows, part.vectors, np.array([self._code(k) for k in keys], np.int64))
 
         def joined(name: str, empty: np.ndarray) -> np.ndarray:
             return np.concatenate(self.parts[name]) if self.parts[name] else empty
@@ -324,57 +368,29 @@ class _Reader:
             last_used=joined("last_used", no_ints),
             versions=joined("versions", no_ints),
             new=joined("new", np.empty(0, bool)),
-            groups={key: matrix.part() for key, matrix in self.matrices.items()},
+            groups={(space, self.names[code]): matrix.part() for (space, code), matrix in self.matrices.items()},
             invalid=dict(sorted(self.invalid.items())),
             length=self.length,
         )
-
-
-def counts(source: Executor, project_id: uuid.UUID) -> Counter[tuple[str, str]]:
-    """How many active memories the project has, by space and type (as it is now)."""
-    query = (
-        select(TaskMemory.memory_type, TaskMemory.embedding.is_(None), func.count())
-        .where(TaskMemory.project_id == project_id, active_filter())
-        .group_by(TaskMemory.memory_type, TaskMemory.embedding.is_(None))
-    )
-    return Counter({(LEXICAL if lexical else STORED, t): n for t, lexical, n in source.execute(query)})
-
-
-def capacities(counts: Counter[tuple[str, str]], by_type: bool) -> dict[tuple[str, str], tuple[int, int]]:
-    """How many memories each group can have, and will have unless they changed since
-    they were counted (a consolidated memory may group with any type)."""
-    if not by_type:
-        return {
-            (space, ANY_TYPE): (total, total)
-            for space in (STORED, LEXICAL)
-            for total in [sum(n for (s, _), n in counts.items() if s == space)]
-        }
-    groups = {key: (n, n) for key, n in counts.items()}
-    for (space, memory_type), n in counts.items():
-        if memory_type != MemoryType.CONSOLIDATED:
-            groups[(space, memory_type)] = (n + counts.get((space, str(MemoryType.CONSOLIDATED)), 0), n)
-    return groups
 
 
 def read(
     source: Executor,
     statement: Select[Any],
     parameters: dict[str, Any],
-    groups: dict[tuple[str, str], tuple[int, int]],
     by_type: bool = True,
     dim_bytes: int | None = None,
     part: bool = False,
 ) -> Memories:
     """The memories ``statement`` (:data:`READ_STALE`, or another part of the project)
     reads, in groups by type (``by_type``, ``same_type_only``) or one per space.
-    ``groups``: about how many memories each group has (:func:`capacities`).
     ``dim_bytes``: the usual embedding length, if known; unless the rows are only
     ``part`` of the project, it is checked against theirs."""
-    reader = _Reader(groups, by_type, dim_bytes)
+    reader = _Reader(by_type, dim_bytes)
     for rows in stream(source, statement, {"since": None, **parameters}, CHUNK):
         reader.add(rows)
     if not part and reader.usual() != reader.length:  # read at the wrong width: again, at the right one
-        return read(source, statement, parameters, groups, by_type, reader.usual(), part=True)
+        return read(source, statement, parameters, by_type, reader.usual(), part=True)
     return reader.finish(source)
 
 
@@ -389,22 +405,21 @@ def read_project(
     """The project's active memories (:data:`READ_ACTIVE`); ``since``: the watermark
     that their ``new`` flag is taken from. On PostgreSQL the regular ones come in bulk
     (:mod:`bulk`) and the rest row by row."""
-    found = counts(source, project_id)
-    groups = capacities(found, by_type)
     parameters: dict[str, Any] = {"project_id": project_id, "since": since}
     connection = source.connection() if isinstance(source, Session) else source
     if connection.dialect.name != "postgresql":
-        return read(source, READ_ACTIVE, parameters, groups, by_type, dim_bytes)
+        return read(source, READ_ACTIVE, parameters, by_type, dim_bytes)
     dim_bytes = dim_bytes if again else dim_bytes or _some_length(source, project_id)
     if dim_bytes is None:  # no stored embeddings of a usable length: nothing to read in bulk
-        return read(source, READ_ACTIVE, parameters, groups, by_type, part=again)
-    types = sorted({t for _, t in found})
-    parameters |= {"dim": dim_bytes, "types": types}
-    reader = _Reader(groups, by_type, dim_bytes)
-    for rows in stream(source, READ_ACTIVE.where(~_REGULAR), {"since": None, **parameters}, CHUNK):
-        reader.add(rows, bulk=True)
-    for records in bulk.read_regular(connection, _READ_REGULAR, parameters, dim_bytes):
-        reader.add_records(records, types)
+        return read(source, READ_ACTIVE, parameters, by_type, part=again)
+    parameters["dim"] = dim_bytes
+    reader = _Reader(by_type, dim_bytes)
+    others: list[uuid.UUID] = []
+    for records in bulk.read_regular(connection, _READ_BULK, parameters, dim_bytes):
+        others += reader.add_records(records)
+    for some in chunks(others, CHUNK):  # what was not regular, row by row
+        for rows in stream(source, _READ_SOME, {**parameters, "ids": list(some)}, CHUNK):
+            reader.add(rows)
     if not again and reader.usual() != reader.length:  # read at the wrong width: again, at the right one
         return read_project(source, project_id, by_type, since, reader.usual(), again=True)
     return reader.finish(source)
@@ -418,5 +433,7 @@ def _some_length(source: Executor, project_id: uuid.UUID) -> int | None:
     return source.execute(query.limit(1)).scalar()
 
 
-_REGULAR = bulk.regular(CHECKED)
-_READ_REGULAR = bulk.bulk_select(and_(TaskMemory.project_id == bindparam("project_id"), active_filter(), _REGULAR))
+_READ_BULK = bulk.bulk_select(
+    bulk.regular(CHECKED), and_(TaskMemory.project_id == bindparam("project_id"), active_filter())
+)
+_READ_SOME = READ_ACTIVE.where(TaskMemory.id == func.any(bindparam("ids", type_=ARRAY(GUID()))))

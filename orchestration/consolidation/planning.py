@@ -24,7 +24,6 @@ from orchestration.consolidation.clustering import clusters_of, pairs_apart, rea
 from orchestration.consolidation.embeddings import to_bytes
 from orchestration.consolidation.errors import DataError
 from orchestration.consolidation.memories import (
-    ANY_TYPE,
     READ_STALE,
     Memories,
     active_filter,
@@ -33,7 +32,7 @@ from orchestration.consolidation.memories import (
 )
 from orchestration.consolidation.options import ConsolidationOptions
 from orchestration.consolidation.passes import Pass
-from orchestration.consolidation.spaces import LEXICAL, STORED
+from orchestration.consolidation.spaces import LEXICAL
 from orchestration.store.counts import active_count_expr
 from orchestration.store.db import Executor, chunks
 from orchestration.store.models import TaskMemory
@@ -176,8 +175,7 @@ def _nothing_new(
     if options.archive:
         cutoff = now - timedelta(days=options.archive_stale_days)
         parameters = {"project_id": project_id, "min_reuse": options.archive_min_reuse, "cutoff": cutoff}
-        groups = {(STORED, ANY_TYPE): (active, 0), (LEXICAL, ANY_TYPE): (active, 0)}
-        stale = read(source, READ_STALE, parameters, groups, False, pass_.space, part=True)
+        stale = read(source, READ_STALE, parameters, False, pass_.space, part=True)
         result.invalid = list(stale.invalid.values())
         result.skipped_invalid = len(result.invalid)
         _archive(result, stale, options, now, np.ones(len(stale), dtype=bool))

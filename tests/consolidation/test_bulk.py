@@ -1,0 +1,118 @@
+"""PostgreSQL's bulk read (COPY's binary format) gives what the row-by-row read gives,
+memory by memory, for every kind of memory: regular ones, and those it leaves to the
+row-by-row read (no embedding, another length, NaN or zero vectors, bad data,
+consolidated memories whose ids are spelled otherwise)."""
+
+import json
+import uuid
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import text, update
+
+from orchestration.consolidation import bulk, memories
+from orchestration.consolidation.embeddings import to_bytes
+from orchestration.demo.seed import seed
+from orchestration.store import db
+from orchestration.store.models import TaskMemory
+from support import consolidate
+
+pytestmark = pytest.mark.integration
+
+DIM = 16
+
+
+def _project_of_every_kind() -> tuple[uuid.UUID, dict[str, uuid.UUID]]:
+    with db.session_scope() as session:
+        (manifest,) = seed(session, 1, 80, seed=11, dim=DIM)
+    project_id = uuid.UUID(manifest.id)
+    consolidate(project_id)  # consolidated memories, whose sources' type they group by
+    with db.session_scope() as session:
+        rows = session.execute(memories.READ_ACTIVE, {"project_id": project_id, "since": None}).all()
+    plain = [r.id for r in rows if r.consolidated_from is None]
+    consolidated = [r for r in rows if r.consolidated_from]
+    kinds = dict(zip(["lexical", "short", "nan", "zero", "bad_tags", "negative", "wide_type"], plain, strict=False))
+    kinds["braced_ids"] = consolidated[0].id  # Python reads them, the bulk read leaves them
+    kinds["upper_ids"] = consolidated[1].id
+    changes: dict[str, dict[str, Any]] = {
+        "lexical": {"embedding": None},
+        "short": {"embedding": to_bytes(np.ones(DIM - 1))},
+        "nan": {"embedding": to_bytes(np.full(DIM, np.nan))},
+        "zero": {"embedding": to_bytes(np.zeros(DIM))},
+        "negative": {"reused_count": -3},
+        "braced_ids": {"consolidated_from": ["{" + i + "}" for i in consolidated[0].consolidated_from]},
+        "upper_ids": {"consolidated_from": [i.upper() for i in consolidated[1].consolidated_from]},
+    }
+    with db.session_scope() as session:
+        for kind, values in changes.items():
+            session.execute(update(TaskMemory).where(TaskMemory.id == kinds[kind]).values(**values))
+        session.execute(
+            text("UPDATE task_memories SET tags = CAST(:tags AS jsonb) WHERE id = :id"),
+            {"tags": json.dumps("deploy"), "id": kinds["bad_tags"]},
+        )
+    return project_id, kinds
+
+
+def _by_id(read: memories.Memories) -> dict[uuid.UUID, dict[str, Any]]:
+    """Everything read of each memory, by id: its columns, its group, its vector."""
+    found: dict[uuid.UUID, dict[str, Any]] = {
+        read.id(i): {
+            "version": int(read.versions[i]),
+            "reused": int(read.reused[i]),
+            "learned": int(read.learned[i]),
+            "last_used": int(read.last_used[i]),
+            "new": bool(read.new[i]),
+        }
+        for i in range(len(read))
+    }
+    for key, part in read.groups.items():
+        for position, row in enumerate(part.rows.tolist()):
+            found[read.id(row)] |= {"group": key, "vector": part.vectors[position].tobytes()}
+    for row, error in read.invalid.items():
+        found[read.id(row)] |= {"invalid": str(error)}
+    return found
+
+
+@pytest.mark.parametrize("by_type", [True, False])
+def test_the_bulk_read_reads_every_memory_as_the_row_by_row_read_does(pg_database, by_type):
+    project_id, kinds = _project_of_every_kind()
+    with db.session_scope() as session:
+        since = session.execute(text("SELECT max(change_mark) FROM task_memories")).scalar()
+        parameters = {"project_id": project_id, "since": since}
+        in_bulk = memories.read_project(session, project_id, by_type, since)
+        row_by_row = memories.read(session, memories.READ_ACTIVE, parameters, by_type)
+
+    assert _by_id(in_bulk) == _by_id(row_by_row)
+    found = _by_id(in_bulk)
+    assert [kind for kind, memory_id in kinds.items() if "invalid" in found[memory_id]] == [
+        "short",
+        "nan",
+        "zero",
+        "bad_tags",
+        "negative",
+    ]
+    assert found[kinds["lexical"]]["group"][0] == memories.LEXICAL
+    if by_type:  # both consolidated memories group with their sources' type, however their ids are spelled
+        base_types = {"error_fix", "discovery", "decision", "learning", "warning", "codebase_knowledge"}
+        assert {found[kinds[k]]["group"][1] for k in ("braced_ids", "upper_ids")} <= base_types
+    assert 0 < sum(m["new"] for m in found.values()) < len(found)  # marked since: the memories edited last
+    assert in_bulk.length == DIM * 4
+
+
+def test_a_wrong_guess_of_the_embedding_length_is_read_again_at_the_usual_one(pg_database, monkeypatch):
+    project_id, _ = _project_of_every_kind()
+    monkeypatch.setattr(memories, "_some_length", lambda *_: (DIM - 1) * 4)  # the one short embedding's
+    with db.session_scope() as session:
+        read = memories.read_project(session, project_id, True)
+        expected = memories.read(session, memories.READ_ACTIVE, {"project_id": project_id}, True)
+    assert read.length == DIM * 4
+    assert _by_id(read) == _by_id(expected)
+
+
+def test_records_of_another_layout_are_refused(pg_database):
+    project_id, _ = _project_of_every_kind()
+    parameters = {"project_id": project_id, "since": None, "dim": DIM * 4}
+    with db.statement_scope() as connection, pytest.raises(RuntimeError, match="another layout"):
+        # Read as if the embeddings were twice as long: the lengths in the records say otherwise.
+        list(bulk.read_regular(connection, memories._READ_BULK, parameters | {"dim": DIM * 4}, DIM * 8))
