@@ -50,7 +50,23 @@ DUPLICATE_SHARE = 1 / 3
 
 
 def _seed(url: str, size: int) -> None:
-    print(json.dumps({"project_id": seed_project(url, size).id}))
+    project_id = seed_project(url, size).id
+    _analyze(url)
+    print(json.dumps({"project_id": project_id}))
+
+
+def _analyze(url: str) -> None:
+    """PostgreSQL: statistics as autovacuum keeps them after a large write (this
+    machine's server runs without autovacuum; without statistics the planner reads a
+    whole project to find its new memories)."""
+    from sqlalchemy import text
+
+    from orchestration.store import db
+
+    db.use_database(url)
+    if db.is_postgresql():
+        with db.statement_scope() as connection:
+            connection.execute(text("ANALYZE task_memories"))
 
 
 def _converge(url: str, project_id: str) -> None:
@@ -121,6 +137,7 @@ def _add(url: str, project_id: str, count: int) -> None:
             )
             for vector, memory_type, content in memories
         )
+    _analyze(url)
     print(json.dumps({"added": len(memories), "duplicates": len(picked)}))
 
 

@@ -1,18 +1,19 @@
 """Planning's read of a project's active memories, streamed into columns.
 
-Rows arrive in chunks (:func:`orchestration.store.db.stream`) and each chunk is taken
-apart at once: its values go into numpy arrays, its embeddings are checked, scaled to
-unit length and copied into the float32 matrix of their comparison group (one space
-and, by default, one type: ``spaces``). Nothing per memory is kept as a Python object,
-and a group's memories are compared in its own matrix, never a copy of it: a project
-of 1,000,000 memories of 384 dimensions costs the 1.5 GB of its vectors and about
-50 MB besides (docs/benchmarks.md).
+Rows arrive in chunks (:func:`orchestration.store.db.stream`; on PostgreSQL most of
+them in bulk, :mod:`bulk`) and each chunk is taken apart at once: its values go into
+numpy arrays, its embeddings are checked, scaled to unit length and written into the
+float32 matrix of their comparison group (one space and, by default, one type:
+``spaces``). Nothing per memory is kept as a Python object, and a group's memories
+are compared in its own matrix, never a copy of it: a project of 1,000,000 memories
+of 384 dimensions costs the 1.5 GB of its vectors and about 60 MB besides
+(docs/benchmarks.md).
 
-A group's matrix is made as large as a count of the project's memories by type says
-(untouched, the rest of it takes no memory), and grows if memories arrived meanwhile.
-Its width is the project's usual embedding length (``spaces.usual_length``): a read
-that is told it (the last pass's) or guesses it from its first chunk checks it against
-every row at the end, and reads again in the rare case it was wrong.
+A group's matrix grows as its memories arrive (:class:`_Matrix`). Its width is the
+project's usual embedding length (``spaces.usual_length``): a read that is told it
+(the last pass's) or guesses it (from its first chunk, or on PostgreSQL from one
+memory) checks it against every row at the end, and reads again in the rare case it
+was wrong.
 """
 
 from __future__ import annotations

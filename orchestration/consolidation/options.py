@@ -38,7 +38,7 @@ class ConsolidationOptions:
     archive_stale_days: int = 90
     archive_min_reuse: int = 3
     value_guard: bool = True  # never cluster memories that state different values (values.py)
-    full_every_days: int = 0  # a full pass at least this often (passes.py); 0: only when needed
+    full_pass_every_days: int | None = None  # a full pass at least this often (passes.py); unset: only when needed
 
     def __post_init__(self) -> None:
         """Every value checked (:class:`InvalidOptions`), however the options are made;
@@ -73,25 +73,30 @@ RANGES: dict[str, Range] = {
     "min_cluster_size": Range(2, 10_000),  # a cluster of one merges nothing
     "archive_stale_days": Range(1, 36_500),  # 100 years: the cutoff stays a representable date
     "archive_min_reuse": Range(0, 1_000_000_000),  # reused_count is a 32-bit integer column
-    "full_every_days": Range(0, 36_500),
+    "full_pass_every_days": Range(1, 36_500),
 }
 
 
-_KINDS: dict[str, type] = {"bool": bool, "int": int, "float": float}  # the fields' annotations
+_KINDS: dict[str, type] = {"bool": bool, "int": int, "float": float, "int | None": int}  # the fields' annotations
+# Options that may be unset (JSON null, or left out).
+OPTIONAL = {"full_pass_every_days"}
 
 
 def _check(name: str, value: Any, kind: type) -> Any:
+    if value is None and name in OPTIONAL:
+        return None
     # bool is a subclass of int: reject True where a number is expected and vice versa.
     if kind is bool:
         if not isinstance(value, bool):
             raise InvalidOptions(name, f"must be true or false, got {value!r}")
         return value
+    allowed = f"{RANGES[name]}{' or null' if name in OPTIONAL else ''}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidOptions(name, f"must be a number {RANGES[name]}, got {value!r}")
+        raise InvalidOptions(name, f"must be a number {allowed}, got {value!r}")
     if kind is int and isinstance(value, float) and not value.is_integer():
-        raise InvalidOptions(name, f"must be a whole number {RANGES[name]}, got {value!r}")
+        raise InvalidOptions(name, f"must be a whole number {allowed}, got {value!r}")
     if value not in RANGES[name]:
-        raise InvalidOptions(name, f"must be {RANGES[name]}, got {value!r}")
+        raise InvalidOptions(name, f"must be {allowed}, got {value!r}")
     return int(value) if kind is int else float(value)
 
 

@@ -7,7 +7,7 @@ which pairs merge. The project's next pass is **incremental** when that signatur
 still holds: it compares only the memories marked at or above the watermark (new,
 edited, or active again) with the others of their group. It is **full** when there is
 no earlier pass, when the signature changed, on request, or when the last full pass
-is ``full_every_days`` old.
+is ``full_pass_every_days`` old.
 """
 
 from __future__ import annotations
@@ -143,9 +143,9 @@ def choose(
     decisive, _, space = last.signature.partition(SPACE)
     if decisive != current.signature:
         return current.full("the options that decide which pairs merge changed")
-    every = timedelta(days=options.full_every_days)
-    if options.full_every_days and (last.full_at is None or now - last.full_at >= every):
-        return current.full(f"the last full pass is {options.full_every_days} days old or more (full_every_days)")
+    every = options.full_pass_every_days
+    if every is not None and (last.full_at is None or now - last.full_at >= timedelta(days=every)):
+        return current.full(f"the last full pass is {every} days old or more (full_pass_every_days)")
     return Pass(
         PassMode.INCREMENTAL, current.watermark, current.signature, since=last.watermark, space=int(space or 0) or None
     )

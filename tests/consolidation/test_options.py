@@ -19,7 +19,7 @@ def test_defaults():
         "archive_stale_days": 90,
         "archive_min_reuse": 3,
         "value_guard": True,
-        "full_every_days": 0,
+        "full_pass_every_days": None,
     }
 
 
@@ -59,7 +59,7 @@ RANGES = {
     "min_cluster_size": "from 2 to 10,000",
     "archive_stale_days": "from 1 to 36,500",
     "archive_min_reuse": "from 0 to 1,000,000,000",
-    "full_every_days": "from 0 to 36,500",
+    "full_pass_every_days": "from 1 to 36,500 or null",
 }
 
 
@@ -92,6 +92,8 @@ def test_the_longest_archive_period_still_computes_a_cutoff():
         ("archive_stale_days", 1e300),
         ("archive_min_reuse", -1),
         ("archive_min_reuse", 10**12),
+        ("full_pass_every_days", 0),
+        ("full_pass_every_days", 36_501),
     ],
 )
 def test_each_number_option_out_of_range_names_the_option_the_value_and_the_range(name, value):
@@ -116,12 +118,20 @@ def test_switches_must_be_real_booleans(name, value):
         ("min_cluster_size", 2.5, "must be a whole number from 2 to 10,000, got 2.5"),
         ("archive_stale_days", "90", "must be a number from 1 to 36,500, got '90'"),
         ("similarity_threshold", None, "must be a number in (0, 1], got None"),
+        ("full_pass_every_days", "7", "must be a number from 1 to 36,500 or null, got '7'"),
+        ("full_pass_every_days", 1.5, "must be a whole number from 1 to 36,500 or null, got 1.5"),
     ],
 )
 def test_wrong_types_name_the_range_too(name, value, problem):
     with pytest.raises(InvalidOptions) as info:
         resolve_options({name: value})
     assert str(info.value) == f"consolidation_options.{name}: {problem}"
+
+
+def test_full_pass_every_days_is_unset_by_default_and_may_be_unset_again() -> None:
+    assert resolve_options({}).full_pass_every_days is None
+    assert resolve_options({"full_pass_every_days": None}).full_pass_every_days is None
+    assert resolve_options({"full_pass_every_days": 7.0}).full_pass_every_days == 7
 
 
 def test_options_made_directly_are_checked_too() -> None:

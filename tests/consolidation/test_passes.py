@@ -155,16 +155,16 @@ def test_a_watermark_ahead_of_the_database_makes_a_full_pass(database):
     assert (again.mode, again.reason) == (PassMode.FULL, "the recorded watermark is ahead of the database's")
 
 
-def test_full_every_days_makes_a_full_pass_when_the_last_full_one_is_that_old(database):
+def test_full_pass_every_days_makes_a_full_pass_when_the_last_full_one_is_that_old(database):
     project_id = _project()
-    every_week = resolve_options({"full_every_days": 7})
+    every_week = resolve_options({"full_pass_every_days": 7})
     with db.session_scope() as session:
         first = passes.choose(session, project_id, every_week, utcnow())
     _record(project_id, first, DIM * 4, completed_at=utcnow() - timedelta(days=8))
     with db.session_scope() as session:
         assert passes.choose(session, project_id, every_week, utcnow() - timedelta(days=2)).mode == PassMode.INCREMENTAL
         due = passes.choose(session, project_id, every_week, utcnow())
-    assert (due.mode, due.reason) == (PassMode.FULL, "the last full pass is 7 days old or more (full_every_days)")
+    assert (due.mode, due.reason) == (PassMode.FULL, "the last full pass is 7 days old or more (full_pass_every_days)")
 
 
 # --- exactness: an incremental pass plans what a full pass plans ---------------------
