@@ -24,7 +24,8 @@ from orchestration.store.statuses import TriggerType
 @click.option(
     "--timeout", type=click.IntRange(min=1), default=None, help="Seconds to wait at most (default: the run deadline)."
 )
-def runs_retry(run_id: str, wait: bool, timeout: int | None) -> None:
+@click.option("--full", is_flag=True, help="Every job makes a full pass instead of an incremental one.")
+def runs_retry(run_id: str, wait: bool, timeout: int | None, full: bool) -> None:
     """A new manual run of the run's failed jobs' projects, linked to it.
 
     Only failed jobs are retried (not skipped or completed ones); each of their
@@ -47,6 +48,8 @@ def runs_retry(run_id: str, wait: bool, timeout: int | None) -> None:
             "run_id": str(new_id),
             "projects": [str(p) for p in projects],
             "retry_of": str(original.id),
+            # full only when set, so that a worker without the parameter still takes the message.
+            **({"full": True} if full else {}),
         },
     )
     count = f"{len(projects)} project" + ("" if len(projects) == 1 else "s")

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from sqlalchemy import func, select, update
 
 from orchestration.cli import main
+from orchestration.consolidation.passes import REQUESTED
 from orchestration.demo.seed import seed
 from orchestration.store import db
 from orchestration.store.models import ConsolidationJob, ConsolidationRun, Project, TaskMemory
@@ -202,7 +203,7 @@ def test_retry_starts_a_run_of_the_failed_jobs_projects_linked_to_it(celery_work
     assert _runs() == before + 1  # the running one this test added
 
 
-def test_retry_with_wait_exits_0_when_the_retry_completes(celery_worker, database):
+def test_retry_with_wait_and_full_exits_0_when_the_retry_completes(celery_worker, database):
     with db.session_scope() as session:
         manifests = seed(session, 1, 40, seed=4, dim=16, failing=True)
     failing = next(m for m in manifests if m.kind == "failing")
@@ -210,8 +211,11 @@ def test_retry_with_wait_exits_0_when_the_retry_completes(celery_worker, databas
     with db.session_scope() as session:
         (original,) = session.scalars(select(ConsolidationRun)).all()
         session.execute(update(Project).where(Project.id == uuid.UUID(failing.id)).values(consolidation_options=None))
-    out = invoke("runs", "retry", str(original.id), "--wait", "--timeout", "60").stdout
+    out = invoke("runs", "retry", str(original.id), "--wait", "--timeout", "60", "--full").stdout
     assert "manual  status: COMPLETED" in out
+    with db.session_scope() as session:  # --full: asked for, not only because the project never completed one
+        retried = session.scalars(select(ConsolidationJob).where(ConsolidationJob.run_id != original.id)).one()
+        assert (retried.mode, retried.full_reason) == ("full", REQUESTED)
 
 
 @pytest.mark.parametrize(
