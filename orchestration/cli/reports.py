@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from orchestration.cli.text import clean
+from orchestration.documents.jobs import pass_text as job_pass_text
 from orchestration.documents.times import parse
 from orchestration.store.documents import jsonable
 from orchestration.store.statuses import UNFINISHED_JOB_STATUSES, JobStatus, RunStatus
@@ -298,15 +299,8 @@ def job_text(doc: dict[str, Any]) -> str:
 
 
 def pass_text(doc: dict[str, Any]) -> str:
-    """How a job or a dry run compared: ``pass: incremental, 12 new memories compared``."""
-    if not doc.get("mode"):
-        return "pass: -"
-    if doc.get("status") not in (None, "dry_run", JobStatus.COMPLETED):
-        return f"pass: {clean(doc['mode'])} asked for" if doc["mode"] == "full" else "pass: -"
-    if doc["mode"] == "incremental":
-        return f"pass: incremental, {doc.get('memories_new') or 0} new memories compared with the others"
-    reason = f" ({clean(doc['full_reason'])})" if doc.get("full_reason") else ""
-    return f"pass: full{reason}, {doc.get('memories_new') or 0} memories compared"
+    """How a job or a dry run compared (``documents.jobs.pass_text``), safe at a terminal."""
+    return clean(job_pass_text(doc))
 
 
 def calibration_text(report: Calibration, name: str) -> str:

@@ -14,6 +14,7 @@ from orchestration.documents.times import seconds
 from orchestration.store.db import session_scope
 from orchestration.store.documents import row_dict
 from orchestration.store.models import ConsolidationJob, Project
+from orchestration.store.statuses import JobStatus, PassMode
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,19 @@ def job_document(job: ConsolidationJob, project_name: str | None) -> dict[str, A
     document = {**row_dict(job), "project_name": project_name}
     document["duration_s"] = seconds(document["started_at"], document["completed_at"])
     return document
+
+
+def pass_text(doc: dict[str, Any]) -> str:
+    """How a job or a dry run compared: ``pass: incremental, 12 new memories compared
+    with the others``; for a job that has not completed, only a full pass asked for."""
+    if not doc.get("mode"):
+        return "pass: -"
+    if doc.get("status") not in (None, "dry_run", JobStatus.COMPLETED):
+        return f"pass: {doc['mode']} asked for" if doc["mode"] == PassMode.FULL else "pass: -"
+    if doc["mode"] == PassMode.INCREMENTAL:
+        return f"pass: incremental, {doc.get('memories_new') or 0} new memories compared with the others"
+    reason = f" ({doc['full_reason']})" if doc.get("full_reason") else ""
+    return f"pass: full{reason}, {doc.get('memories_new') or 0} memories compared"
 
 
 def list_jobs(session: Session, limit: int, where: JobFilter = JobFilter()) -> list[dict[str, Any]]:

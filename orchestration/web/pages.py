@@ -13,7 +13,7 @@ from starlette.responses import HTMLResponse
 
 from orchestration import __version__
 from orchestration.documents import lookup
-from orchestration.documents.jobs import job_detail
+from orchestration.documents.jobs import job_detail, pass_text
 from orchestration.documents.projects import project_detail, project_documents
 from orchestration.documents.runs import list_runs, run_page
 from orchestration.documents.times import parse
@@ -53,7 +53,7 @@ def _short(value: Any) -> str:
 environment = Environment(
     loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(default=True), trim_blocks=True, lstrip_blocks=True
 )
-environment.filters.update(when=_when, short=_short, duration=charts.format_duration)
+environment.filters.update(when=_when, short=_short, duration=charts.format_duration, pass_text=pass_text)
 environment.globals.update(version=__version__, run_statuses=list(RunStatus), triggers=list(TriggerType))
 
 

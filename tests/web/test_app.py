@@ -149,6 +149,8 @@ def test_the_job_page_has_counters_attempts_audit_rows_and_the_way_to_undo_it(ni
     assert 'id="changes"' in html and "merge" in html
     assert f"orchestration jobs rollback {str(done.id)[:8]} --dry-run" in html
     assert "worker" in html and done.worker is not None and _escaped(done.worker) in html
+    # How it compared, as jobs show says it: the night's first pass of the project is full.
+    assert f'<p class="pass" id="pass">pass: full (no earlier completed pass), {done.memories_new} memories' in html
 
 
 def _escaped(text: str) -> str:
