@@ -214,6 +214,14 @@ def measure(database: str, size: int, repeat: int, workdir: Path) -> None:
             "  all rounds: "
             + "; ".join(f"{mode} " + ", ".join(f"{r['wall']:.2f}" for r in rs) for mode, rs in runs.items())
         )
+        split = {
+            mode: {step: statistics.median(r["timings"].get(step, 0.0) for r in rs) for step in ("load", "similarity")}
+            for mode, rs in runs.items()
+        }
+        print(
+            "  medians: "
+            + "; ".join(f"{m} load {t['load']:.2f}s, similarity {t['similarity']:.2f}s" for m, t in split.items())
+        )
     finally:
         drop()
 

@@ -185,8 +185,8 @@ class _Matrix:
                     grown[: len(self.region)] = self.region
                     self.region.close()
                     self.region = grown
-        if size > self.mapped:
-            step = min(max(size, self.mapped + STEP), len(self.region)) - self.mapped
+        if size > self.mapped:  # ahead by what it holds, at most a STEP: a small group maps in little
+            step = min(max(size, self.mapped + min(STEP, size)), len(self.region)) - self.mapped
             with contextlib.suppress(OSError, ValueError):  # an older kernel, another system: mapped as written
                 self.region.madvise(MADV_POPULATE_WRITE, self.mapped, step)
             self.mapped += step
