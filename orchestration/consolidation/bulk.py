@@ -16,8 +16,12 @@ field count and per field a 32-bit length and the value in its binary send forma
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from queue import Full, Queue
+from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import (
@@ -167,6 +171,54 @@ def _check(records: np.ndarray, dim_bytes: int) -> None:
         raise RuntimeError("COPY sent rows of another layout than the bulk read asked for")
 
 
+T = TypeVar("T")
+
+
+@dataclass
+class _Failed:
+    error: BaseException
+
+
+_DONE = object()
+
+
+def ahead(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """``items``, taken from ``items`` in a thread of their own, at most ``depth`` ahead
+    of the one that uses them: the rows of a COPY arrive while the batch before them is
+    put in place (PostgreSQL, the receiving and numpy each keep a core busy part of the
+    time). An error in the thread is raised here. When the user stops early, the thread
+    still takes every item (a connection is free again only at the end of its COPY),
+    keeping none."""
+    queue: Queue[Any] = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(Full):
+                queue.put(item, timeout=0.05)
+                return
+
+    def produce() -> None:
+        try:
+            for item in items:
+                put(item)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the thread that uses them
+            put(_Failed(exc))
+        else:
+            put(_DONE)
+
+    thread = threading.Thread(target=produce, name="orchestration-bulk-read", daemon=True)
+    thread.start()
+    try:
+        while (item := queue.get()) is not _DONE:
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 def read_regular(
     connection: Connection, statement: Select[Any], parameters: dict[str, Any], dim_bytes: int
 ) -> Iterator[np.ndarray]:
@@ -205,7 +257,7 @@ def read_regular(
 def _take(pending: bytearray, layout: np.dtype, dim_bytes: int) -> np.ndarray:
     """The whole records at the start of ``pending``, taken out of it."""
     count = len(pending) // layout.itemsize
-    records = np.frombuffer(bytes(pending[: count * layout.itemsize]), dtype=layout)
+    records = np.frombuffer(pending, dtype=layout, count=count).copy()  # a view would stop pending resizing
     del pending[: count * layout.itemsize]
     _check(records, dim_bytes)
     return records

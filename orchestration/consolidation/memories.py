@@ -416,7 +416,7 @@ def read_project(
     parameters["dim"] = dim_bytes
     reader = _Reader(by_type, dim_bytes)
     others: list[uuid.UUID] = []
-    for records in bulk.read_regular(connection, _READ_BULK, parameters, dim_bytes):
+    for records in bulk.ahead(bulk.read_regular(connection, _READ_BULK, parameters, dim_bytes)):
         others += reader.add_records(records)
     for some in chunks(others, CHUNK):  # what was not regular, row by row
         for rows in stream(source, _READ_SOME, {**parameters, "ids": list(some)}, CHUNK):

@@ -18,8 +18,6 @@ from orchestration.store import db
 from orchestration.store.models import TaskMemory
 from support import consolidate
 
-pytestmark = pytest.mark.integration
-
 DIM = 16
 
 
@@ -74,6 +72,7 @@ def _by_id(read: memories.Memories) -> dict[uuid.UUID, dict[str, Any]]:
     return found
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("by_type", [True, False])
 def test_the_bulk_read_reads_every_memory_as_the_row_by_row_read_does(pg_database, by_type):
     project_id, kinds = _project_of_every_kind()
@@ -100,6 +99,7 @@ def test_the_bulk_read_reads_every_memory_as_the_row_by_row_read_does(pg_databas
     assert in_bulk.length == DIM * 4
 
 
+@pytest.mark.integration
 def test_a_wrong_guess_of_the_embedding_length_is_read_again_at_the_usual_one(pg_database, monkeypatch):
     project_id, _ = _project_of_every_kind()
     monkeypatch.setattr(memories, "_some_length", lambda *_: (DIM - 1) * 4)  # the one short embedding's
@@ -110,9 +110,41 @@ def test_a_wrong_guess_of_the_embedding_length_is_read_again_at_the_usual_one(pg
     assert _by_id(read) == _by_id(expected)
 
 
+@pytest.mark.integration
 def test_records_of_another_layout_are_refused(pg_database):
     project_id, _ = _project_of_every_kind()
     parameters = {"project_id": project_id, "since": None, "dim": DIM * 4}
     with db.statement_scope() as connection, pytest.raises(RuntimeError, match="another layout"):
         # Read as if the embeddings were twice as long: the lengths in the records say otherwise.
         list(bulk.read_regular(connection, memories._READ_BULK, parameters | {"dim": DIM * 4}, DIM * 8))
+
+
+# --- reading ahead in a thread -------------------------------------------------------
+
+
+def test_reading_ahead_gives_every_item_in_order_and_raises_the_threads_error():
+    assert list(bulk.ahead(iter(range(50)), depth=2)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("COPY broke")
+
+    taken = []
+    with pytest.raises(ValueError, match="COPY broke"):
+        for item in bulk.ahead(failing()):
+            taken.append(item)
+    assert taken == [1]
+
+
+def test_a_user_that_stops_early_leaves_the_thread_to_take_every_item():
+    produced = []
+
+    def items():
+        for k in range(20):
+            produced.append(k)
+            yield k
+
+    for item in bulk.ahead(items(), depth=1):
+        if item == 2:
+            break
+    assert produced == list(range(20))  # the connection reached the end of its COPY
