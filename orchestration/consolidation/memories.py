@@ -157,16 +157,19 @@ class _Matrix:
         self.rows: list[np.ndarray] = []
         self.filled = 0
 
-    def add(self, rows: np.ndarray, vectors: np.ndarray, norms: np.ndarray | None = None) -> None:
-        """Add the unit vectors of ``rows``: ``vectors``, or ``vectors`` over their ``norms``."""
-        end = self.filled + len(vectors)
+    def add(self, rows: np.ndarray, vectors: np.ndarray, take: np.ndarray | None = None, norms: Any = None) -> None:
+        """Add the unit vectors of ``rows`` (row indexes): ``vectors``, or the rows
+        ``take`` of ``vectors`` over ``norms`` (gathered and scaled in place)."""
+        end = self.filled + len(rows)
         self._reserve(end * self.width * 4)
         assert self.region is not None
-        view = np.frombuffer(self.region, np.float32, len(vectors) * self.width, self.filled * self.width * 4)
-        if norms is None:
-            view.reshape(len(vectors), self.width)[:] = vectors
+        view = np.frombuffer(self.region, np.float32, len(rows) * self.width, self.filled * self.width * 4)
+        view = view.reshape(len(rows), self.width)
+        if take is None:
+            view[:] = vectors
         else:
-            np.divide(vectors, norms[:, None], out=view.reshape(len(vectors), self.width))
+            np.take(vectors, take, axis=0, out=view)
+            view /= norms[take, None]
         del view  # a region with views of it cannot grow
         self.rows.append(rows)
         self.filled = end
@@ -288,7 +291,7 @@ class _Reader:
         for code in np.unique(codes).tolist():
             chosen = rows[codes == code]
             # Gathered from the records and scaled straight into the group's matrix.
-            self._matrix(STORED, code, vectors.shape[1]).add(chosen + offset, vectors[chosen], norms[chosen])
+            self._matrix(STORED, code, vectors.shape[1]).add(chosen + offset, vectors, chosen, norms)
         parts = self.parts
         parts["ids"].append(ids)
         for name in ("reused", "learned", "last_used"):

@@ -26,7 +26,8 @@ def test_a_group_matrix_grows_in_steps_and_keeps_every_vector(monkeypatch, mrema
         if start % 2:
             matrix.add(rows, vectors)
         else:  # given with their norms, as the bulk read gives them
-            matrix.add(rows, vectors * 2, np.full(len(rows), 2, np.float32))
+            batch = np.concatenate([vectors * 2, np.ones((3, 64), np.float32)])  # the others are not taken
+            matrix.add(rows, batch, np.arange(len(rows)), np.full(len(batch), 2, np.float32))
     part = matrix.part()
     assert part.rows.tolist() == list(range(300))
     assert (part.vectors == np.arange(300, dtype=np.float32)[:, None]).all()
