@@ -241,6 +241,8 @@ def read_regular(
                 if pending[: len(SIGNATURE)] != SIGNATURE:
                     raise RuntimeError("COPY did not send its binary format")
                 extension = int.from_bytes(pending[len(SIGNATURE) + 4 : len(SIGNATURE) + 8], "big")
+                if len(pending) < len(SIGNATURE) + 8 + extension:
+                    continue
                 del pending[: len(SIGNATURE) + 8 + extension]
                 started = True
             if len(pending) >= BATCH_BYTES:

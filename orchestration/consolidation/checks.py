@@ -94,12 +94,9 @@ class CheckedTimestamp(TypeDecorator[Any]):
         if value is None or isinstance(value, datetime) and value.tzinfo is UTC:
             return value  # PostgreSQL: checked in SQL, UTC already
         try:
-            if not isinstance(value, datetime):
-                value = datetime.fromisoformat(value) if isinstance(value, str) else None
-            if value is None:
-                raise TypeError
-            return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-        except (TypeError, ValueError, OverflowError):
+            moment = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+            return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        except (TypeError, ValueError, OverflowError):  # TypeError: a number SQLite stored
             return Unreadable(str(value))
 
 
@@ -123,7 +120,9 @@ class Microseconds(TypeDecorator[Any]):
         return dialect.type_descriptor(String() if dialect.name == "sqlite" else BigInteger())
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:
-        if value is None or isinstance(value, int):
+        # PostgreSQL sends the microseconds (an int). On SQLite an int is what an agent
+        # stored (a DATETIME column keeps '2026' as the number 2026): not a timestamp.
+        if value is None or isinstance(value, int) and dialect.name != "sqlite":
             return value
         moment = CheckedTimestamp().process_result_value(value, dialect)
         return moment if isinstance(moment, Unreadable) else microseconds(moment)

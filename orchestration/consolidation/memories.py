@@ -101,9 +101,9 @@ _COLUMNS = tuple(str(c.key) for c in READ_ACTIVE.selected_columns)
 
 @dataclass
 class Part:
-    """The memories of one comparison group: their rows, ascending, and unit vectors."""
+    """The memories of one comparison group: their rows and unit vectors."""
 
-    rows: np.ndarray
+    rows: np.ndarray  # row indexes (a consolidated memory that waited for its group comes last)
     vectors: np.ndarray
 
 
@@ -176,8 +176,7 @@ class _Matrix:
 
     def _reserve(self, size: int) -> None:
         if self.region is None or size > len(self.region):
-            capacity = max(size, STEP, 2 * len(self.region) if self.region is not None else 0)
-            capacity = -(-capacity // mmap.PAGESIZE) * mmap.PAGESIZE
+            capacity = _pages(max(size, STEP, 2 * len(self.region) if self.region is not None else 0))
             if self.region is None:
                 self.region = _anonymous(capacity)
             else:
@@ -189,10 +188,10 @@ class _Matrix:
                     self.region.close()
                     self.region = grown
         if size > self.mapped:  # ahead by what it holds, at most a STEP: a small group maps in little
-            step = min(max(size, self.mapped + min(STEP, size)), len(self.region)) - self.mapped
+            end = min(_pages(max(size, self.mapped + min(STEP, size))), len(self.region))
             with contextlib.suppress(OSError, ValueError):  # an older kernel, another system: mapped as written
-                self.region.madvise(MADV_POPULATE_WRITE, self.mapped, step)
-            self.mapped += step
+                self.region.madvise(MADV_POPULATE_WRITE, self.mapped, end - self.mapped)
+            self.mapped = end
 
     def part(self) -> Part:
         rows = np.concatenate(self.rows) if self.rows else np.empty(0, np.int64)
@@ -200,6 +199,11 @@ class _Matrix:
             return Part(rows, np.empty((0, self.width), dtype=np.float32))
         vectors = np.frombuffer(self.region, np.float32, self.filled * self.width).reshape(self.filled, self.width)
         return Part(rows, vectors)
+
+
+def _pages(size: int) -> int:
+    """``size`` rounded up to whole pages (madvise takes page-aligned ranges)."""
+    return -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
 
 
 def _anonymous(size: int) -> mmap.mmap:
@@ -228,10 +232,15 @@ class _Reader:
         self.flagged: dict[uuid.UUID, tuple[int, str]] = {}  # bad data to describe: id -> (row, field)
         self.origins: dict[int, uuid.UUID] = {}  # consolidated memories waiting for their group
         self.lengths: Counter[int] = Counter()  # of the stored embeddings of rows without bad data
+        self.unsure = False  # some embeddings were judged before the usual length was known
 
     def usual(self) -> int | None:
         """The usual embedding length of the memories read."""
         return usual_length(self.lengths)
+
+    def right_width(self) -> bool:
+        """Whether every embedding was judged against the usual length of them all."""
+        return self.usual() == self.length and not (self.unsure and self.length is not None)
 
     def add(self, rows: Sequence[Any]) -> None:
         """Rows of :data:`READ_ACTIVE`."""
@@ -245,6 +254,8 @@ class _Reader:
         self.lengths.update(len(e) for i, e in enumerate(embeddings) if e is not None and i not in skip)
         if self.length is None:
             self.length = usual_length(self.lengths)
+            # Stored embeddings judged without a usual length are judged again (read).
+            self.unsure = self.unsure or self.length is None and any(e is not None for e in embeddings)
         vectors = vectors_of(embeddings, columns["lexical_text"], self.length, skip=skip)
         bad.update((i, DataError.of_memory(ids[i], "embedding", why)) for i, why in vectors.invalid.items())
         self.invalid.update((offset + i, error) for i, error in bad.items())
@@ -393,7 +404,7 @@ def read(
     reader = _Reader(by_type, dim_bytes)
     for rows in stream(source, statement, {"since": None, **parameters}, CHUNK):
         reader.add(rows)
-    if not part and reader.usual() != reader.length:  # read at the wrong width: again, at the right one
+    if not part and not reader.right_width():  # read at the wrong width: again, at the right one
         return read(source, statement, parameters, by_type, reader.usual(), part=True)
     return reader.finish(source)
 
@@ -424,16 +435,15 @@ def read_project(
     for some in chunks(others, CHUNK):  # what was not regular, row by row
         for rows in stream(source, _READ_SOME, {**parameters, "ids": list(some)}, CHUNK):
             reader.add(rows)
-    if not again and reader.usual() != reader.length:  # read at the wrong width: again, at the right one
+    if not again and not reader.right_width():  # read at the wrong width: again, at the right one
         return read_project(source, project_id, by_type, since, reader.usual(), again=True)
     return reader.finish(source)
 
 
 def _some_length(source: Executor, project_id: uuid.UUID) -> int | None:
     """A stored embedding's length: most likely the usual one (a read checks)."""
-    query = select(func.octet_length(TaskMemory.embedding)).where(
-        TaskMemory.project_id == project_id, active_filter(), TaskMemory.embedding.is_not(None)
-    )
+    length = func.octet_length(TaskMemory.embedding)
+    query = select(length).where(TaskMemory.project_id == project_id, active_filter(), length > 0, length % 4 == 0)
     return source.execute(query.limit(1)).scalar()
 
 

@@ -85,7 +85,7 @@ class Group:
     """Memories compared with each other: one vector space and, by default, one type."""
 
     space: str
-    members: np.ndarray  # row indexes, ascending
+    members: np.ndarray  # row indexes (in no order that matters: priority decides)
     priority: np.ndarray  # positions in ``members``, the preferred representative first
     vectors: np.ndarray  # the members' unit vectors, in order
 

@@ -29,9 +29,11 @@ MAX_DEPTH = 32
 
 def usual_length(lengths: Counter[int]) -> int | None:
     """The project's usual embedding length in bytes, from how many memories have each
-    length: the most common one that is a whole number of float32 values (``None``
-    without stored embeddings)."""
-    return next((n for n, _ in lengths.most_common() if n % 4 == 0 and n > 0), None)
+    length: the most common one that is a whole number of float32 values, the longer
+    of two as common (whatever order the memories were read in); ``None`` without
+    stored embeddings."""
+    usable = [n for n in lengths if n % 4 == 0 and n > 0]
+    return max(usable, key=lambda n: (lengths[n], n)) if usable else None
 
 
 @dataclass
@@ -67,7 +69,9 @@ def vectors_of(
             stored.append(i)
         else:
             invalid[i] = (
-                f"{len(embedding)} bytes, where the project's embeddings have {dim_bytes}"
+                "empty (0 bytes)"
+                if not embedding
+                else f"{len(embedding)} bytes, where the project's embeddings have {dim_bytes}"
                 if dim_bytes is not None
                 else f"{len(embedding)} bytes, not a whole number of float32 values"
             )

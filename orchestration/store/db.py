@@ -315,12 +315,16 @@ def stream(source: Executor, statement: Select[Any], parameters: dict[str, Any],
     if connection.dialect.name != "postgresql":
         yield from (list(rows) for rows in connection.execute(statement, parameters).partitions(size))
         return
+    import psycopg
+
     compiled = statement.compile(dialect=connection.dialect)
     driver = connection.connection.driver_connection
     assert driver is not None
     with driver.cursor(binary=True) as cursor:
         chunk: list[Any] = []
-        for row in cursor.stream(str(compiled), compiled.construct_params(parameters), size=size):
+        # Chunked mode needs libpq 17; with an older one, rows come one at a time.
+        fetch = size if psycopg.capabilities.has_stream_chunked() else 1
+        for row in cursor.stream(str(compiled), compiled.construct_params(parameters), size=fetch):
             chunk.append(row)
             if len(chunk) == size:
                 yield chunk

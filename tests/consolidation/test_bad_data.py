@@ -192,6 +192,14 @@ def test_timestamps_python_cannot_hold_are_skipped(database):
     assert _state(learned)[:2] == _state(reused)[:2] == (False, False)
 
 
+def test_a_timestamp_stored_as_a_number_is_skipped_not_read_as_microseconds(sqlite_database):
+    # SQLite keeps '2026' written to a DATETIME column as the number 2026.
+    manifest = _seed()
+    pid, victim = uuid.UUID(manifest.id), uuid.UUID(manifest.groups[0][0])
+    _raw("UPDATE task_memories SET learned_at = '2026' WHERE id = :id", id=str(victim))
+    _assert_skipped(pid, victim, "learned_at", 'expected a timestamp from year 1 to 9999, got "2026"')
+
+
 def test_tags_text_that_is_not_json_is_skipped(sqlite_database):
     manifest = _seed()
     pid, victim = uuid.UUID(manifest.id), uuid.UUID(manifest.groups[0][0])

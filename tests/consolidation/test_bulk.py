@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import delete, func, select, text, update
 
 from orchestration.consolidation import bulk, memories
 from orchestration.consolidation.embeddings import to_bytes
@@ -148,3 +148,32 @@ def test_a_user_that_stops_early_leaves_the_thread_to_take_every_item():
         if item == 2:
             break
     assert produced == list(range(20))  # the connection reached the end of its COPY
+
+
+@pytest.mark.integration
+def test_a_project_whose_first_embeddings_are_of_no_usable_length_is_still_read_in_bulk(pg_database):
+    """The length guess skips lengths that are not whole float32 values: six bytes
+    guessed from the first memory made every record misread."""
+    with db.session_scope() as session:
+        (manifest,) = seed(session, 1, 4, seed=12, dim=DIM)
+    project_id = uuid.UUID(manifest.id)
+    rng = np.random.default_rng(12)
+    with db.session_scope() as session:
+        session.execute(delete(TaskMemory).where(TaskMemory.project_id == project_id))
+        for k in range(40):  # in this order: the first ones are the first a plain LIMIT 1 finds
+            embedding = b"\x01" * 6 if k < 10 else to_bytes(rng.normal(size=DIM))
+            session.add(
+                TaskMemory(project_id=project_id, memory_type="learning", content=f"m {k}", embedding=embedding)
+            )
+            session.flush()
+    with db.session_scope() as session:
+        plain_guess = session.execute(
+            select(func.octet_length(TaskMemory.embedding))
+            .where(TaskMemory.project_id == project_id, memories.active_filter())
+            .limit(1)
+        ).scalar()
+        in_bulk = memories.read_project(session, project_id, True)
+        row_by_row = memories.read(session, memories.READ_ACTIVE, {"project_id": project_id}, True)
+    assert plain_guess == 6
+    assert in_bulk.length == DIM * 4 and len(in_bulk.invalid) == 10
+    assert _by_id(in_bulk) == _by_id(row_by_row)

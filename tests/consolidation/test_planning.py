@@ -75,3 +75,18 @@ def test_a_connection_in_autocommit_mode_streams_and_stays_in_it(pg_database, mo
         assert connection.connection.driver_connection.autocommit
         assert connection.execute(select(func.count()).select_from(TaskMemory)).scalar() == 30
     assert len(read) == 30 and sum(len(part.rows) for part in read.groups.values()) == 30
+
+
+@pytest.mark.integration
+def test_without_libpqs_chunked_mode_rows_stream_one_at_a_time(pg_database, monkeypatch):
+    import psycopg
+
+    with db.session_scope() as session:
+        (manifest,) = seed(session, 1, 25, seed=7, dim=16)
+    parameters = {"project_id": uuid.UUID(manifest.id), "since": None}
+    with db.session_scope() as session:
+        chunked = [tuple(r) for chunk in db.stream(session, memories.READ_ACTIVE, parameters, 10) for r in chunk]
+        monkeypatch.setattr(psycopg.capabilities, "has_stream_chunked", lambda: False)  # libpq before 17
+        sizes = [len(chunk) for chunk in db.stream(session, memories.READ_ACTIVE, parameters, 10)]
+        one_by_one = [tuple(r) for chunk in db.stream(session, memories.READ_ACTIVE, parameters, 10) for r in chunk]
+    assert sizes == [10, 10, 5] and one_by_one == chunked and len(chunked) == 25
