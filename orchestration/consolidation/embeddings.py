@@ -51,14 +51,14 @@ def squared_norms(matrix: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", matrix, matrix, dtype=np.float64)
 
 
-def unit_rows(matrix: np.ndarray, squares: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (float32), given their :func:`squared_norms`;
-    all-zero rows stay zero."""
-    norms = np.sqrt(squares).astype(np.float32)
-    norms[norms == 0] = 1.0
-    return (matrix / norms[:, None]).astype(np.float32, copy=False)
+def row_norms(squares: np.ndarray) -> np.ndarray:
+    """Rows' lengths as float32, from their :func:`squared_norms`; the same formula for
+    every read, so a memory's unit vector is the same to the bit however it was read."""
+    return np.sqrt(squares).astype(np.float32)
 
 
 def normalize_rows(matrix: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (float32); all-zero rows stay zero."""
-    return unit_rows(matrix, squared_norms(matrix))
+    norms = row_norms(squared_norms(matrix))
+    norms[norms == 0] = 1.0
+    return (matrix / norms[:, None]).astype(np.float32, copy=False)

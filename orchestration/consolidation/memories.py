@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from orchestration.consolidation import bulk, checks
 from orchestration.consolidation.checks import first_source, in_microseconds, problem, readable
-from orchestration.consolidation.embeddings import normalize_rows, squared_norms
+from orchestration.consolidation.embeddings import normalize_rows, row_norms, squared_norms
 from orchestration.consolidation.errors import DataError
 from orchestration.consolidation.spaces import LEXICAL, STORED, effective_types, usual_length, vectors_of
 from orchestration.store.db import Executor, chunks, stream
@@ -298,7 +298,7 @@ class _Reader:
             self.invalid[offset + k] = DataError.of_memory(uuid.UUID(bytes=ids[k].tobytes()), "embedding", why)
         rows = np.flatnonzero(valid)
         codes = self._record_codes(records[rows], offset, rows)
-        norms = np.sqrt(squares).astype(np.float32)
+        norms = row_norms(squares)
         for code in np.unique(codes).tolist():
             chosen = rows[codes == code]
             # Gathered from the records and scaled straight into the group's matrix.
