@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from datetime import UTC, datetime
 from collections.abc import Iterator
 from dataclasses import dataclass
 from queue import Full, Queue
@@ -25,6 +26,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import (
+    CHAR,
     BigInteger,
     ColumnElement,
     Select,
@@ -37,11 +39,11 @@ from sqlalchemy import (
     or_,
     select,
 )
-from sqlalchemy.dialects.postgresql import JSONPATH
+from sqlalchemy.dialects.postgresql import JSONPATH, TIMESTAMP
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.engine import Connection
 
-from orchestration.consolidation.checks import epoch_microseconds, problem
+from orchestration.consolidation.checks import problem
 from orchestration.store.models import TaskMemory
 from orchestration.store.statuses import MemoryType
 
@@ -82,6 +84,11 @@ def regular(checked: tuple[Any, ...]) -> ColumnElement[bool]:
     )
 
 
+# PostgreSQL's own epoch: a timestamp's binary format counts microseconds from it.
+_PG_EPOCH = literal(datetime(2000, 1, 1, tzinfo=UTC), TIMESTAMP(timezone=True))
+PG_EPOCH_MICROSECONDS = 946_684_800_000_000  # 2000-01-01 in microseconds since 1970
+
+
 def _zeros(count: Any) -> ColumnElement[bytes]:
     """SQL: ``count`` zero bytes."""
     return func.decode(func.repeat("00", count), "hex")
@@ -114,25 +121,31 @@ def bulk_select(is_regular: ColumnElement[bool], where: ColumnElement[bool]) -> 
     def only_regular(value: Any, otherwise: Any) -> ColumnElement[Any]:
         return case((m.regular, value), else_=otherwise)
 
-    learned = epoch_microseconds(m.learned_at)
-    first = m.consolidated_from.op("->>")(0)
+    origin = cast(m.consolidated_from.op("->>")(0), PG_UUID)
+    source = TaskMemory.__table__.alias("origin")
+    origin_type = select(source.c.memory_type).where(source.c.id == origin).scalar_subquery()
+    no_name = cast(literal(""), CHAR(TYPE_BYTES))
     statement: Select[Any] = select(
         m.id,
         m.regular,
         cast(m.version, BigInteger),
         only_regular(cast(m.reused_count, BigInteger), 0),
-        only_regular(learned, 0),
-        only_regular(func.coalesce(epoch_microseconds(m.last_reused_at), learned), 0),
+        # Timestamps as sent: microseconds since 2000 (a regular one is in Python's range).
+        only_regular(m.learned_at, _PG_EPOCH),
+        only_regular(func.coalesce(m.last_reused_at, m.learned_at), _PG_EPOCH),
         func.coalesce(m.change_mark >= bindparam("since"), False),
-        # The type's name, NUL-padded to a fixed size.
-        only_regular(
-            func.convert_to(m.memory_type, "UTF8").op("||")(
-                func.decode(func.repeat("00", TYPE_BYTES - func.octet_length(m.memory_type)), "hex")
+        # Types' names, blank-padded to a fixed size.
+        only_regular(cast(m.memory_type, CHAR(TYPE_BYTES)), no_name),
+        # A consolidated memory groups by the type of the first memory it was made of
+        # (spaces.effective_types): that memory's id, and its type if it is found.
+        only_regular(func.coalesce(origin, cast(_NO_ID, PG_UUID)), cast(_NO_ID, PG_UUID)),
+        case(
+            (
+                and_(m.regular, m.memory_type == MemoryType.CONSOLIDATED),
+                func.coalesce(cast(origin_type, CHAR(TYPE_BYTES)), no_name),
             ),
-            func.decode(func.repeat("00", TYPE_BYTES), "hex"),
+            else_=no_name,
         ),
-        # The first memory a consolidated one was made of (its type is the one it groups by).
-        only_regular(func.coalesce(cast(first, PG_UUID), cast(_NO_ID, PG_UUID)), cast(_NO_ID, PG_UUID)),
         # A constant (folded once per query) stands in for what is not read here.
         only_regular(m.embedding, _zeros(bindparam("dim"))),
     )
@@ -150,6 +163,7 @@ FIELDS: tuple[tuple[str, str], ...] = (
     ("new", "?"),
     ("type", f"S{TYPE_BYTES}"),
     ("origin", "V16"),
+    ("origin_type", f"S{TYPE_BYTES}"),
 )
 
 

@@ -30,7 +30,8 @@ def _project_of_every_kind() -> tuple[uuid.UUID, dict[str, uuid.UUID]]:
         rows = session.execute(memories.READ_ACTIVE, {"project_id": project_id, "since": None}).all()
     plain = [r.id for r in rows if r.consolidated_from is None]
     consolidated = [r for r in rows if r.consolidated_from]
-    kinds = dict(zip(["lexical", "short", "nan", "zero", "bad_tags", "negative", "wide_type"], plain, strict=False))
+    names = ["lexical", "short", "nan", "zero", "bad_tags", "negative", "wide_type", "chained", "orphan", "no_sources"]
+    kinds = dict(zip(names, plain, strict=False))
     kinds["braced_ids"] = consolidated[0].id  # Python reads them, the bulk read leaves them
     kinds["upper_ids"] = consolidated[1].id
     changes: dict[str, dict[str, Any]] = {
@@ -41,6 +42,10 @@ def _project_of_every_kind() -> tuple[uuid.UUID, dict[str, uuid.UUID]]:
         "negative": {"reused_count": -3},
         "braced_ids": {"consolidated_from": ["{" + i + "}" for i in consolidated[0].consolidated_from]},
         "upper_ids": {"consolidated_from": [i.upper() for i in consolidated[1].consolidated_from]},
+        # Consolidated memories group by the type at the end of their chain of first sources, or their own.
+        "chained": {"memory_type": "consolidated", "consolidated_from": [str(consolidated[2].id)]},
+        "orphan": {"memory_type": "consolidated", "consolidated_from": [str(uuid.uuid4())]},  # its source is gone
+        "no_sources": {"memory_type": "consolidated", "consolidated_from": None},
     }
     with db.session_scope() as session:
         for kind, values in changes.items():
@@ -94,7 +99,8 @@ def test_the_bulk_read_reads_every_memory_as_the_row_by_row_read_does(pg_databas
     assert found[kinds["lexical"]]["group"][0] == memories.LEXICAL
     if by_type:  # both consolidated memories group with their sources' type, however their ids are spelled
         base_types = {"error_fix", "discovery", "decision", "learning", "warning", "codebase_knowledge"}
-        assert {found[kinds[k]]["group"][1] for k in ("braced_ids", "upper_ids")} <= base_types
+        assert {found[kinds[k]]["group"][1] for k in ("braced_ids", "upper_ids", "chained")} <= base_types
+        assert {found[kinds[k]]["group"][1] for k in ("orphan", "no_sources")} == {"consolidated"}
     assert 0 < sum(m["new"] for m in found.values()) < len(found)  # marked since: the memories edited last
     assert in_bulk.length == DIM * 4
 
