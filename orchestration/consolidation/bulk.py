@@ -236,44 +236,92 @@ def ahead(items: Iterator[T], depth: int = 2) -> Iterator[T]:
 def read_regular(
     connection: Connection, statement: Select[Any], parameters: dict[str, Any], dim_bytes: int
 ) -> Iterator[np.ndarray]:
-    """The rows of ``statement`` (:func:`bulk_select`), as arrays of :func:`record`s."""
+    """The rows of ``statement`` (:func:`bulk_select`), as arrays of :func:`record`s,
+    each in a buffer of its own that the rows were received into."""
     compiled = statement.compile(dialect=connection.dialect)
     layout = record(dim_bytes)
     driver = connection.connection.driver_connection
     assert driver is not None
-    pending = bytearray()
+    batch = max(1, BATCH_BYTES // layout.itemsize) * layout.itemsize
+    buffer = _Buffer(batch)
     started = False
     with (
         driver.cursor() as cursor,
         cursor.copy(f"COPY ({compiled}) TO STDOUT (FORMAT BINARY)", compiled.construct_params(parameters)) as copy,
     ):
         for data in copy:
-            pending += data
+            buffer.add(data)
             if not started:
-                if len(pending) < len(SIGNATURE) + 8:
+                header = buffer.header()
+                if header is None:
                     continue
-                if pending[: len(SIGNATURE)] != SIGNATURE:
-                    raise RuntimeError("COPY did not send its binary format")
-                extension = int.from_bytes(pending[len(SIGNATURE) + 4 : len(SIGNATURE) + 8], "big")
-                if len(pending) < len(SIGNATURE) + 8 + extension:
-                    continue
-                del pending[: len(SIGNATURE) + 8 + extension]
+                buffer.drop(header)
                 started = True
-            if len(pending) >= BATCH_BYTES:
-                yield _take(pending, layout, dim_bytes)
-    if not started or pending[-len(TRAILER) :] != TRAILER:
+            if buffer.filled >= batch:
+                yield _take(buffer, layout, dim_bytes)
+    if not started or buffer.end(len(TRAILER)) != TRAILER:
         raise RuntimeError("COPY ended before its trailer")
-    del pending[-len(TRAILER) :]
-    if pending:
-        yield _take(pending, layout, dim_bytes)
-        if pending:
+    buffer.filled -= len(TRAILER)
+    if buffer.filled:
+        yield _take(buffer, layout, dim_bytes)
+        if buffer.filled:
             raise RuntimeError("COPY sent a partial row")
 
 
-def _take(pending: bytearray, layout: np.dtype, dim_bytes: int) -> np.ndarray:
-    """The whole records at the start of ``pending``, taken out of it."""
-    count = len(pending) // layout.itemsize
-    records = np.frombuffer(pending, dtype=layout, count=count).copy()  # a view would stop pending resizing
-    del pending[: count * layout.itemsize]
+class _Buffer:
+    """Bytes received, in a buffer whose records are handed out without a copy."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.data = bytearray(size)
+        self.view = memoryview(self.data)
+        self.filled = 0
+
+    def add(self, data: Any) -> None:
+        end = self.filled + len(data)
+        if end > len(self.data):  # a row past the batch's size: room for it
+            self._move(self.filled, max(end, 2 * len(self.data)))
+        self.view[self.filled : end] = data
+        self.filled = end
+
+    def header(self) -> int | None:
+        """The length of COPY's header at the start, once it is all in (None until then)."""
+        start = len(SIGNATURE) + 8
+        if self.filled < start:
+            return None
+        if self.data[: len(SIGNATURE)] != SIGNATURE:
+            raise RuntimeError("COPY did not send its binary format")
+        extension = int.from_bytes(self.data[len(SIGNATURE) + 4 : start], "big")
+        return start + extension if self.filled >= start + extension else None
+
+    def end(self, count: int) -> bytes:
+        return bytes(self.data[max(0, self.filled - count) : self.filled])
+
+    def drop(self, count: int) -> None:
+        """Drop the first ``count`` bytes."""
+        self.view[: self.filled - count] = self.data[count : self.filled]
+        self.filled -= count
+
+    def split(self, count: int) -> bytearray:
+        """The first ``count`` bytes; the rest move to a new buffer."""
+        taken = self.data
+        self._move(count, self.size)
+        return taken
+
+    def _move(self, start: int, size: int) -> None:
+        """Into a new buffer of ``size`` bytes (at least): the bytes from ``start`` on."""
+        rest = self.view[start : self.filled]
+        self.data = bytearray(max(size, len(rest)))
+        self.data[: len(rest)] = rest
+        rest.release()
+        self.view.release()
+        self.view = memoryview(self.data)
+        self.filled -= start
+
+
+def _take(buffer: _Buffer, layout: np.dtype, dim_bytes: int) -> np.ndarray:
+    """The whole records at the start of ``buffer``, taken out of it."""
+    count = buffer.filled // layout.itemsize
+    records = np.frombuffer(buffer.split(count * layout.itemsize), layout, count)
     _check(records, dim_bytes)
     return records
