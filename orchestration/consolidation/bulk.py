@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from datetime import UTC, datetime
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from queue import Full, Queue
 from typing import Any, TypeVar
 
@@ -237,29 +237,34 @@ def ahead(items: Iterator[T], depth: int = 2) -> Iterator[T]:
 def read_regular(
     connection: Connection, statement: Select[Any], parameters: dict[str, Any], dim_bytes: int
 ) -> Iterator[np.ndarray]:
-    """The rows of ``statement`` (:func:`bulk_select`), as arrays of :func:`record`s,
-    each in a buffer of its own that the rows were received into."""
+    """The rows of ``statement`` (:func:`bulk_select`), as arrays of :func:`record`s."""
     compiled = statement.compile(dialect=connection.dialect)
-    layout = record(dim_bytes)
     driver = connection.connection.driver_connection
     assert driver is not None
-    batch = max(1, BATCH_BYTES // layout.itemsize) * layout.itemsize
-    buffer = _Buffer(batch)
-    started = False
     with (
         driver.cursor() as cursor,
         cursor.copy(f"COPY ({compiled}) TO STDOUT (FORMAT BINARY)", compiled.construct_params(parameters)) as copy,
     ):
-        for data in copy:
-            buffer.add(data)
-            if not started:
-                header = buffer.header()
-                if header is None:
-                    continue
-                buffer.drop(header)
-                started = True
-            if buffer.filled >= batch:
-                yield _take(buffer, layout, dim_bytes)
+        yield from parse(copy, dim_bytes)
+
+
+def parse(stream: Iterable[Any], dim_bytes: int) -> Iterator[np.ndarray]:
+    """COPY's binary format, received in pieces of any size, as arrays of
+    :func:`record`s, each in the buffer its bytes were received into."""
+    layout = record(dim_bytes)
+    batch = max(1, BATCH_BYTES // layout.itemsize) * layout.itemsize
+    buffer = _Buffer(batch)
+    started = False
+    for data in stream:
+        buffer.add(data)
+        if not started:
+            header = buffer.header()
+            if header is None:
+                continue
+            buffer.drop(header)
+            started = True
+        if buffer.filled >= batch:
+            yield _take(buffer, layout, dim_bytes)
     if not started or buffer.end(len(TRAILER)) != TRAILER:
         raise RuntimeError("COPY ended before its trailer")
     buffer.filled -= len(TRAILER)
@@ -281,7 +286,7 @@ class _Buffer:
     def add(self, data: Any) -> None:
         end = self.filled + len(data)
         if end > len(self.data):  # a row past the batch's size: room for it
-            self._move(self.filled, max(end, 2 * len(self.data)))
+            self._move(0, max(end, 2 * len(self.data)))
         self.view[self.filled : end] = data
         self.filled = end
 

@@ -183,3 +183,54 @@ def test_a_project_whose_first_embeddings_are_of_no_usable_length_is_still_read_
     assert plain_guess == 6
     assert in_bulk.length == DIM * 4 and len(in_bulk.invalid) == 10
     assert _by_id(in_bulk) == _by_id(row_by_row)
+
+
+# --- COPY's binary format, in pieces ---------------------------------------------------
+
+
+def _copy_stream(records: np.ndarray, extension: bytes = b"") -> bytes:
+    header = bulk.SIGNATURE + bytes(4) + len(extension).to_bytes(4, "big") + extension
+    return header + records.tobytes() + bulk.TRAILER
+
+
+def _records(count: int) -> np.ndarray:
+    layout = bulk.record(DIM * 4)
+    records = np.zeros(count, layout)
+    records["fields"] = len(bulk.FIELDS) + 1
+    for name, kind in bulk.FIELDS:
+        records[f"{name}_length"] = np.dtype(kind).itemsize
+    records["embedding_length"] = DIM * 4
+    records["version"] = np.arange(count)
+    records["embedding"] = np.arange(count * DIM, dtype=np.float32).reshape(count, DIM)
+    return records
+
+
+@pytest.mark.parametrize("piece", [1, 7, 100, "rows", 10_000])
+def test_records_are_read_whatever_pieces_the_stream_arrives_in(monkeypatch, piece):
+    """Header, rows and trailer split anywhere (one byte at a time, across rows, many
+    rows at once, more than a batch at once) give the same records, in batches."""
+    records = _records(25)
+    monkeypatch.setattr(bulk, "BATCH_BYTES", 4 * records.itemsize)  # batches of four records
+    stream = _copy_stream(records, extension=b"ext")
+    size = records.itemsize if piece == "rows" else int(piece)
+    first = len(stream) - len(bulk.TRAILER) - records.nbytes  # the header, on its own when "rows"
+    pieces = (
+        [stream[:first]] + [stream[k : k + size] for k in range(first, len(stream), size)]
+        if piece == "rows"
+        else [stream[k : k + size] for k in range(0, len(stream), size)]
+    )
+
+    batches = list(bulk.parse(iter(pieces), DIM * 4))
+
+    assert b"".join(batch.tobytes() for batch in batches) == records.tobytes()
+    assert all(len(batch) >= 4 for batch in batches[:-1])
+
+
+def test_a_stream_cut_short_or_of_another_format_is_refused():
+    stream = _copy_stream(_records(3))
+    with pytest.raises(RuntimeError, match="before its trailer"):
+        list(bulk.parse(iter([stream[:-2]]), DIM * 4))
+    with pytest.raises(RuntimeError, match="partial row"):
+        list(bulk.parse(iter([stream[:-20] + bulk.TRAILER]), DIM * 4))
+    with pytest.raises(RuntimeError, match="binary format"):
+        list(bulk.parse(iter([b"id,embedding\n" + stream]), DIM * 4))
