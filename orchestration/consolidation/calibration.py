@@ -22,6 +22,7 @@ from orchestration.consolidation.clustering import clusters_of, pairs_apart, sca
 from orchestration.consolidation.options import ConsolidationOptions
 from orchestration.consolidation.planning import (
     comparison_groups,
+    ranked,
     read_active,
     read_contents,
     value_guard,
@@ -82,7 +83,7 @@ def calibrate(session: Session, project_id: uuid.UUID, options: ConsolidationOpt
         assert closest is not None
         nearest_all.append(closest)
         apart = value_guard(session, memories, group.members, neighbours) if options.value_guard else None
-        priority = group.priority.tolist()
+        priority = ranked(memories, group, neighbours)
         for row in report.thresholds:
             kept = {i: {j: s for j, s in near.items() if s >= row.threshold} for i, near in neighbours.items()}
             kept = {i: near for i, near in kept.items() if near}

@@ -86,7 +86,6 @@ class Group:
 
     space: str
     members: np.ndarray  # row indexes (in no order that matters: priority decides)
-    priority: np.ndarray  # positions in ``members``, the preferred representative first
     vectors: np.ndarray  # the members' unit vectors, in order
 
 
@@ -94,7 +93,15 @@ def comparison_groups(memories: Memories, options: ConsolidationOptions) -> Iter
     """The groups whose memories are compared, each of at least ``min_cluster_size``."""
     for (space, _), part in sorted(memories.groups.items()):
         if len(part.rows) >= options.min_cluster_size:
-            yield Group(space, part.rows, memories.priority(part.rows), part.vectors)
+            yield Group(space, part.rows, part.vectors)
+
+
+def ranked(memories: Memories, group: Group, neighbours: Mapping[int, Any]) -> list[int]:
+    """The positions in ``group`` of the neighbour map's memories, the preferred
+    representative first: all that :func:`clusters_of` orders (the others have no
+    neighbour), so a group's other memories are never sorted."""
+    positions = np.fromiter(neighbours, dtype=np.int64, count=len(neighbours))
+    return positions[memories.priority(group.members[positions])].tolist()
 
 
 def plan(
@@ -205,7 +212,8 @@ def _cluster_group(
     if options.value_guard and neighbours:
         apart = value_guard(source, memories, group.members, neighbours)
         result.pairs_kept_apart += pairs_apart(neighbours, apart)
-    for rep, cluster_members in clusters_of(neighbours, group.priority.tolist(), options.min_cluster_size, apart):
+    order = ranked(memories, group, neighbours)
+    for rep, cluster_members in clusters_of(neighbours, order, options.min_cluster_size, apart):
         indexes = [rep, *(k for k, _ in cluster_members)]
         embedding = None
         if group.space != LEXICAL:
