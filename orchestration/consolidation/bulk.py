@@ -1,8 +1,8 @@
 """PostgreSQL: a project's memories in bulk, through ``COPY ... (FORMAT BINARY)``.
 
 Most of a project's memories are regular: an embedding of the project's usual length,
-no bad data to explain, a ``consolidated_from`` (if any) of ids as Python writes them,
-a known type. Sent as
+no bad data to explain, a ``consolidated_from`` (if any) of ids in uuid's canonical
+form (either case), a known type. Sent as
 COPY's binary rows, in fields of a fixed size, their records all have the same
 length, so numpy reads them as one array of records, with no Python object per
 memory; rows through the driver cost a few microseconds each, which made most of an
@@ -11,7 +11,8 @@ marked, with only their ids: :mod:`memories` reads them again row by row, as on 
 
 COPY's binary format: a header (signature, flags, extension), then per row a 16-bit
 field count and per field a 32-bit length and the value in its binary send format
-(big-endian integers, a uuid's 16 bytes, a bytea's own bytes), then a trailer.
+(big-endian integers; a timestamp as an integer of microseconds since 2000; a uuid's
+16 bytes; a CHAR's text, blank-padded; a bytea's own bytes), then a trailer.
 """
 
 from __future__ import annotations
@@ -43,21 +44,23 @@ from sqlalchemy.dialects.postgresql import JSONPATH, TIMESTAMP
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.engine import Connection
 
-from orchestration.consolidation.checks import problem
+from orchestration.consolidation.checks import microseconds, problem
 from orchestration.store.models import TaskMemory
 from orchestration.store.statuses import MemoryType
 
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 TRAILER = b"\xff\xff"
-# A memory type's name, at most (a CHECK constraint keeps the column to MemoryType's).
+# A memory type's name, at most (a CHECK constraint keeps the column to MemoryType's),
+# sent as a CHAR of this many characters: ASCII names fill exactly as many bytes.
 TYPE_BYTES = 32
-assert max(len(t.encode()) for t in MemoryType) <= TYPE_BYTES
+assert all(t.isascii() and len(t) <= TYPE_BYTES for t in MemoryType)
+NO_TYPE = b" " * TYPE_BYTES  # a blank name: no type sent
 # Records taken apart at a time: about 4 MB of 384-dimension embeddings (a batch is
 # put in place while the next arrives; larger ones measured no faster).
 BATCH_BYTES = 4 << 20
 
 
-# A memory id as Python's uuid.UUID writes it (other spellings are read row by row).
+# A memory id in uuid's canonical form, either case (other spellings are read row by row).
 _CANONICAL = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 _NOT_ALL_IDS = f'strict $[*] ? (!(@ like_regex "{_CANONICAL}" flag "i"))'
 _NO_ID = "00000000-0000-0000-0000-000000000000"
@@ -86,8 +89,13 @@ def regular(checked: tuple[Any, ...]) -> ColumnElement[bool]:
 
 
 # PostgreSQL's own epoch: a timestamp's binary format counts microseconds from it.
-_PG_EPOCH = literal(datetime(2000, 1, 1, tzinfo=UTC), TIMESTAMP(timezone=True))
-PG_EPOCH_MICROSECONDS = 946_684_800_000_000  # 2000-01-01 in microseconds since 1970
+PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_PG_EPOCH = literal(PG_EPOCH, TIMESTAMP(timezone=True))
+
+
+def unix_microseconds(sent: np.ndarray) -> np.ndarray:
+    """Timestamps as sent (microseconds since 2000) as microseconds since 1970."""
+    return sent.astype(np.int64) + microseconds(PG_EPOCH)
 
 
 def _zeros(count: Any) -> ColumnElement[bytes]:
@@ -97,8 +105,8 @@ def _zeros(count: Any) -> ColumnElement[bytes]:
 
 def bulk_select(is_regular: ColumnElement[bool], where: ColumnElement[bool]) -> Select[Any]:
     """Every memory ``where`` says, in fields of a fixed size (:func:`record`): a
-    memory that is not ``is_regular`` comes with ``regular`` false and zeros for
-    the rest, to be read row by row."""
+    memory that is not ``is_regular`` comes with ``regular`` false and placeholders
+    (zeros, blanks) for the rest, to be read row by row."""
     # OFFSET 0 keeps the subquery whole, so that ``regular`` is evaluated once a row.
     memory = (
         select(
@@ -267,11 +275,11 @@ def parse(stream: Iterable[Any], dim_bytes: int) -> Iterator[np.ndarray]:
             yield _take(buffer, layout, dim_bytes)
     if not started or buffer.end(len(TRAILER)) != TRAILER:
         raise RuntimeError("COPY ended before its trailer")
-    buffer.filled -= len(TRAILER)
-    if buffer.filled:
+    buffer.drop_end(len(TRAILER))
+    if buffer.filled >= layout.itemsize:
         yield _take(buffer, layout, dim_bytes)
-        if buffer.filled:
-            raise RuntimeError("COPY sent a partial row")
+    if buffer.filled:
+        raise RuntimeError("COPY sent a partial row")
 
 
 class _Buffer:
@@ -301,7 +309,12 @@ class _Buffer:
         return start + extension if self.filled >= start + extension else None
 
     def end(self, count: int) -> bytes:
+        """The last ``count`` bytes received."""
         return bytes(self.data[max(0, self.filled - count) : self.filled])
+
+    def drop_end(self, count: int) -> None:
+        """Drop the last ``count`` bytes."""
+        self.filled -= count
 
     def drop(self, count: int) -> None:
         """Drop the first ``count`` bytes."""
@@ -309,7 +322,8 @@ class _Buffer:
         self.filled -= count
 
     def split(self, count: int) -> bytearray:
-        """The first ``count`` bytes; the rest move to a new buffer."""
+        """The buffer whose first ``count`` bytes are taken (what follows them is not
+        theirs); the rest move to a new buffer."""
         taken = self.data
         self._move(count, self.size)
         return taken

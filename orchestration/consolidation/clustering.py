@@ -152,8 +152,9 @@ def clusters_of(
     """Star clusters from a neighbour map (:func:`similar_pairs`), as
     ``(representative, [(member, similarity_to_representative), ...])``.
 
-    ``priority`` lists row indexes, most preferred representative first. Members are
-    ordered by priority too; the representative is not among them. ``apart(i, j)``
+    ``priority`` lists row indexes, most preferred representative first: at least
+    every row of the map (which holds each pair both ways). Members are ordered by
+    priority too; the representative is not among them. ``apart(i, j)``
     says that two rows must never share a cluster.
     """
     rank = {index: position for position, index in enumerate(priority)}

@@ -216,7 +216,9 @@ class _Reader:
     While rows arrive the connection is busy (``db.stream``), so nothing is read
     meanwhile: bad data a check in SQL flagged is described, and the consolidated
     memories' types for grouping are looked up (``spaces.effective_types``) once the
-    rows are in; those memories' vectors wait in a matrix of their own until then."""
+    rows are in; those memories' vectors wait in a matrix of their own until then. (The
+    bulk read sends a consolidated memory's first source's type with it: only those
+    whose first source is consolidated too wait.)"""
 
     def __init__(self, by_type: bool, length: int | None):
         self.by_type = by_type
@@ -306,7 +308,7 @@ class _Reader:
         parts["ids"].append(ids)
         parts["reused"].append(records["reused"].astype(np.int64))
         for name in ("learned", "last_used"):
-            parts[name].append(records[name].astype(np.int64) + bulk.PG_EPOCH_MICROSECONDS)
+            parts[name].append(bulk.unix_microseconds(records[name]))
         parts["versions"].append(records["version"].astype(np.int64))
         parts["new"].append(records["new"].astype(bool))
         self.rows += len(records)
@@ -321,17 +323,18 @@ class _Reader:
         # that one is consolidated too: such a memory waits for its chain (finish).
         consolidated = np.flatnonzero(codes == self._code(str(MemoryType.CONSOLIDATED)))
         if len(consolidated):
-            origin_codes = self._codes_of(records["origin_type"][rows[consolidated]])
-            found = origin_codes != self._code("")
-            codes[consolidated[found]] = origin_codes[found]
-            waiting = consolidated[origin_codes == self._code(str(MemoryType.CONSOLIDATED))]
+            sent = records["origin_type"][rows[consolidated]]
+            found = consolidated[sent != bulk.NO_TYPE]  # the first source's type, where it was found
+            origin_codes = self._codes_of(records["origin_type"][rows[found]])
+            codes[found] = origin_codes
+            waiting = found[origin_codes == self._code(str(MemoryType.CONSOLIDATED))]
             for k in waiting.tolist():
                 self.origins[offset + int(rows[k])] = uuid.UUID(bytes=records["origin"][rows[k]].tobytes())
             codes[waiting] = self._code(_WAITING)
         return codes
 
     def _codes_of(self, names: np.ndarray) -> np.ndarray:
-        """The codes of types' blank-padded names (an empty one: not found)."""
+        """The codes of types' blank-padded names."""
         unique, inverse = np.unique(names, return_inverse=True)
         return np.array([self._code(name.decode().rstrip(" ")) for name in unique.tolist()], np.int64)[inverse]
 

@@ -5,6 +5,7 @@ consolidated memories whose ids are spelled otherwise)."""
 
 import json
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,8 @@ def _project_of_every_kind() -> tuple[uuid.UUID, dict[str, uuid.UUID]]:
         rows = session.execute(memories.READ_ACTIVE, {"project_id": project_id, "since": None}).all()
     plain = [r.id for r in rows if r.consolidated_from is None]
     consolidated = [r for r in rows if r.consolidated_from]
-    names = ["lexical", "short", "nan", "zero", "bad_tags", "negative", "wide_type", "chained", "orphan", "no_sources"]
+    names = ["lexical", "short", "nan", "zero", "bad_tags", "negative", "chained", "orphan", "no_sources"]
+    names += ["to_no_sources", "first_year", "last_year"]
     kinds = dict(zip(names, plain, strict=False))
     kinds["braced_ids"] = consolidated[0].id  # Python reads them, the bulk read leaves them
     kinds["upper_ids"] = consolidated[1].id
@@ -46,6 +48,13 @@ def _project_of_every_kind() -> tuple[uuid.UUID, dict[str, uuid.UUID]]:
         "chained": {"memory_type": "consolidated", "consolidated_from": [str(consolidated[2].id)]},
         "orphan": {"memory_type": "consolidated", "consolidated_from": [str(uuid.uuid4())]},  # its source is gone
         "no_sources": {"memory_type": "consolidated", "consolidated_from": None},
+        "to_no_sources": {"memory_type": "consolidated", "consolidated_from": [str(kinds["no_sources"])]},
+        # Timestamps are sent counted from 2000: before it, and at the ends of Python's range.
+        "first_year": {"learned_at": datetime(1, 1, 1, tzinfo=UTC), "last_reused_at": None},
+        "last_year": {
+            "learned_at": datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+            "last_reused_at": datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        },
     }
     with db.session_scope() as session:
         for kind, values in changes.items():
@@ -100,7 +109,9 @@ def test_the_bulk_read_reads_every_memory_as_the_row_by_row_read_does(pg_databas
     if by_type:  # both consolidated memories group with their sources' type, however their ids are spelled
         base_types = {"error_fix", "discovery", "decision", "learning", "warning", "codebase_knowledge"}
         assert {found[kinds[k]]["group"][1] for k in ("braced_ids", "upper_ids", "chained")} <= base_types
-        assert {found[kinds[k]]["group"][1] for k in ("orphan", "no_sources")} == {"consolidated"}
+        assert {found[kinds[k]]["group"][1] for k in ("orphan", "no_sources", "to_no_sources")} == {"consolidated"}
+    assert found[kinds["first_year"]]["learned"] == found[kinds["first_year"]]["last_used"] == -62135596800000000
+    assert found[kinds["last_year"]]["last_used"] == 253402300799999999
     assert 0 < sum(m["new"] for m in found.values()) < len(found)  # marked since: the memories edited last
     assert in_bulk.length == DIM * 4
 
@@ -220,7 +231,7 @@ def test_records_are_read_whatever_pieces_the_stream_arrives_in(monkeypatch, pie
         else [stream[k : k + size] for k in range(0, len(stream), size)]
     )
 
-    batches = list(bulk.parse(iter(pieces), DIM * 4))
+    batches = list(bulk.parse((memoryview(p) for p in pieces), DIM * 4))  # as psycopg gives them
 
     assert b"".join(batch.tobytes() for batch in batches) == records.tobytes()
     assert all(len(batch) >= 4 for batch in batches[:-1])

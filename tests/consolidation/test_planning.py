@@ -7,6 +7,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from orchestration.consolidation import checks, memories, planning
+from orchestration.consolidation.clustering import clusters_of
 from orchestration.consolidation.embeddings import from_bytes
 from orchestration.consolidation.options import resolve_options
 from orchestration.consolidation.spaces import LEXICAL, STORED
@@ -90,3 +91,33 @@ def test_without_libpqs_chunked_mode_rows_stream_one_at_a_time(pg_database, monk
         sizes = [len(chunk) for chunk in db.stream(session, memories.READ_ACTIVE, parameters, 10)]
         one_by_one = [tuple(r) for chunk in db.stream(session, memories.READ_ACTIVE, parameters, 10) for r in chunk]
     assert sizes == [10, 10, 5] and one_by_one == chunked and len(chunked) == 25
+
+
+@pytest.mark.parametrize("seed_", range(5))
+def test_ranking_only_the_memories_with_a_neighbour_clusters_as_ranking_the_whole_group(seed_):
+    """Clusters depend on the order of the neighbour map's memories only; ties on
+    reuse and age (many here) are broken by id either way."""
+    rng = np.random.default_rng(seed_)
+    n = 300
+    read = memories.Memories(
+        ids=rng.integers(0, 256, size=(n, 16), dtype=np.uint8),
+        reused=rng.integers(0, 3, size=n),
+        learned=rng.integers(0, 3, size=n),
+        last_used=np.zeros(n, np.int64),
+        versions=np.ones(n, np.int64),
+        new=np.zeros(n, bool),
+        groups={},
+    )
+    members = rng.permutation(n)[:200]  # a group: some of the project's rows, in no order
+    group = planning.Group(STORED, members, np.zeros((len(members), 4), np.float32))
+    neighbours: dict[int, dict[int, float]] = {}
+    for _ in range(60):  # a symmetric map over some of the group's positions
+        i, j = (int(k) for k in rng.choice(len(members), size=2, replace=False))
+        neighbours.setdefault(i, {})[j] = neighbours.setdefault(j, {})[i] = float(rng.uniform(0.9, 1))
+    whole_group = read.priority(members).tolist()
+
+    ranked = planning.ranked(read, group, neighbours)
+
+    assert sorted(ranked) == sorted(neighbours)
+    for min_size in (2, 3):
+        assert clusters_of(neighbours, ranked, min_size) == clusters_of(neighbours, whole_group, min_size)
