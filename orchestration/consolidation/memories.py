@@ -324,8 +324,9 @@ class _Reader:
         consolidated = np.flatnonzero(codes == self._code(str(MemoryType.CONSOLIDATED)))
         if len(consolidated):
             sent = records["origin_type"][rows[consolidated]]
-            found = consolidated[sent != bulk.NO_TYPE]  # the first source's type, where it was found
-            origin_codes = self._codes_of(records["origin_type"][rows[found]])
+            known = sent != bulk.NO_TYPE  # the first source's type, where it was found
+            found = consolidated[known]
+            origin_codes = self._codes_of(sent[known])
             codes[found] = origin_codes
             waiting = found[origin_codes == self._code(str(MemoryType.CONSOLIDATED))]
             for k in waiting.tolist():
