@@ -114,25 +114,98 @@ def _add_pairs(
             neighbours[b][a] = s
 
 
+def near_bound(threshold: float) -> float:
+    """How similar a row is at least to its neighbours' neighbours: for unit vectors the
+    angle is a metric, so one is at most twice the threshold's angle ``a`` away, and
+    ``cos 2a = 2 cos^2 a - 1``."""
+    return 2 * threshold * threshold - 1
+
+
 def reachable_pairs(
     vectors: np.ndarray, threshold: float, seeds: Sequence[int], block: int = DEFAULT_BLOCK
 ) -> dict[int, dict[int, float]]:
     """The neighbour map of the connected components that contain a seed: the seeds
     compared with every row, then each row they reached, and so on until no new row is
-    reached. Every row of those components has all its pairs; no other row is in it."""
+    reached. Every row of those components has all its pairs; no other row is in it.
+
+    A row reached from one that was compared with every row is compared only with that
+    one's *near* rows (at least :func:`near_bound` similar to it): no other row can be
+    its neighbour. Where near rows are many (a low threshold, crowded vectors), rows
+    are compared with every row instead."""
     neighbours: dict[int, dict[int, float]] = defaultdict(dict)
+    near: dict[int, np.ndarray] = {}  # rows compared with every row, that have a neighbour: their near rows
     done: set[int] = set()
     frontier = sorted(set(seeds))
+    collect = near_bound(threshold) > 0  # below, nearly every row is near: nothing to gain
     while frontier:
         done.update(frontier)
-        for start in range(0, len(frontier), block):
-            batch = np.array(frontier[start : start + block])
-            for first, sims in _tiles(vectors, batch, 0):
-                inside = (batch >= first) & (batch < first + sims.shape[1])
-                sims[np.flatnonzero(inside), batch[inside] - first] = -np.inf  # not a pair with itself
-                _add_candidates(neighbours, vectors, threshold, sims, batch, first)
+        whole: list[int] = []
+        for i in frontier:
+            known = [k for k in neighbours.get(i, {}) if k in near]
+            if known:  # the neighbour with the fewest near rows
+                _compare_with(neighbours, vectors, threshold, i, near[min(known, key=lambda k: len(near[k]))])
+            else:
+                whole.append(i)
+        for start in range(0, len(whole), block):
+            batch = np.array(whole[start : start + block])
+            collect = _compare_whole(neighbours, near if collect else None, vectors, threshold, batch)
         frontier = sorted({j for i in frontier for j in neighbours.get(i, {})} - done)
     return neighbours
+
+
+# Near rows kept per row at most, and found per tile row at most while they are kept.
+NEAR_MAX = 4096
+NEAR_PER_TILE_ROW = 256
+
+
+def _compare_whole(
+    neighbours: dict[int, dict[int, float]],
+    near: dict[int, np.ndarray] | None,
+    vectors: np.ndarray,
+    threshold: float,
+    batch: np.ndarray,
+) -> bool:
+    """Compare the rows ``batch`` with every row; with ``near``, also keep their near
+    rows (those that have a neighbour, and not too many). Returns whether near rows are
+    still worth keeping (False once a tile had too many)."""
+    low = near_bound(threshold) - 2 * SLACK if near is not None else threshold - SLACK
+    found: list[tuple[np.ndarray, np.ndarray]] = []  # (positions in batch, columns) of near rows
+    for first, sims in _tiles(vectors, batch, 0):
+        inside = (batch >= first) & (batch < first + sims.shape[1])
+        sims[np.flatnonzero(inside), batch[inside] - first] = -np.inf  # not a pair with itself
+        if near is None:
+            _add_candidates(neighbours, vectors, threshold, sims, batch, first)
+            continue
+        hit = np.flatnonzero((sims >= low).any(axis=1))
+        if not len(hit):
+            continue
+        part = sims[hit]
+        i, j = np.nonzero(part >= low)
+        close = part[i, j] >= threshold - SLACK
+        _add_pairs(neighbours, vectors, threshold, batch[hit[i[close]]], j[close] + first)
+        if len(i) > NEAR_PER_TILE_ROW * len(batch):  # crowded: stop keeping near rows
+            near, found = None, []
+            continue
+        found.append((hit[i], j + first))
+    if near is not None and found:
+        rows = np.concatenate([f[0] for f in found])
+        columns = np.concatenate([f[1] for f in found])
+        order = np.argsort(rows, kind="stable")
+        starts = np.searchsorted(rows[order], np.arange(len(batch) + 1))
+        for k, row in enumerate(batch.tolist()):
+            count = starts[k + 1] - starts[k]
+            if row in neighbours and count <= NEAR_MAX:
+                near[row] = columns[order[starts[k] : starts[k + 1]]].astype(np.int32)
+    return near is not None
+
+
+def _compare_with(
+    neighbours: dict[int, dict[int, float]], vectors: np.ndarray, threshold: float, row: int, candidates: np.ndarray
+) -> None:
+    """Compare ``row`` with ``candidates`` only (rows that hold all its neighbours)."""
+    candidates = candidates[candidates != row]
+    similar = candidates[vectors[candidates] @ vectors[row] >= threshold - SLACK]
+    _add_pairs(neighbours, vectors, threshold, np.full(len(similar), row), similar)
 
 
 def similar_pairs(vectors: np.ndarray, threshold: float, block: int = DEFAULT_BLOCK) -> dict[int, dict[int, float]]:

@@ -1,6 +1,17 @@
 import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from orchestration.consolidation.clustering import clusters_of, pairs_apart, scan, similar_pairs
+from orchestration.consolidation import clustering
+from orchestration.consolidation.clustering import (
+    clusters_of,
+    near_bound,
+    pairs_apart,
+    reachable_pairs,
+    scan,
+    similar_pairs,
+)
 from orchestration.consolidation.embeddings import LEXICAL_DIM, from_bytes, lexical_embedding, normalize_rows, to_bytes
 
 
@@ -79,3 +90,79 @@ def test_nearest_is_each_rows_best_other_row():
         assert np.allclose(scan(vectors, 0.9, block=block).nearest, full.max(axis=1))
     assert scan(vectors[:1], 0.9).nearest.tolist() == [-1.0]
     assert scan(vectors, 0.9, with_nearest=False).nearest is None
+
+
+def _components_of(neighbours, seeds):
+    """The rows of the neighbour map's components that contain a seed (a plain search)."""
+    reached, stack = set(), list(seeds)
+    while stack:
+        i = stack.pop()
+        if i not in reached:
+            reached.add(i)
+            stack.extend(neighbours.get(i, {}))
+    return reached
+
+
+def _chains(rng, groups, length, d, step):
+    """Rows in chains: each a small step from the one before, so neighbours of
+    neighbours are found round after round, and far ends are not neighbours."""
+    rows = []
+    for start in _unit(rng, groups, d):
+        row = start
+        for _ in range(length):
+            rows.append(row)
+            row = normalize_rows((row + step * rng.standard_normal(d)).astype(np.float32)[None])[0]
+    return np.stack(rows)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    threshold=st.sampled_from([0.3, 0.6, 0.75, 0.9, 0.97]),
+    step=st.sampled_from([0.05, 0.15, 0.4]),
+    block=st.sampled_from([1, 5, 4096]),
+    limit=st.sampled_from([None, "NEAR_PER_TILE_ROW", "NEAR_MAX"]),
+)
+def test_reachable_pairs_are_the_seeds_components_of_the_full_map(seed, threshold, step, block, limit):
+    # Whether rows reached from a compared row are compared with its near rows only, or
+    # with every row (a limit on near rows set to 0: a crowded tile, too many for a
+    # row), the map is the same.
+    rng = np.random.default_rng(seed)
+    vectors = np.concatenate([_chains(rng, 4, 6, 12, step), _unit(rng, 10, 12)])
+    full = similar_pairs(vectors, threshold)
+    seeds = sorted(rng.choice(len(vectors), size=int(rng.integers(1, 6)), replace=False).tolist())
+    with pytest.MonkeyPatch.context() as patch:
+        if limit is not None:
+            patch.setattr(clustering, limit, 0)
+        reached = reachable_pairs(vectors, threshold, seeds, block=block)
+    expected = {i: full[i] for i in _components_of(full, seeds) if full.get(i)}
+    assert {i: dict(row) for i, row in reached.items()} == expected
+
+
+def test_a_neighbours_neighbour_is_near():
+    # The bound that lets a reached row skip the rest: a chain of two steps at exactly
+    # the threshold's angle ends at the bound, and no chain of two neighbours ends further.
+    rng = np.random.default_rng(5)
+    for threshold in (0.5, 0.8, 0.9, 0.99):
+        angle = np.arccos(threshold)
+        a, b, c = (np.array([np.cos(k * angle), np.sin(k * angle)]) for k in range(3))
+        assert a @ b == pytest.approx(threshold) and a @ c == pytest.approx(near_bound(threshold))
+        for _ in range(200):
+            x, y, z = _unit(rng, 3, 3)
+            if x @ y >= threshold and y @ z >= threshold:
+                assert x @ z >= near_bound(threshold) - 1e-6
+
+
+def test_rows_reached_later_are_compared_with_the_near_rows_of_the_row_that_reached_them():
+    # A chain of rows in a plane, each a neighbour of the next only, among random rows:
+    # every row of it is reached a round later than the one before, from a row whose
+    # near rows were kept (compared with every row) or not (then it is itself).
+    rng = np.random.default_rng(11)
+    step = 0.99 * np.arccos(0.9)  # two steps are just inside the near bound
+    chain = np.zeros((10, 16), dtype=np.float32)
+    chain[:, 0], chain[:, 1] = np.cos(step * np.arange(10)), np.sin(step * np.arange(10))
+    vectors = np.concatenate([chain, _unit(rng, 200, 16)])
+    full = similar_pairs(vectors, 0.9)
+    assert _components_of(full, [0]) >= set(range(10))
+    reached = reachable_pairs(vectors, 0.9, [0])
+    assert {i: dict(r) for i, r in reached.items()} == {i: full[i] for i in _components_of(full, [0])}
