@@ -11,8 +11,9 @@ finds nothing new. Then:
   rest new directions;
 - *incremental* and *full*: the next pass both ways, ``--repeat`` times in alternating
   order. Each pass plans only (the plan is what differs; applying it is the same
-  work both ways), in a fresh process, so that its peak memory (max RSS) is its own.
-  Both plans must agree (same clusters and archive list): the script says so.
+  work both ways), in a fresh process, so that its peak memory (max RSS) is its own;
+  then again in that process (*warm*: as in a worker's process that has run a job
+  before). Both plans must agree (same clusters and archive list): the script says so.
 
     python bench/incremental.py --sizes 100000,300000          # PostgreSQL
     python bench/incremental.py --sizes 1000000 --repeat 1
@@ -142,7 +143,11 @@ def _add(url: str, project_id: str, count: int) -> None:
 
 
 def _plan(url: str, project_id: str, mode: str) -> None:
-    """One pass's plan, as a job makes it: the mode chosen (or a full one), then planned."""
+    """One pass's plan, as a job makes it: the mode chosen (or a full one), then planned;
+    then the same pass again in the same process (*warm*: as in a worker's process that
+    has run a job before, with its connection pooled and its caches filled)."""
+    import gc
+
     from orchestration.consolidation import passes, planning
     from orchestration.consolidation.options import resolve_options
     from orchestration.store import db
@@ -151,22 +156,22 @@ def _plan(url: str, project_id: str, mode: str) -> None:
     db.use_database(url)
     pid = uuid.UUID(project_id)
     options = resolve_options(None)
-    started = time.perf_counter()
-    with db.statement_scope() as connection:
-        pass_ = passes.choose(connection, pid, options, utcnow(), full=mode == "full")
-        planned = planning.plan(connection, pid, options, utcnow(), pass_)
-    wall = time.perf_counter() - started
-    assert planned.mode == mode, (planned.mode, mode, pass_.reason)
-    outcome = [
-        sorted((str(c.representative), sorted(str(m) for m, _ in c.members)) for c in planned.clusters),
-        sorted(str(m) for m in planned.archive),
-    ]
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(
-        json.dumps(
+    runs = []
+    for _ in range(2):
+        started = time.perf_counter()
+        with db.statement_scope() as connection:
+            pass_ = passes.choose(connection, pid, options, utcnow(), full=mode == "full")
+            planned = planning.plan(connection, pid, options, utcnow(), pass_)
+        wall = time.perf_counter() - started
+        assert planned.mode == mode, (planned.mode, mode, pass_.reason)
+        outcome = [
+            sorted((str(c.representative), sorted(str(m) for m, _ in c.members)) for c in planned.clusters),
+            sorted(str(m) for m in planned.archive),
+        ]
+        runs.append(
             {
                 "wall": wall,
-                "peak_mb": peak_mb,
+                "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # the first pass's: cold
                 "new": planned.memories_new,
                 "clusters": len(planned.clusters),
                 "archive": len(planned.archive),
@@ -174,7 +179,11 @@ def _plan(url: str, project_id: str, mode: str) -> None:
                 "outcome": hashlib.sha256(json.dumps(outcome).encode()).hexdigest(),
             }
         )
-    )
+        del planned
+        gc.collect()
+    cold, warm = runs
+    assert warm["outcome"] == cold["outcome"]
+    print(json.dumps({**cold, "warm": warm["wall"], "warm_timings": warm["timings"]}))
 
 
 def _child(*args: str) -> dict:
@@ -197,6 +206,7 @@ def measure(database: str, size: int, repeat: int, workdir: Path) -> None:
                 runs[mode].append(_child("_plan", url, project, mode))
         same = {r["outcome"] for rs in runs.values() for r in rs}
         wall = {mode: statistics.median(r["wall"] for r in rs) for mode, rs in runs.items()}
+        warm = {mode: statistics.median(r["warm"] for r in rs) for mode, rs in runs.items()}
         peak = {mode: max(r["peak_mb"] for r in rs) for mode, rs in runs.items()}
         steps = ", ".join(f"{p['mode']} {p['wall']:.1f}s" for p in converged)
         print(f"{database:<10} {size:>9,} memories  converged in {len(converged)} passes ({steps})", flush=True)
@@ -211,9 +221,14 @@ def measure(database: str, size: int, repeat: int, workdir: Path) -> None:
             flush=True,
         )
         print(
-            "  all rounds: "
-            + "; ".join(f"{mode} " + ", ".join(f"{r['wall']:.2f}" for r in rs) for mode, rs in runs.items())
+            f"  warm (the same pass again in its process): incremental {warm['incremental']:.2f}s, "
+            f"full {warm['full']:.2f}s; full / incremental {warm['full'] / warm['incremental']:.1f}x"
         )
+        for name, key in (("all rounds", "wall"), ("all rounds, warm", "warm")):
+            print(
+                f"  {name}: "
+                + "; ".join(f"{mode} " + ", ".join(f"{r[key]:.2f}" for r in rs) for mode, rs in runs.items())
+            )
         split = {
             mode: {step: statistics.median(r["timings"].get(step, 0.0) for r in rs) for step in ("load", "similarity")}
             for mode, rs in runs.items()

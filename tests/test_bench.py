@@ -57,6 +57,8 @@ def test_incremental_benchmark():
     out = _bench("incremental.py", "--sizes", "2000", "--databases", "sqlite", "--repeat", "1")
     assert re.search(r"nothing new: incremental [\d.]+s", out), out
     assert re.search(r"full / incremental [\d.]+x; plans agree", out), out
+    warm = r"warm \(the same pass again in its process\): incremental [\d.]+s, full [\d.]+s; full / incremental [\d.]+x"
+    assert re.search(warm, out), out
 
 
 def test_orchestration_benchmark(pg_template, redis_url):
