@@ -25,7 +25,9 @@ Star clusters of a neighbour map decompose over its connected components: which
 memories a representative gets depends only on its component. So an incremental pass
 that builds the components reached from its new memories (:func:`reachable_pairs`)
 clusters them exactly as a full pass would, and on a project where a full pass finds
-nothing to merge, no other component has anything to merge either.
+nothing to merge, no other component has anything to merge either. A row it reaches
+from one compared with every row needs comparing only with that one's near rows
+(:func:`near_bound`): no other row can be its neighbour.
 """
 
 from __future__ import annotations
@@ -72,9 +74,13 @@ def scan(vectors: np.ndarray, threshold: float, block: int = DEFAULT_BLOCK, with
     return Scan(neighbours, nearest)
 
 
-def _tiles(vectors: np.ndarray, rows: np.ndarray, start: int, width: int = COLUMNS) -> Iterator[tuple[int, np.ndarray]]:
-    """The similarities of ``rows`` with the vectors from ``start`` on, ``width`` columns at
-    a time: (first column, ``len(rows) x width`` similarities). Peak memory is one tile."""
+def _tiles(
+    vectors: np.ndarray, rows: np.ndarray, start: int, width: int | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """The similarities of ``rows`` with the vectors from ``start`` on, ``width`` columns
+    (default :data:`COLUMNS`) at a time: (first column, ``len(rows) x width``
+    similarities). Peak memory is one tile."""
+    width = width or COLUMNS
     block = vectors[rows]
     for first in range(start, len(vectors), width):
         yield first, block @ vectors[first : first + width].T
@@ -153,9 +159,10 @@ def reachable_pairs(
     return neighbours
 
 
-# Near rows kept per row at most, and found per tile row at most while they are kept.
+# Near rows kept per row at most, and found per compared row on average (over a batch,
+# all its tiles) while they are kept: beyond, the vectors are crowded and nothing is kept.
 NEAR_MAX = 4096
-NEAR_PER_TILE_ROW = 256
+NEAR_PER_ROW = 256
 
 
 def _compare_whole(
@@ -167,9 +174,11 @@ def _compare_whole(
 ) -> bool:
     """Compare the rows ``batch`` with every row; with ``near``, also keep their near
     rows (those that have a neighbour, and not too many). Returns whether near rows are
-    still worth keeping (False once a tile had too many)."""
+    still worth keeping (False once a batch found too many: what it held is dropped, so
+    that memory stays bounded)."""
     low = near_bound(threshold) - 2 * SLACK if near is not None else threshold - SLACK
     found: list[tuple[np.ndarray, np.ndarray]] = []  # (positions in batch, columns) of near rows
+    budget = NEAR_PER_ROW * len(batch)
     for first, sims in _tiles(vectors, batch, 0):
         inside = (batch >= first) & (batch < first + sims.shape[1])
         sims[np.flatnonzero(inside), batch[inside] - first] = -np.inf  # not a pair with itself
@@ -183,7 +192,8 @@ def _compare_whole(
         i, j = np.nonzero(part >= low)
         close = part[i, j] >= threshold - SLACK
         _add_pairs(neighbours, vectors, threshold, batch[hit[i[close]]], j[close] + first)
-        if len(i) > NEAR_PER_TILE_ROW * len(batch):  # crowded: stop keeping near rows
+        budget -= len(i)
+        if budget < 0:  # crowded: stop keeping near rows
             near, found = None, []
             continue
         found.append((hit[i], j + first))

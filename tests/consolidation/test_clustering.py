@@ -121,19 +121,22 @@ def _chains(rng, groups, length, d, step):
     threshold=st.sampled_from([0.3, 0.6, 0.75, 0.9, 0.97]),
     step=st.sampled_from([0.05, 0.15, 0.4]),
     block=st.sampled_from([1, 5, 4096]),
-    limit=st.sampled_from([None, "NEAR_PER_TILE_ROW", "NEAR_MAX"]),
+    limit=st.sampled_from([None, ("NEAR_PER_ROW", 0), ("NEAR_PER_ROW", 1), ("NEAR_MAX", 0), ("NEAR_MAX", 2)]),
+    columns=st.sampled_from([7, 8192]),
 )
-def test_reachable_pairs_are_the_seeds_components_of_the_full_map(seed, threshold, step, block, limit):
+def test_reachable_pairs_are_the_seeds_components_of_the_full_map(seed, threshold, step, block, limit, columns):
     # Whether rows reached from a compared row are compared with its near rows only, or
-    # with every row (a limit on near rows set to 0: a crowded tile, too many for a
-    # row), the map is the same.
+    # with every row (limits on near rows set low: crowded vectors, found at once or
+    # after some tiles, too many for a row), and whether a row's near rows come from one
+    # tile or many, the map is the same.
     rng = np.random.default_rng(seed)
     vectors = np.concatenate([_chains(rng, 4, 6, 12, step), _unit(rng, 10, 12)])
     full = similar_pairs(vectors, threshold)
     seeds = sorted(rng.choice(len(vectors), size=int(rng.integers(1, 6)), replace=False).tolist())
     with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(clustering, "COLUMNS", columns)
         if limit is not None:
-            patch.setattr(clustering, limit, 0)
+            patch.setattr(clustering, *limit)
         reached = reachable_pairs(vectors, threshold, seeds, block=block)
     expected = {i: full[i] for i in _components_of(full, seeds) if full.get(i)}
     assert {i: dict(row) for i, row in reached.items()} == expected
@@ -154,15 +157,27 @@ def test_a_neighbours_neighbour_is_near():
 
 
 def test_rows_reached_later_are_compared_with_the_near_rows_of_the_row_that_reached_them():
-    # A chain of rows in a plane, each a neighbour of the next only, among random rows:
-    # every row of it is reached a round later than the one before, from a row whose
-    # near rows were kept (compared with every row) or not (then it is itself).
+    # Two chains of rows, each in its own plane, each row a neighbour of the next only,
+    # among random rows; the seeds are the chains' first rows. Every row of a chain is
+    # reached a round later than the one before, from a row whose near rows were kept
+    # (compared with every row) or not (then it is itself). The seeds' near rows come
+    # from one tile, or interleaved from many; a low budget makes the vectors crowded
+    # after some tiles.
     rng = np.random.default_rng(11)
     step = 0.99 * np.arccos(0.9)  # two steps are just inside the near bound
-    chain = np.zeros((10, 16), dtype=np.float32)
-    chain[:, 0], chain[:, 1] = np.cos(step * np.arange(10)), np.sin(step * np.arange(10))
-    vectors = np.concatenate([chain, _unit(rng, 200, 16)])
+    chains = np.zeros((2, 10, 16), dtype=np.float32)
+    for k, (x, y) in enumerate(((0, 1), (2, 3))):
+        chains[k, :, x], chains[k, :, y] = np.cos(step * np.arange(10)), np.sin(step * np.arange(10))
+    # The first chain's seed first, the second's next, then the second chain, then the
+    # first: the first seed's near rows come in later tiles than the second's.
+    vectors = np.concatenate([chains[0, :1], chains[1], chains[0, 1:], _unit(rng, 200, 16)])
+    seeds = [0, 1]
     full = similar_pairs(vectors, 0.9)
-    assert _components_of(full, [0]) >= set(range(10))
-    reached = reachable_pairs(vectors, 0.9, [0])
-    assert {i: dict(r) for i, r in reached.items()} == {i: full[i] for i in _components_of(full, [0])}
+    assert _components_of(full, seeds) >= set(range(20))
+    expected = {i: full[i] for i in _components_of(full, seeds)}
+    for columns, per_row in ((8192, 256), (3, 256), (3, 2)):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(clustering, "COLUMNS", columns)
+            patch.setattr(clustering, "NEAR_PER_ROW", per_row)
+            reached = reachable_pairs(vectors, 0.9, seeds)
+        assert {i: dict(r) for i, r in reached.items()} == expected, (columns, per_row)
