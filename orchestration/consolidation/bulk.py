@@ -40,7 +40,7 @@ from sqlalchemy import (
     or_,
     select,
 )
-from sqlalchemy.dialects.postgresql import JSONPATH, TIMESTAMP
+from sqlalchemy.dialects.postgresql import ARRAY, JSONPATH, TIMESTAMP
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.engine import Connection
 
@@ -66,23 +66,36 @@ _NOT_ALL_IDS = f'strict $[*] ? (!(@ like_regex "{_CANONICAL}" flag "i"))'
 _NO_ID = "00000000-0000-0000-0000-000000000000"
 
 
-def regular(checked: tuple[Any, ...]) -> ColumnElement[bool]:
-    """SQL: the memory can be read in bulk, never NULL (parameter ``dim``: the usual
-    embedding length). ``checked``: the columns whose bad data skips a memory."""
+def regular(checked: tuple[Any, ...], unmarked: tuple[Any, ...]) -> ColumnElement[bool]:
+    """SQL: the memory can be read in bulk, never NULL. ``checked``: the columns whose
+    bad data skips a memory; ``unmarked``: those of them that change without marking it.
+
+    Parameters: ``dim``, the usual embedding length; ``checked_since`` and ``recheck``,
+    the last pass's watermark and the memories it found irregular: a memory marked
+    before the watermark and not among those was regular then and its marked columns
+    have not changed since, so only its ``unmarked`` ones are checked again (a NULL
+    ``checked_since``, the default: every memory is checked in full)."""
     sources = TaskMemory.consolidated_from
+    in_full = and_(
+        problem(*checked).is_(None),
+        case(
+            (
+                func.jsonb_typeof(sources) == "array",
+                ~func.jsonb_path_exists(sources, cast(literal(_NOT_ALL_IDS), JSONPATH)),
+            ),
+            else_=or_(sources.is_(None), func.jsonb_typeof(sources) == "null"),
+        ),
+    )
+    again = or_(
+        func.coalesce(TaskMemory.change_mark >= bindparam("checked_since", None, type_=BigInteger), True),
+        TaskMemory.id == func.any(bindparam("recheck", [], type_=ARRAY(PG_UUID(as_uuid=True)))),
+    )
     return func.coalesce(
         and_(
             TaskMemory.embedding.is_not(None),
             func.octet_length(TaskMemory.embedding) == bindparam("dim"),
-            problem(*checked).is_(None),
             TaskMemory.reused_count >= 0,
-            case(
-                (
-                    func.jsonb_typeof(sources) == "array",
-                    ~func.jsonb_path_exists(sources, cast(literal(_NOT_ALL_IDS), JSONPATH)),
-                ),
-                else_=or_(sources.is_(None), func.jsonb_typeof(sources) == "null"),
-            ),
+            case((again, in_full), else_=problem(*unmarked).is_(None)),
         ),
         False,
     )
@@ -130,7 +143,10 @@ def bulk_select(is_regular: ColumnElement[bool], where: ColumnElement[bool]) -> 
     def only_regular(value: Any, otherwise: Any) -> ColumnElement[Any]:
         return case((m.regular, value), else_=otherwise)
 
-    origin = cast(m.consolidated_from.op("->>")(0), PG_UUID)
+    # Cast only if it is an id: an unmarked memory's list is not checked again
+    # (:func:`regular`), and a cast that fails would fail the whole read.
+    first = m.consolidated_from.op("->>")(0)
+    origin = case((first.op("~*")(_CANONICAL), cast(first, PG_UUID)), else_=None)
     source = TaskMemory.__table__.alias("origin")
     origin_type = select(source.c.memory_type).where(source.c.id == origin).scalar_subquery()
     no_name = cast(literal(""), CHAR(TYPE_BYTES))

@@ -120,6 +120,9 @@ class Memories:
     groups: dict[tuple[str, str], Part]  # (space, type or ANY_TYPE) -> its memories
     invalid: dict[int, DataError] = field(default_factory=dict)  # skipped: no vector
     length: int | None = None  # the stored embeddings' length in bytes
+    # The memories read row by row (bad data among them) when the rest came in bulk:
+    # the next pass checks them again though unmarked (None: none came in bulk).
+    irregular: frozenset[uuid.UUID] | None = None
 
     def __len__(self) -> int:
         return len(self.versions)
@@ -234,6 +237,7 @@ class _Reader:
         self.origins: dict[int, uuid.UUID] = {}  # consolidated memories waiting for their group
         self.lengths: Counter[int] = Counter()  # of the stored embeddings of rows without bad data
         self.unsure = False  # some embeddings were judged before the usual length was known
+        self.by_row: list[uuid.UUID] | None = None  # read in bulk: those that were not regular
 
     def usual(self) -> int | None:
         """The usual embedding length of the memories read."""
@@ -286,6 +290,7 @@ class _Reader:
         """Memories in bulk (``bulk.record``s). Returns the ids of those that are not
         regular, to be read row by row."""
         others = [uuid.UUID(bytes=bytes(i)) for i in records["id"][~records["regular"]].tolist()]
+        self.by_row = [*(self.by_row or ()), *others]
         if others:
             records = records[records["regular"]]
         offset = self.rows
@@ -399,6 +404,7 @@ class _Reader:
             groups={(space, self.names[code]): matrix.part() for (space, code), matrix in self.matrices.items()},
             invalid=dict(sorted(self.invalid.items())),
             length=self.length,
+            irregular=None if self.by_row is None else frozenset(self.by_row),
         )
 
 
@@ -429,10 +435,13 @@ def read_project(
     since: int | None = None,
     dim_bytes: int | None = None,
     again: bool = False,
+    recheck: AbstractSet[uuid.UUID] | None = None,
 ) -> Memories:
     """The project's active memories (:data:`READ_ACTIVE`); ``since``: the watermark
     that their ``new`` flag is taken from. On PostgreSQL the regular ones come in bulk
-    (:mod:`bulk`) and the rest row by row."""
+    (:mod:`bulk`) and the rest row by row; ``recheck`` (with ``since``): the memories
+    the last pass recorded as irregular (``passes``): of the memories not marked since,
+    only those are checked in full (:func:`bulk.regular`)."""
     parameters: dict[str, Any] = {"project_id": project_id, "since": since}
     connection = source.connection() if isinstance(source, Session) else source
     if connection.dialect.name != "postgresql":
@@ -441,6 +450,8 @@ def read_project(
     if dim_bytes is None:  # no stored embeddings of a usable length: nothing to read in bulk
         return read(source, READ_ACTIVE, parameters, by_type, part=again)
     parameters["dim"] = dim_bytes
+    if recheck is not None and since is not None:
+        parameters.update(checked_since=since, recheck=sorted(recheck))
     reader = _Reader(by_type, dim_bytes)
     others: list[uuid.UUID] = []
     for records in bulk.ahead(bulk.read_regular(connection, _READ_BULK, parameters, dim_bytes)):
@@ -449,7 +460,7 @@ def read_project(
         for rows in stream(source, _READ_SOME, {**parameters, "ids": list(some)}, CHUNK):
             reader.add(rows)
     if not again and not reader.right_width():  # read at the wrong width: again, at the right one
-        return read_project(source, project_id, by_type, since, reader.usual(), again=True)
+        return read_project(source, project_id, by_type, since, reader.usual(), again=True, recheck=recheck)
     return reader.finish(source)
 
 
@@ -460,7 +471,10 @@ def _some_length(source: Executor, project_id: uuid.UUID) -> int | None:
     return source.execute(query.limit(1)).scalar()
 
 
+# What can change without marking a memory (the triggers of migration 0008), among
+# what is checked: checked again in every memory.
+UNMARKED = (TaskMemory.last_reused_at,)
 _READ_BULK = bulk.bulk_select(
-    bulk.regular(CHECKED), and_(TaskMemory.project_id == bindparam("project_id"), active_filter())
+    bulk.regular(CHECKED, UNMARKED), and_(TaskMemory.project_id == bindparam("project_id"), active_filter())
 )
 _READ_SOME = READ_ACTIVE.where(TaskMemory.id == func.any(bindparam("ids", type_=ARRAY(GUID()))))

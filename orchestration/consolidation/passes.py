@@ -8,6 +8,12 @@ still holds: it compares only the memories marked at or above the watermark (new
 edited, or active again) with the others of their group. It is **full** when there is
 no earlier pass, when the signature changed, on request, or when the last full pass
 is ``full_pass_every_days`` old.
+
+A completed pass also records the memories it found bad data in or could not read in
+bulk (``irregular_ids``). The next incremental pass checks in full only those and the
+marked ones: a memory left unmarked has the columns the last pass checked (the
+triggers mark every change to them), so only what changes without marking it (its
+reuse) and its embedding's length are checked again.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,6 +38,11 @@ from orchestration.store.statuses import JobStatus, PassMode
 # Bump when the clustering rule changes (clustering.py): the next pass of every project
 # is then full.
 RULE_VERSION = 1
+# Bump when what counts as bad data (checks.py) or what is read in bulk (bulk.regular)
+# changes: the next pass of every project then checks every memory again.
+CHECKS_VERSION = 1
+# Irregular memories a pass records at most (beyond, none: the next checks all).
+MAX_IRREGULAR = 10_000
 # The options that decide which pairs merge (and whether any are compared at all);
 # the ``archive_*`` options do not: every pass archives over all active memories.
 DECISIVE = ("merge", "similarity_threshold", "min_cluster_size", "same_type_only", "value_guard")
@@ -50,23 +62,45 @@ class Pass:
     since: int | None = None
     reason: str | None = None  # why it is full
     space: int | None = None  # incremental: the embedding length (bytes) the last pass compared in
+    # Incremental: the memories the last pass recorded as irregular, checked again in
+    # full though unmarked (None: not recorded, every memory is checked in full).
+    recheck: frozenset[uuid.UUID] | None = None
 
     def full(self, reason: str) -> Pass:
         return Pass(PassMode.FULL, self.watermark, self.signature, reason=reason)
 
-    def recorded(self, memories_new: int, space: int | None, conflicts: int = 0) -> dict[str, Any]:
-        """The job row's columns for this pass, once it completed in ``space``. A pass
+    def recorded(
+        self,
+        memories_new: int,
+        space: int | None,
+        conflicts: int = 0,
+        irregular: AbstractSet[uuid.UUID] | None = None,
+    ) -> dict[str, Any]:
+        """The job row's columns for this pass, once it completed in ``space`` and found
+        the ``irregular`` memories (None: not known). A pass
         that left merges undone because an agent changed a memory meanwhile (a change
         that may not mark it, such as a reuse) records the watermark it started from:
         the next pass compares those memories again (after a full pass, none: the next
         is full)."""
+        listed = None if irregular is None or len(irregular) > MAX_IRREGULAR else sorted(map(str, irregular))
         return {
             "mode": self.mode,
             "memories_new": memories_new,
             "full_reason": self.reason,
             "watermark": self.since if conflicts else self.watermark,
             "signature": f"{self.signature}{SPACE}{space or 0}",
+            "irregular_ids": None if listed is None else {"checks": CHECKS_VERSION, "ids": listed},
         }
+
+
+def _recheck(recorded: Any) -> frozenset[uuid.UUID] | None:
+    """The irregular memories a job recorded, if it recorded them by these checks."""
+    if not isinstance(recorded, dict) or recorded.get("checks") != CHECKS_VERSION:
+        return None
+    try:
+        return frozenset(uuid.UUID(i) for i in recorded["ids"])
+    except (KeyError, TypeError, ValueError, AttributeError):  # written by hand: checked as if unrecorded
+        return None
 
 
 def signature(options: ConsolidationOptions) -> str:
@@ -99,12 +133,13 @@ def watermark(source: Executor) -> int:
 
 @dataclass(frozen=True)
 class Previous:
-    """What the project's completed passes left: the last one's watermark and signature,
-    and when the last full one ended."""
+    """What the project's completed passes left: the last one's watermark, signature
+    and irregular memories, and when the last full one ended."""
 
     watermark: int | None
     signature: str | None
     full_at: datetime | None
+    irregular: frozenset[uuid.UUID] | None = None
 
 
 def _previous_and_watermark(source: Executor, project_id: uuid.UUID) -> tuple[Previous, int]:
@@ -120,9 +155,10 @@ def _previous_and_watermark(source: Executor, project_id: uuid.UUID) -> tuple[Pr
             select(jobs.watermark).where(jobs.id == latest).scalar_subquery().label("watermark"),
             select(jobs.signature).where(jobs.id == latest).scalar_subquery().label("signature"),
             full_at.label("full_at"),
+            select(jobs.irregular_ids).where(jobs.id == latest).scalar_subquery().label("irregular"),
         )
     ).one()
-    return Previous(row.watermark, row.signature, row.full_at), int(row.mark)
+    return Previous(row.watermark, row.signature, row.full_at, _recheck(row.irregular)), int(row.mark)
 
 
 def choose(
@@ -147,5 +183,10 @@ def choose(
     if every is not None and (last.full_at is None or now - last.full_at >= timedelta(days=every)):
         return current.full(f"the last full pass is {every} days old or more (full_pass_every_days)")
     return Pass(
-        PassMode.INCREMENTAL, current.watermark, current.signature, since=last.watermark, space=int(space or 0) or None
+        PassMode.INCREMENTAL,
+        current.watermark,
+        current.signature,
+        since=last.watermark,
+        space=int(space or 0) or None,
+        recheck=last.irregular,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -64,6 +65,9 @@ class Plan:
     pass_: Pass | None = None  # how it compared (None: a full pass that is not recorded)
     memories_new: int = 0  # memories compared as new: all of them in a full pass
     space: int | None = None  # the stored embeddings' length in bytes
+    # The memories with bad data or read row by row (None: not known), which the next
+    # pass checks again though unchanged.
+    irregular: AbstractSet[uuid.UUID] | None = None
 
     @property
     def mode(self) -> PassMode:
@@ -72,7 +76,9 @@ class Plan:
     def recorded(self, conflicts: int = 0) -> dict[str, Any]:
         """The job row's columns that the next pass starts from (none if not recorded);
         ``conflicts``: what applying the plan left undone (``Pass.recorded``)."""
-        return self.pass_.recorded(self.memories_new, self.space, conflicts) if self.pass_ is not None else {}
+        if self.pass_ is None:
+            return {}
+        return self.pass_.recorded(self.memories_new, self.space, conflicts, self.irregular)
 
     @property
     def is_empty(self) -> bool:
@@ -113,8 +119,17 @@ def plan(
     since = pass_.since if pass_ is not None and pass_.mode == PassMode.INCREMENTAL else None
     if pass_ is not None and since is not None and not anything_new(source, project_id, since):
         return _nothing_new(source, project_id, options, now, pass_)
-    memories = read_active(source, project_id, options, since, pass_.space if pass_ is not None else None)
-    result = Plan(project_id=project_id, memories_before=len(memories), versions={}, space=memories.length)
+    known = pass_ if pass_ is not None and since is not None else None
+    memories = read_active(
+        source, project_id, options, since, known.space if known else None, known.recheck if known else None
+    )
+    result = Plan(
+        project_id=project_id,
+        memories_before=len(memories),
+        versions={},
+        space=memories.length,
+        irregular=memories.irregular,
+    )
     result.invalid = list(memories.invalid.values())
     result.skipped_invalid = len(result.invalid)
     if pass_ is not None and since is not None and pass_.space != memories.length:
@@ -144,10 +159,13 @@ def read_active(
     options: ConsolidationOptions,
     since: int | None = None,
     dim_bytes: int | None = None,
+    recheck: AbstractSet[uuid.UUID] | None = None,
 ) -> Memories:
     """The project's active memories in their comparison groups (``memories.read_project``);
-    ``since``: the watermark that the memories' ``new`` flag is taken from."""
-    return read_project(source, project_id, options.same_type_only, since, dim_bytes)
+    ``since``: the watermark that the memories' ``new`` flag is taken from; ``recheck``:
+    the last pass's irregular memories (then only those and the new ones are checked
+    in full)."""
+    return read_project(source, project_id, options.same_type_only, since, dim_bytes, recheck=recheck)
 
 
 def _active_count(source: Executor, project_id: uuid.UUID) -> int:
@@ -178,7 +196,10 @@ def _nothing_new(
     those of the stale memories, which are archived as in a full pass."""
     started = time.perf_counter()
     active = _active_count(source, project_id)
-    result = Plan(project_id, active, versions={}, pass_=pass_, memories_new=0, space=pass_.space)
+    # Nothing changed that marks a memory: the last pass's irregular memories still are.
+    result = Plan(
+        project_id, active, versions={}, pass_=pass_, memories_new=0, space=pass_.space, irregular=pass_.recheck
+    )
     if options.archive:
         cutoff = now - timedelta(days=options.archive_stale_days)
         parameters = {"project_id": project_id, "min_reuse": options.archive_min_reuse, "cutoff": cutoff}

@@ -189,7 +189,7 @@ def _finish(attempt: Attempt, result: ConsolidationResult, recorded: dict[str, A
 # What a completed job left alone, kept on its row (and in ``job.completed``).
 LEFT_ALONE = ("skipped_invalid", "conflicts", "pairs_kept_apart")
 # A pass that recorded nothing (``Plan.recorded``) leaves these empty.
-RECORDED_NONE = dict.fromkeys(("mode", "memories_new", "full_reason", "watermark", "signature"))
+RECORDED_NONE = dict.fromkeys(("mode", "memories_new", "full_reason", "watermark", "signature", "irregular_ids"))
 # What a completed job's row returns to ``job.completed``.
 COUNTERS = (
     ConsolidationJob.memories_before,

@@ -20,7 +20,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import literal_column, text
+from sqlalchemy import bindparam, literal_column, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
@@ -30,6 +30,7 @@ from orchestration.jobs.transitions import COMPLETE, TAKE_OVER, active_count
 from orchestration.jobs.transitions import START as _START
 from orchestration.store import db
 from orchestration.store.statuses import JobStatus
+from orchestration.store.types import JSONType
 
 
 def statuses(states: frozenset[JobStatus] | set[JobStatus]) -> str:
@@ -88,14 +89,14 @@ WITH done AS (
         completed_at = :now, heartbeat_at = NULL, error_message = NULL,
         skipped_invalid = :skipped_invalid, conflicts = :conflicts, pairs_kept_apart = :pairs_kept_apart,
         mode = :mode, memories_new = :memories_new, full_reason = :full_reason, watermark = :watermark,
-        signature = :signature
+        signature = :signature, irregular_ids = :irregular_ids
     WHERE job.id = :job_id AND job.status IN ({statuses(COMPLETE.sources)}) AND job.attempts = :attempt
     RETURNING memories_before, memories_after, clusters_found, memories_merged, memories_archived
 ), freed AS (
     DELETE FROM project_locks WHERE project_id = :project_id AND holder = :holder
 )
 SELECT * FROM done
-""")
+""").bindparams(bindparam("irregular_ids", type_=JSONType))
 
 
 def one_statement() -> bool:

@@ -227,6 +227,9 @@ class ConsolidationJob(Base):
     full_reason: Mapped[str | None] = mapped_column(Text)
     watermark: Mapped[int | None] = mapped_column(BigInteger)
     signature: Mapped[str | None] = mapped_column(String(64))
+    # The memories the pass found bad data in or could not read in bulk, which the next
+    # pass checks again though unchanged: {"checks": version, "ids": [...]}; NULL: all.
+    irregular_ids: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
 
 
 class ConsolidationChange(Base):
