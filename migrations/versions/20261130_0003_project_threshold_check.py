@@ -27,14 +27,14 @@ Revises: 0002
 Create Date: 2026-11-30
 """
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
 import orchestration.store.types
+from orchestration.store import rebuilds
 
 revision: str = "0003"
 down_revision: str | None = "0002"
@@ -77,52 +77,9 @@ def _is_sqlite() -> bool:
     return op.get_bind().dialect.name == "sqlite"
 
 
-def _restart(end: str, foreign_keys: bool) -> None:
-    """End the migration's transaction with ``end`` (``COMMIT`` or ``ROLLBACK``), switch
-    SQLite's foreign key enforcement (a no-op inside a transaction) and begin again."""
-    pragma = f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}"
-    if op.get_context().as_sql:  # offline (--sql): a script that has no transaction of its own
-        op.execute(pragma if foreign_keys else f"{pragma};\nBEGIN")
-        return
-    connection = op.get_bind()
-    if connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
-        connection.exec_driver_sql(end)
-    connection.exec_driver_sql(pragma)
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
-    if bool(connection.exec_driver_sql("PRAGMA foreign_keys").scalar()) != foreign_keys:
-        raise RuntimeError(f"could not switch SQLite's foreign keys {'on' if foreign_keys else 'off'}")
-
-
-def _foreign_key_violations() -> list[tuple]:
-    """``PRAGMA foreign_key_check``: rows whose parent is missing (none offline)."""
-    if op.get_context().as_sql:
-        return []
-    return [tuple(row) for row in op.get_bind().exec_driver_sql("PRAGMA foreign_key_check")]
-
-
-@contextmanager
-def _rebuilding_projects() -> Iterator[None]:
-    """SQLite: around re-creating ``projects`` (see the module's docstring). What the
-    block does is committed with the trigger, or rolled back as a whole."""
-    _restart("COMMIT", foreign_keys=False)
-    before = set(_foreign_key_violations())
-    try:
-        yield
-        op.execute(SQLITE_PROJECT_TRIGGER)
-        if op.get_context().as_sql:
-            op.execute("COMMIT")
-        elif broken := set(_foreign_key_violations()) - before:
-            raise RuntimeError(f"re-creating projects broke foreign keys: {sorted(broken)[:5]}")
-    except BaseException:
-        if not op.get_context().as_sql:
-            _restart("ROLLBACK", foreign_keys=True)
-        raise
-    _restart("COMMIT", foreign_keys=True)
-
-
 def upgrade() -> None:
     if _is_sqlite():
-        with _rebuilding_projects():
+        with rebuilds.foreign_keys_off("projects", SQLITE_PROJECT_TRIGGER):
             op.execute(RESET)
             with op.batch_alter_table("projects", recreate="always", copy_from=_projects()) as batch_op:
                 batch_op.create_check_constraint(op.f(NAME), CONDITION)
@@ -135,7 +92,10 @@ def upgrade() -> None:
 def downgrade() -> None:
     if _is_sqlite():
         checked = _projects(sa.CheckConstraint(CONDITION, name=op.f(NAME)))
-        with _rebuilding_projects(), op.batch_alter_table("projects", recreate="always", copy_from=checked) as batch_op:
+        with (
+            rebuilds.foreign_keys_off("projects", SQLITE_PROJECT_TRIGGER),
+            op.batch_alter_table("projects", recreate="always", copy_from=checked) as batch_op,
+        ):
             batch_op.drop_constraint(op.f(NAME), type_="check")
         return
     op.drop_constraint(op.f(NAME), "projects", type_="check")

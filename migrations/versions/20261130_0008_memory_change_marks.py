@@ -29,9 +29,12 @@ Create Date: 2026-11-30
 """
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import sqlalchemy as sa
 from alembic import op
+
+from orchestration.store import rebuilds
 
 revision: str = "0008"
 down_revision: str | None = "0007"
@@ -103,6 +106,12 @@ def _statements(postgresql: list[str], sqlite: list[str]) -> list[str]:
     raise NotImplementedError(f"no memory change triggers for {dialect}")
 
 
+def _jobs_rebuilt() -> AbstractContextManager[None]:
+    """Around the batch that adds (drops) the ``mode`` CHECK: on SQLite it re-creates
+    ``consolidation_jobs``, which must not cascade to the audit trail (:mod:`rebuilds`)."""
+    return rebuilds.foreign_keys_off("consolidation_jobs") if op.get_bind().dialect.name == "sqlite" else nullcontext()
+
+
 def upgrade() -> None:
     op.create_table(
         "memory_change_counter",
@@ -115,7 +124,7 @@ def upgrade() -> None:
         "task_memories", sa.Column("change_mark", sa.BigInteger(), server_default=sa.text("0"), nullable=False)
     )
     op.create_index("ix_task_memories_project_change", "task_memories", ["project_id", "change_mark"], unique=False)
-    with op.batch_alter_table("consolidation_jobs", schema=None) as batch_op:
+    with _jobs_rebuilt(), op.batch_alter_table("consolidation_jobs", schema=None) as batch_op:
         for name, type_ in JOB_COLUMNS:
             batch_op.add_column(sa.Column(name, type_, nullable=True))
         batch_op.create_check_constraint("mode", "mode IN ('incremental', 'full')")
@@ -128,7 +137,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     for statement in _statements(POSTGRESQL_DOWN, SQLITE_DOWN):
         op.execute(statement)
-    with op.batch_alter_table("consolidation_jobs", schema=None) as batch_op:
+    with _jobs_rebuilt(), op.batch_alter_table("consolidation_jobs", schema=None) as batch_op:
         batch_op.drop_constraint("mode", type_="check")
         for name, _ in reversed(JOB_COLUMNS):
             batch_op.drop_column(name)

@@ -31,5 +31,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("consolidation_jobs", schema=None) as batch_op:
-        batch_op.drop_column("irregular_ids")
+    # Not in batch mode either: on SQLite that re-creates the table, and dropping the
+    # old one would cascade to the audit trail (consolidation_changes).
+    op.execute("ALTER TABLE consolidation_jobs DROP COLUMN irregular_ids")  # SQLite >= 3.35 too

@@ -290,7 +290,9 @@ class _Reader:
         """Memories in bulk (``bulk.record``s). Returns the ids of those that are not
         regular, to be read row by row."""
         others = [uuid.UUID(bytes=bytes(i)) for i in records["id"][~records["regular"]].tolist()]
-        self.by_row = [*(self.by_row or ()), *others]
+        if self.by_row is None:
+            self.by_row = []
+        self.by_row.extend(others)
         if others:
             records = records[records["regular"]]
         offset = self.rows

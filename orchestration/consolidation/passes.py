@@ -94,12 +94,16 @@ class Pass:
 
 
 def _recheck(recorded: Any) -> frozenset[uuid.UUID] | None:
-    """The irregular memories a job recorded, if it recorded them by these checks."""
-    if not isinstance(recorded, dict) or recorded.get("checks") != CHECKS_VERSION:
+    """The irregular memories a job recorded, if it recorded them by these checks
+    (anything else, written by hand or by other checks: as if unrecorded)."""
+    if not isinstance(recorded, dict) or type(recorded.get("checks")) is not int:
+        return None
+    ids = recorded.get("ids")
+    if recorded["checks"] != CHECKS_VERSION or not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         return None
     try:
-        return frozenset(uuid.UUID(i) for i in recorded["ids"])
-    except (KeyError, TypeError, ValueError, AttributeError):  # written by hand: checked as if unrecorded
+        return frozenset(uuid.UUID(i) for i in ids)
+    except ValueError:
         return None
 
 

@@ -25,5 +25,10 @@ def jsonable(value: Any) -> Any:
 
 
 def row_dict(row: Base) -> dict[str, Any]:
-    """Every column of a model instance, JSON-ready, keyed by column name."""
-    return {c.key: jsonable(getattr(row, c.key)) for c in sa_inspect(type(row)).column_attrs}
+    """Every column of a model instance, JSON-ready, keyed by column name, but those
+    marked ``info={"internal": True}`` (bookkeeping for the next pass, not for people)."""
+    return {
+        c.key: jsonable(getattr(row, c.key))
+        for c in sa_inspect(type(row)).column_attrs
+        if not c.columns[0].info.get("internal")
+    }

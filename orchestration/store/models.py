@@ -229,7 +229,7 @@ class ConsolidationJob(Base):
     signature: Mapped[str | None] = mapped_column(String(64))
     # The memories the pass found bad data in or could not read in bulk, which the next
     # pass checks again though unchanged: {"checks": version, "ids": [...]}; NULL: all.
-    irregular_ids: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    irregular_ids: Mapped[dict[str, Any] | None] = mapped_column(JSONType, info={"internal": True})
 
 
 class ConsolidationChange(Base):

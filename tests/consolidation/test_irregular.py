@@ -15,6 +15,7 @@ from sqlalchemy import select, text, update
 from orchestration.consolidation import passes, planning
 from orchestration.consolidation.options import resolve_options
 from orchestration.demo.seed import seed
+from orchestration.documents.jobs import job_document
 from orchestration.jobs import lifecycle
 from orchestration.settings import get_settings
 from orchestration.store import db
@@ -87,6 +88,8 @@ def test_a_job_records_the_memories_it_read_row_by_row_and_the_next_checks_them_
     second = _job(project_id)
     assert (second.mode, second.skipped_invalid) == (PassMode.INCREMENTAL, 1)  # still skipped
     assert second.irregular_ids == first.irregular_ids
+    # Bookkeeping, not shown: up to 10,000 ids would swell every job's JSON (API, CLI).
+    assert "irregular_ids" not in job_document(second, None) and "mode" in job_document(second, None)
 
 
 def test_what_changes_without_marking_a_memory_is_checked_in_every_memory(database):
@@ -148,6 +151,12 @@ def test_a_change_made_behind_the_triggers_is_seen_when_recorded_or_by_a_full_pa
         {"checks": passes.CHECKS_VERSION},
         {"checks": passes.CHECKS_VERSION, "ids": ["not an id"]},
         {"checks": passes.CHECKS_VERSION, "ids": 7},
+        {"checks": passes.CHECKS_VERSION, "ids": ""},
+        {"checks": passes.CHECKS_VERSION, "ids": {}},
+        {"checks": passes.CHECKS_VERSION, "ids": [7]},
+        {"checks": True, "ids": []},
+        {"checks": float(passes.CHECKS_VERSION), "ids": []},
+        {"checks": str(passes.CHECKS_VERSION), "ids": []},
         ["a list"],
     ],
 )
