@@ -17,8 +17,8 @@ def _counts(url: str) -> tuple[int, int]:
     engine = db.build_engine(url)
     try:
         with engine.connect() as connection:
-            jobs = connection.execute(sa.text("SELECT count(*) FROM consolidation_jobs")).scalar_one()
-            changes = connection.execute(sa.text("SELECT count(*) FROM consolidation_changes")).scalar_one()
+            jobs: int = connection.execute(sa.text("SELECT count(*) FROM consolidation_jobs")).scalar_one()
+            changes: int = connection.execute(sa.text("SELECT count(*) FROM consolidation_changes")).scalar_one()
             return jobs, changes
     finally:
         engine.dispose()
