@@ -189,3 +189,12 @@ def test_a_pass_with_nothing_new_records_what_the_last_one_did(database):
     assert planned.recorded()["irregular_ids"] == (
         {"checks": passes.CHECKS_VERSION, "ids": [str(bad)]} if db.is_postgresql() else None
     )
+
+
+def test_a_pass_that_left_merges_undone_records_its_set_with_the_older_watermark():
+    """What it read stays what it found; the older watermark only makes more memories
+    marked since, checked in full again."""
+    bad = uuid.uuid4()
+    pass_ = passes.Pass(PassMode.INCREMENTAL, watermark=20, signature="s", since=10, recheck=frozenset())
+    recorded = pass_.recorded(3, 32, conflicts=2, irregular={bad})
+    assert (recorded["watermark"], recorded["irregular_ids"]["ids"]) == (10, [str(bad)])
