@@ -198,3 +198,18 @@ def test_a_pass_that_left_merges_undone_records_its_set_with_the_older_watermark
     pass_ = passes.Pass(PassMode.INCREMENTAL, watermark=20, signature="s", since=10, recheck=frozenset())
     recorded = pass_.recorded(3, 32, conflicts=2, irregular={bad})
     assert (recorded["watermark"], recorded["irregular_ids"]["ids"]) == (10, [str(bad)])
+
+
+def test_a_read_at_the_wrong_embedding_length_reads_again_with_the_recorded_set(database):
+    """The last pass compared in another length: the first read guesses it, finds every
+    memory of another length, and reads again at the usual one, with the same set."""
+    project_id, (bad, *_) = _seeded()
+    _set(bad, tags="deploy")
+    _job(project_id)
+    pass_ = _next_pass(project_id)
+    elsewhere = dataclasses.replace(pass_, space=(pass_.space or 0) * 2)
+    planned = _plan(project_id, elsewhere)
+    assert planned.mode == PassMode.FULL and _skipped(planned) == {bad: "tags"}
+    assert planned.recorded()["irregular_ids"] == (
+        {"checks": passes.CHECKS_VERSION, "ids": [str(bad)]} if db.is_postgresql() else None
+    )
