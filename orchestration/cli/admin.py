@@ -11,7 +11,7 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 
 from orchestration.cli import progress, reports
-from orchestration.cli.app import Group, database_error, echo_json, echo_text, main
+from orchestration.cli.app import CliError, Group, database_error, echo_json, echo_text, main
 from orchestration.cli.text import clean
 from orchestration.settings import get_settings
 from orchestration.store import db, migrate
@@ -29,7 +29,14 @@ def db_group() -> None:
 @db_group.command("upgrade")
 def db_upgrade() -> None:
     """Migrate the configured database to head."""
-    migrate.upgrade()
+    from alembic.util import CommandError
+
+    try:
+        migrate.upgrade()
+    except CommandError as exc:  # a revision these migrations do not know: a newer orchestration's
+        with db.statement_scope() as connection:
+            problem = migrate.schema_problem(connection)
+        raise CliError(f"database at {db.describe()} {problem}" if problem else f"db upgrade: {exc}", 2) from None
     click.echo(f"database at {db.describe()} is at the latest schema")
 
 

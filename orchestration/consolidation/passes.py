@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, func, literal_column, select
+from sqlalchemy import BigInteger, ColumnElement, exists, func, literal_column, select
 from sqlalchemy.orm import Session
 
 from orchestration.consolidation import values
@@ -144,6 +144,7 @@ class Previous:
     signature: str | None
     full_at: datetime | None
     irregular: frozenset[uuid.UUID] | None = None
+    older: bool = False  # completed jobs from before passes were recorded (migration 0008)
 
 
 def _previous_and_watermark(source: Executor, project_id: uuid.UUID) -> tuple[Previous, int]:
@@ -160,9 +161,11 @@ def _previous_and_watermark(source: Executor, project_id: uuid.UUID) -> tuple[Pr
             select(jobs.signature).where(jobs.id == latest).scalar_subquery().label("signature"),
             full_at.label("full_at"),
             select(jobs.irregular_ids).where(jobs.id == latest).scalar_subquery().label("irregular"),
+            exists().where(*done[:2], jobs.mode.is_(None)).label("older"),
         )
     ).one()
-    return Previous(row.watermark, row.signature, row.full_at, _recheck(row.irregular)), int(row.mark)
+    previous = Previous(row.watermark, row.signature, row.full_at, _recheck(row.irregular), bool(row.older))
+    return previous, int(row.mark)
 
 
 def choose(
@@ -174,6 +177,8 @@ def choose(
     current = Pass(PassMode.FULL, mark, signature(options))
     if full:
         return current.full(REQUESTED)
+    if last.signature is None and last.older:
+        return current.full("no earlier completed pass recorded a watermark (they predate incremental passes)")
     if last.signature is None:
         return current.full("no earlier completed pass")
     if last.watermark is None:

@@ -325,6 +325,22 @@ def test_a_database_without_the_latest_schema_names_db_upgrade(database_url, dat
         assert cli("health") == (2, line)
 
 
+def test_db_upgrade_of_a_database_from_a_newer_version_is_one_line(database_url, database_at):
+    engine = db.build_engine(database_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
+    engine.dispose()
+    database_at(database_url)
+    line = (
+        f"Error: database at {db.describe()} has schema revision 9999, which this version of orchestration "
+        "does not know: upgrade orchestration"
+    )
+    upgrade = CliRunner().invoke(main, ["db", "upgrade"])
+    *logged, last = upgrade.stderr.splitlines()
+    assert (upgrade.exit_code, last) == (2, line) and "Traceback" not in upgrade.output
+    assert {json.loads(event)["logger"] for event in logged} <= {"alembic.runtime.migration"}  # its progress
+
+
 def test_an_empty_sqlite_file_is_not_migrated(tmp_path, database_at):
     (tmp_path / "empty.db").touch()
     database_at(f"sqlite:///{tmp_path}/empty.db")

@@ -356,3 +356,14 @@ def test_the_recorded_pass_is_what_the_next_one_starts_from(database):
     _record(project_id, first, DIM * 4)
     with db.session_scope() as session:
         assert passes.choose(session, project_id, DEFAULTS, utcnow()).since == first.watermark
+
+
+def test_jobs_from_before_passes_were_recorded_are_named_as_the_reason_for_a_full_pass(database):
+    project_id = _project()
+    manual_job(project_id, JobStatus.COMPLETED)  # completed before migration 0008: no mode, no watermark
+    with db.session_scope() as session:
+        first = passes.choose(session, project_id, DEFAULTS, utcnow())
+    assert (first.mode, first.reason) == (
+        PassMode.FULL,
+        "no earlier completed pass recorded a watermark (they predate incremental passes)",
+    )
