@@ -1,7 +1,8 @@
 """What a completed pass found it could not read in bulk: ``consolidation_jobs.irregular_ids``.
 
 A pass records the memories it found bad data in or read row by row (``{"checks":
-version, "ids": [...]}``, or NULL when there were too many to list). The project's
+version, "ids": [...]}``, or NULL when it knows no such list: more than 10,000, nothing
+read in bulk, SQLite). The project's
 next incremental pass checks again, in full, only those and the memories marked since
 (``orchestration.consolidation.passes``); an unmarked memory's other columns are
 as the last pass checked them. Existing jobs have none: the next pass checks all.

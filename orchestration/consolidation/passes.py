@@ -49,6 +49,8 @@ DECISIVE = ("merge", "similarity_threshold", "min_cluster_size", "same_type_only
 # A recorded signature ends with the embedding length the pass compared in.
 SPACE = ":"
 REQUESTED = "requested (--full)"
+# Why a pass is full when the project's completed jobs all predate migration 0008.
+UNRECORDED = "no earlier completed pass recorded a watermark (they predate incremental passes)"
 
 
 @dataclass(frozen=True)
@@ -77,11 +79,10 @@ class Pass:
         irregular: AbstractSet[uuid.UUID] | None = None,
     ) -> dict[str, Any]:
         """The job row's columns for this pass, once it completed in ``space`` and found
-        the ``irregular`` memories (None: not known). A pass
-        that left merges undone because an agent changed a memory meanwhile (a change
-        that may not mark it, such as a reuse) records the watermark it started from:
-        the next pass compares those memories again (after a full pass, none: the next
-        is full)."""
+        the ``irregular`` memories (None: not known). A pass that left merges undone
+        because an agent changed a memory meanwhile (a change that may not mark it, such
+        as a reuse) records the watermark it started from: the next pass compares those
+        memories again (after a full pass, none: the next is full)."""
         listed = None if irregular is None or len(irregular) > MAX_IRREGULAR else sorted(map(str, irregular))
         return {
             "mode": self.mode,
@@ -177,10 +178,8 @@ def choose(
     current = Pass(PassMode.FULL, mark, signature(options))
     if full:
         return current.full(REQUESTED)
-    if last.signature is None and last.older:
-        return current.full("no earlier completed pass recorded a watermark (they predate incremental passes)")
     if last.signature is None:
-        return current.full("no earlier completed pass")
+        return current.full(UNRECORDED if last.older else "no earlier completed pass")
     if last.watermark is None:
         return current.full("the last pass left merges undone: an agent changed a memory meanwhile")
     if last.watermark > mark:  # a database restored from a dump, or moved: its transaction ids start over
